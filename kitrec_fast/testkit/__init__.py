@@ -1,0 +1,6 @@
+"""Offline stand-ins for the Hub: a Qwen3-compatible tokenizer and tiny random Qwen3 models."""
+
+from kitrec_fast.testkit.tokenizer import build_qwen3_tokenizer, QWEN3_ADDED_TOKENS
+from kitrec_fast.testkit.tiny_model import build_tiny_qwen3, save_tiny_qwen3
+
+__all__ = ["build_qwen3_tokenizer", "QWEN3_ADDED_TOKENS", "build_tiny_qwen3", "save_tiny_qwen3"]
