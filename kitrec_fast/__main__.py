@@ -1,0 +1,3 @@
+from kitrec_fast.cli import main
+
+raise SystemExit(main())

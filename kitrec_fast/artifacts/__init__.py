@@ -1,0 +1,1 @@
+"""Run directories, plots, model cards, export and Hub upload."""

@@ -1,0 +1,1 @@
+"""Generation with trained adapters, parsing, ranking metrics and model comparison."""

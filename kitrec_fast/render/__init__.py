@@ -1,0 +1,1 @@
+"""Chat-template rendering and label masking: rows become ``(ids, labels)``."""

@@ -1,0 +1,1 @@
+"""TRL SFT training, the chunked smoothed loss, callbacks and the run orchestration."""

@@ -1,0 +1,1 @@
+"""Segment-aware truncation of KitREC prompts to a token budget."""
