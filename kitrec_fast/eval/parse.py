@@ -227,7 +227,7 @@ def _loads_lenient(text: str) -> Any:
 def _entries_from_json(obj: Any) -> list[Any] | None:
     """Recommendation entries in ``obj``, or None when it does not look like an answer."""
     if isinstance(obj, dict):
-        if any(k in obj for k in _ID_KEYS):
+        if _entry_id(obj) is not None:
             return [obj]
         for key in _WRAPPER_KEYS:
             if isinstance(obj.get(key), list):
