@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import kitrec_fast.train.loss as loss_module
 from kitrec_fast.train.loss import LossOutput, causal_lm_loss, reference_loss, shift_labels
 
 B, T, H, V = 2, 37, 16, 101
@@ -70,7 +71,9 @@ def test_float32_matches(eps: float) -> None:
 
 
 @pytest.mark.parametrize("eps", [0.0, 0.1])
-def test_bfloat16_matches(eps: float) -> None:
+@pytest.mark.parametrize("vocab_block", [16384, 32])  # one slice / several, last one ragged
+def test_bfloat16_matches(eps: float, vocab_block: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loss_module, "_VOCAB_BLOCK", vocab_block)
     hidden, weight, labels = make_inputs(torch.bfloat16, weight_grad=True)
     ref = torch_ce(hidden, weight, labels, eps)
     out = causal_lm_loss(hidden, weight, labels, label_smoothing=eps, chunk_size=10)

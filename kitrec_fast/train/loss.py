@@ -17,10 +17,11 @@ Design -- "gradient in forward" rather than "recompute in backward":
     needs grads, the forward does the backward work even if backward is never called. That is why
     the gradient work is skipped entirely when nothing requires grad (eval, ``torch.no_grad``).
 
-Peak extra memory is about ``chunk_size * V * 4`` bytes (one fp32 logits chunk, updated in place
-into its own gradient) plus, for bf16/fp16 inputs, a transient low-precision copy of one chunk
-(``chunk_size * V * 2``), plus the hidden-state gradient. With the default ``chunk_size=1024`` and
-V=151,936 that is ~0.6 GB (fp32) or ~0.9 GB (bf16) at the peak.
+Peak extra memory is about ``chunk_size * V * 4`` bytes (one fp32 logits chunk, turned in place
+into its own gradient) plus the ``[B*T, H]`` hidden-state gradient; for bf16/fp16 inputs the
+up/down-casts go through vocabulary slices of 16,384 so their transients stay small. With the
+default ``chunk_size=1024``, V=151,936, H=5,120 and 2 x 5,120 tokens that is ~0.6 GB of logits
+plus 0.1 GB (bf16) / 0.2 GB (fp32) of hidden-state gradient.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["LossOutput", "causal_lm_loss", "reference_loss", "shift_labels"]
+
+# Vocabulary slice for bf16/fp16 <-> fp32 casts: big enough for efficient matmuls, small enough
+# (1024 x 16384 x 2 bytes = 32 MB) not to matter next to the fp32 logits chunk.
+_VOCAB_BLOCK = 16384
 
 
 class LossOutput(NamedTuple):
@@ -73,11 +78,13 @@ def _chunked(
     need_hidden_grad: bool,
     need_weight_grad: bool,
     need_bias_grad: bool,
+    vocab_block: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None]:
     """Sums of smoothed loss and plain NLL over ``rows`` of ``hidden`` ([M, H]), plus gradients of
     ``smoothed_sum / denom`` when asked for. Everything in here runs without autograd."""
     vocab = weight.shape[0]
     device = hidden.device
+    vocab_block = vocab_block or _VOCAB_BLOCK
     # fp32 for bf16/fp16/fp32 inputs; float64 inputs (tests) stay float64.
     acc = torch.promote_types(hidden.dtype, torch.float32)
     loss_sum = torch.zeros((), dtype=acc, device=device)
@@ -96,10 +103,15 @@ def _chunked(
         y = flat_labels.index_select(0, idx).unsqueeze(1)
 
         # The matmul runs in the input dtype (as the model's lm_head would); the softmax in fp32.
-        # The low-precision product is freed as soon as it is upcast.
-        z = F.linear(h, weight, bias)
-        if z.dtype != acc:
-            z = z.to(acc)
+        if weight.dtype == acc:
+            z = F.linear(h, weight, bias)
+        else:
+            # Upcasting a whole bf16 chunk would briefly hold it twice (+50% peak); slices of the
+            # vocabulary keep that transient small.
+            z = torch.empty(h.shape[0], vocab, dtype=acc, device=device)
+            for v0 in range(0, vocab, vocab_block):
+                v1 = min(v0 + vocab_block, vocab)
+                z[:, v0:v1] = F.linear(h, weight[v0:v1], None if bias is None else bias[v0:v1])
 
         target = z.gather(1, y).squeeze(1)
         total = z.sum(1)
@@ -130,13 +142,28 @@ def _chunked(
 
         if need_bias_grad:
             grad_bias += g.sum(0)
-        g_low = g if g.dtype == weight.dtype else g.to(weight.dtype)
+        if g.dtype == weight.dtype:
+            if need_hidden_grad:
+                grad_hidden.index_copy_(0, idx, g @ weight)
+            if need_weight_grad:
+                grad_weight.addmm_(g.t(), h)
+        else:
+            # Same reason as above: downcast the logits gradient one vocabulary slice at a time.
+            # The hidden-state grad is summed over slices in fp32, so it is no less precise than
+            # one bf16 matmul.
+            gh = torch.zeros(h.shape, dtype=acc, device=device) if need_hidden_grad else None
+            for v0 in range(0, vocab, vocab_block):
+                v1 = min(v0 + vocab_block, vocab)
+                g_low = g[:, v0:v1].to(weight.dtype)
+                if gh is not None:
+                    gh += g_low @ weight[v0:v1]
+                if need_weight_grad:
+                    grad_weight[v0:v1].addmm_(g_low.t(), h)
+                del g_low
+            if gh is not None:
+                grad_hidden.index_copy_(0, idx, gh.to(hidden.dtype))
+                del gh
         del g
-        if need_hidden_grad:
-            grad_hidden.index_copy_(0, idx, g_low @ weight)
-        if need_weight_grad:
-            grad_weight.addmm_(g_low.t(), h)
-        del g_low
 
     if grad_bias is not None and bias is not None:
         grad_bias = grad_bias.to(bias.dtype)
