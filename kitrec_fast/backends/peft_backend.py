@@ -1,0 +1,78 @@
+"""The baseline: plain transformers + bitsandbytes 4-bit + PEFT LoRA, as the original KitREC run.
+
+This is the only module that sets up the baseline's bitsandbytes quantization. It never imports
+unsloth; a process that imports it must not have imported unsloth either (checked below).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from kitrec_fast.backends.common import (
+    LoadedModel, gradient_checkpointing_mode, resolve_dtype, resolve_model_path)
+
+NAME = "peft"
+
+
+def _assert_unpatched() -> None:
+    if "unsloth" in sys.modules:
+        raise RuntimeError(
+            "the peft baseline must run in a process that never imported unsloth (it patches transformers "
+            "and trl globally); run `--backend peft` in its own process")
+
+
+def load_model(cfg) -> LoadedModel:
+    _assert_unpatched()
+    import torch
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    path = resolve_model_path(cfg.model.name)
+    dtype = resolve_dtype(cfg.model.compute_dtype)
+    quant = None
+    if cfg.model.load_in_4bit:
+        quant = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=cfg.model.quant_type,
+            bnb_4bit_use_double_quant=cfg.model.double_quant,
+            bnb_4bit_compute_dtype=dtype,
+        )
+    model = AutoModelForCausalLM.from_pretrained(
+        path,
+        quantization_config=quant,
+        dtype=dtype,
+        attn_implementation=cfg.model.attn_implementation,
+        revision=cfg.model.revision,
+        device_map={"": 0} if torch.cuda.is_available() else None,
+    )
+    mode = gradient_checkpointing_mode(cfg.train.gradient_checkpointing, NAME)
+    if cfg.model.load_in_4bit:
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=mode != "off",
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    elif mode != "off":
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    lora = LoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        bias=cfg.lora.bias,
+        target_modules=list(cfg.lora.target_modules),
+        task_type="CAUSAL_LM",
+    )
+    torch.manual_seed(cfg.train.seed)
+    model = get_peft_model(model, lora)
+    return LoadedModel(
+        model=model,
+        backend=NAME,
+        requested=cfg.model.name,
+        weights=path,
+        compute_dtype=str(dtype).replace("torch.", ""),
+        fused_lora_modules=None,
+        notes={"gradient_checkpointing": mode, "attn_implementation": cfg.model.attn_implementation,
+               "quantization_config": quant.to_dict() if quant is not None else None,
+               "num_layers": model.config.num_hidden_layers},
+    )

@@ -1,0 +1,140 @@
+"""Trainer callbacks: metrics.jsonl, the rich console, and checkpoint-on-signal."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+
+def memory_snapshot() -> dict:
+    """Peak GPU memory (allocated and reserved) in MiB, or the process's peak RSS on CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return {"peak_mem_allocated_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1),
+                "peak_mem_reserved_mib": round(torch.cuda.max_memory_reserved() / 2**20, 1)}
+    import resource
+
+    return {"peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
+class MetricsLogger(TrainerCallback):
+    """Appends every log event to ``metrics.jsonl`` with tokens/s and peak memory.
+
+    ``loss``/``eval_loss`` are the label-smoothed objective; ``nll``/``eval_nll`` the plain
+    cross-entropy over the same tokens.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.trainer = None  # set after the trainer exists; it owns the token counter
+        self._t = None
+        self._tokens = 0
+
+    def _tokens_seen(self) -> int:
+        return int(getattr(self.trainer, "_total_train_tokens", 0)) if self.trainer is not None else 0
+
+    def on_train_begin(self, args, state, control, **kw):
+        self._t, self._tokens = time.perf_counter(), self._tokens_seen()
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        logs = dict(logs or {})
+        row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), "time": time.time(), **logs}
+        if "loss" in logs and self._t is not None:
+            now, tokens = time.perf_counter(), self._tokens_seen()
+            if now > self._t and tokens > self._tokens:
+                row["tokens_per_s"] = round((tokens - self._tokens) / (now - self._t), 1)
+            self._t, self._tokens = now, tokens
+        row.update(memory_snapshot())
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        state.kitrec_last_row = row
+
+
+class RichProgress(TrainerCallback):
+    """A progress bar (step, loss, tokens/s, memory, ETA) and an eval table per evaluation."""
+
+    def __init__(self, console):
+        self.console = console
+        self.progress = None
+        self.task = None
+        self.best = math.inf
+
+    def on_train_begin(self, args, state, control, **kw):
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
+            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            console=self.console, transient=False)
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=state.max_steps, completed=state.global_step, info="")
+
+    def on_step_end(self, args, state, control, **kw):
+        if self.progress is not None:
+            self.progress.update(self.task, completed=state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        row = getattr(state, "kitrec_last_row", None) or logs or {}
+        if self.progress is None:
+            return
+        if "loss" in (logs or {}):
+            mem = row.get("peak_mem_allocated_mib", row.get("peak_rss_mib"))
+            info = f"loss {logs['loss']:.4f}"
+            if "tokens_per_s" in row:
+                info += f"  {row['tokens_per_s']:.0f} tok/s"
+            if mem is not None:
+                info += f"  {mem / 1024:.1f} GiB"
+            self.progress.update(self.task, info=info)
+
+    def on_evaluate(self, args, state, control, metrics=None, **kw):
+        from rich.table import Table
+
+        metrics = metrics or {}
+        loss = metrics.get("eval_loss")
+        if loss is not None and loss < self.best:
+            self.best = loss
+        table = Table(title=f"eval @ step {state.global_step}", show_header=True)
+        for col in ("eval_loss (smoothed)", "eval_nll (plain CE)", "best eval_loss"):
+            table.add_column(col, justify="right")
+        fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+        table.add_row(fmt(loss), fmt(metrics.get("eval_nll")), fmt(self.best if self.best < math.inf else None))
+        (self.progress.console if self.progress else self.console).print(table)
+
+    def on_train_end(self, args, state, control, **kw):
+        if self.progress is not None:
+            self.progress.stop()
+
+
+class CheckpointOnSignal(TrainerCallback):
+    """Ctrl-C or SIGTERM: finish the current step, write a checkpoint, stop. A second one aborts."""
+
+    def __init__(self):
+        self.requested = None
+        self._old = {}
+
+    def install(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.getsignal(sig)
+            signal.signal(sig, self._handle)
+        return self
+
+    def uninstall(self):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame):
+        if self.requested is not None:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+
+    def on_step_end(self, args, state, control, **kw):
+        if self.requested is not None:
+            control.should_save = True
+            control.should_training_stop = True
+        return control
