@@ -1,0 +1,129 @@
+"""``kitrec-fast eval ...``: score a predictions file, compare two runs."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+__all__ = ["add_parser"]
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "eval", help="evaluate trained adapters", description="Generation, scoring and comparison."
+    )
+    sub = parser.add_subparsers(dest="eval_command", metavar="SUBCOMMAND", required=True)
+    _add_score(sub)
+    _add_compare(sub)
+    # --- Subcommands owned by other modules register here (one import + one call each), e.g.:
+    #   from kitrec_fast.eval.generate import add_generate_parser
+    #   add_generate_parser(sub)
+    # Import them inside this function so `eval score` never loads the generation stack.
+    # --- end of externally registered subcommands
+    return parser
+
+
+def _add_score(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("score", help="score a predictions JSONL file")
+    p.add_argument("--predictions", required=True, type=Path, help="predictions JSONL file")
+    p.add_argument("--output", required=True, type=Path, help="directory for report.json/.md and PNGs")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.set_defaults(func=run_score)
+
+
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="paired comparison of two runs on the same rows")
+    p.add_argument("a", type=Path, help="run A: predictions JSONL or an `eval score` output directory")
+    p.add_argument("b", type=Path, help="run B: same kinds as A; differences are B - A")
+    p.add_argument("--output", type=Path, default=None, help="directory for compare.json/.md")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.set_defaults(func=run_compare)
+
+
+def run_score(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from kitrec_fast.eval.score import score_predictions, write_report
+
+    console = Console()
+    try:
+        report = score_predictions(args.predictions, n_bootstrap=args.bootstrap, seed=args.seed)
+    except (OSError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
+    paths = write_report(report, args.output)
+    console.print(_score_table(report))
+    console.print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    return 0
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from kitrec_fast.eval.compare import compare_runs, write_comparison
+
+    console = Console()
+    try:
+        result = compare_runs(args.a, args.b, n_bootstrap=args.bootstrap, seed=args.seed)
+    except (OSError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
+    console.print(_compare_table(result))
+    if args.output is not None:
+        paths = write_comparison(result, args.output)
+        console.print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    return 0
+
+
+def _score_table(report: Any) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"KitREC scores ({report.overall.n} rows)")
+    table.add_column("group")
+    table.add_column("n", justify="right")
+    for name in report.metric_names:
+        table.add_column(name, justify="right")
+    for col in ("parse fail", "invalid", "conf MAE"):
+        table.add_column(col, justify="right")
+    for name, g in report.groups().items():
+        table.add_row(
+            name,
+            str(g.n),
+            *(_num(g.metrics[m]) for m in report.metric_names),
+            _pct(g.rates["parse_failure_rate"]),
+            _pct(g.rates["invalid_item_rate"]),
+            _num(g.calibration["mae"]),
+        )
+    return table
+
+
+def _compare_table(result: Mapping[str, Any]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"B - A over {result['n_pairs']} paired rows (Holm-corrected paired t-test)")
+    ci_label = f"{int(round(100 * (1 - result['alpha'])))}% CI"
+    for col in ("metric", "A", "B", "B - A", ci_label, "p (Holm)", ""):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    for name, m in result["metrics"].items():
+        table.add_row(
+            name,
+            _num(m["mean_a"]),
+            _num(m["mean_b"]),
+            f"{m['mean_diff']:+.4f}",
+            f"[{m['ci_low']:+.4f}, {m['ci_high']:+.4f}]",
+            "n/a" if math.isnan(m["p_holm"]) else f"{m['p_holm']:.3g}",
+            "[bold green]*[/]" if m["significant"] else "",
+        )
+    return table
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
