@@ -51,7 +51,10 @@ def plot_error_rates(report: "ScoreReport", path: str | Path) -> Path:
         dtype=float,
     )
     labels = [r.replace("_rate", "").replace("_", " ") for r in _ERROR_RATES]
-    return _grouped_bars(path, list(groups), labels, values, None, title="Error rates by user type", ylim=(0.0, 1.05))
+    # error rates are usually a few percent: a fixed 0-1 axis would flatten them to nothing
+    top = float(np.nanmax(values)) if np.isfinite(values).any() else 0.0
+    ylim = (0.0, min(1.05, max(0.05, 1.15 * top)))
+    return _grouped_bars(path, list(groups), labels, values, None, title="Error rates by user type", ylim=ylim)
 
 
 def _grouped_bars(
