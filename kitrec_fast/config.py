@@ -188,6 +188,9 @@ class RunConfig:
         _choice(self.backend, "backend", ("unsloth", "peft"))
         _check(not (self.backend == "peft" and self.model.weights == "unsloth-dynamic"), "model.weights",
                "unsloth-dynamic checkpoints are for the unsloth backend; use 'exact' with --backend peft")
+        # Unsloth's loader always quantizes to nf4 with double quantization.
+        _check(self.backend != "unsloth" or (self.model.quant_type == "nf4" and self.model.double_quant),
+               "model.quant_type", "the unsloth backend quantizes to nf4 with double quant only")
 
     @property
     def resolved_output_dir(self) -> str:

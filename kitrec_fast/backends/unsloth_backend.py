@@ -45,7 +45,12 @@ def count_fused_lora_modules(model) -> int:
 def load_model(cfg) -> LoadedModel:
     path = resolve_model_path(cfg.model.name)
     dtype = resolve_dtype(cfg.model.compute_dtype)
+    import torch
+
     resolved: list[str] = []
+    # Unsloth's CPU fallback passes unknown keywords on to the model class; only its GPU loader
+    # reports the checkpoint it resolved to.
+    extra = {"on_model_resolved": resolved.append} if torch.cuda.is_available() else {}
     model, _ = FastLanguageModel.from_pretrained(
         model_name=path,
         max_seq_length=cfg.data.max_length,
@@ -56,7 +61,7 @@ def load_model(cfg) -> LoadedModel:
         use_exact_model_name=cfg.model.weights == "exact",
         revision=cfg.model.revision,
         random_state=cfg.train.seed,
-        on_model_resolved=resolved.append,
+        **extra,
     )
     mode = gradient_checkpointing_mode(cfg.train.gradient_checkpointing, NAME)
     model = FastLanguageModel.get_peft_model(

@@ -1,0 +1,48 @@
+"""``kitrec-fast export RUN_DIR --merged-16bit OUT`` and ``kitrec-fast push RUN_DIR --repo NAME``."""
+
+from __future__ import annotations
+
+
+def add_parser(sub) -> None:
+    e = sub.add_parser("export", help="Merge the run's adapter into 16-bit base weights.")
+    e.add_argument("run_dir")
+    e.add_argument("--merged-16bit", dest="out", required=True, metavar="OUT", help="Output directory.")
+    e.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16")
+    e.add_argument("--base-model", help="Override the base checkpoint (default: the run's weights).")
+    e.set_defaults(func=_export)
+
+    p = sub.add_parser("push", help="Upload the run's adapter and records to the Hugging Face Hub.")
+    p.add_argument("run_dir")
+    p.add_argument("--repo", required=True, help="Hub repo id, e.g. you/kitrec-dualft-music-seta.")
+    p.add_argument("--private", action="store_true")
+    p.set_defaults(func=_push)
+
+
+def _export(args) -> int:
+    from rich.console import Console
+
+    from kitrec_fast.artifacts.export import export_merged
+
+    console = Console()
+    try:
+        out = export_merged(args.run_dir, args.out, dtype=args.dtype, base_model=args.base_model)
+    except FileNotFoundError as exc:
+        console.print(f"[red]error[/] {exc}")
+        return 2
+    console.print(f"[green]merged[/] model written to {out}")
+    return 0
+
+
+def _push(args) -> int:
+    from rich.console import Console
+
+    from kitrec_fast.artifacts.push import push_run
+
+    console = Console()
+    try:
+        url = push_run(args.run_dir, args.repo, private=args.private)
+    except (FileNotFoundError, PermissionError) as exc:
+        console.print(f"[red]error[/] {exc}")
+        return 2
+    console.print(f"[green]pushed[/] {url}")
+    return 0

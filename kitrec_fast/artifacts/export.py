@@ -1,0 +1,82 @@
+"""Merge a run's LoRA adapter into 16-bit base weights.
+
+QLoRA trains against 4-bit weights, but merging the adapter straight into those 4-bit blocks
+re-quantizes the sum and loses most of the fine-tune (the LoRA delta is far below the nf4 step).
+So the base is loaded in 16 bits (a pre-quantized checkpoint is dequantized), each delta
+``scale * B @ A`` is added in float32, and only the sum is cast to the output dtype.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+_PREQUANT = re.compile(r"(-unsloth)?-bnb-4bit$")
+
+
+def base_for_merge(weights: str) -> str:
+    """The 16-bit checkpoint behind a run's weights (pre-quantized 4-bit ids map to their origin)."""
+    return _PREQUANT.sub("", weights)
+
+
+def merge_lora_fp32(peft_model) -> int:
+    """Fold every LoRA adapter into its base Linear in float32; returns the number of layers merged."""
+    import torch
+    from peft.tuners.lora import LoraLayer
+
+    merged = 0
+    with torch.no_grad():
+        for module in peft_model.modules():
+            if not isinstance(module, LoraLayer):
+                continue
+            base = module.get_base_layer()
+            weight = base.weight
+            total = weight.data.float()
+            for name in module.active_adapters:
+                if name not in module.lora_A:
+                    continue
+                a = module.lora_A[name].weight.float()
+                b = module.lora_B[name].weight.float()
+                delta = (b @ a) * module.scaling[name]
+                total += delta.T if getattr(module, "fan_in_fan_out", False) else delta
+            weight.data.copy_(total.to(weight.dtype))
+            merged += 1
+    return merged
+
+
+def export_merged(run_dir: str | Path, out_dir: str | Path, dtype: str = "bfloat16",
+                  base_model: str | None = None) -> Path:
+    """Write base + adapter merged into ``out_dir`` as a plain transformers checkpoint."""
+    import json
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kitrec_fast.artifacts import rundir
+    from kitrec_fast.backends.common import resolve_model_path
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    adapter = run_dir / rundir.ADAPTER_DIR
+    if not (adapter / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{adapter}: no adapter_config.json (is {run_dir} a finished run?)")
+    env_path = run_dir / rundir.ENVIRONMENT
+    weights = json.loads(env_path.read_text()).get("weights") if env_path.is_file() else None
+    if base_model is None:
+        cfg = rundir.read_resolved_config(run_dir)
+        base_model = base_for_merge(weights or resolve_model_path(cfg.model.name))
+    torch_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[dtype]
+    # Load the base in float32 layer storage only where it is cheap; otherwise in the output dtype
+    # and merge each layer in float32 (merge_lora_fp32), which bounds the extra memory to one layer.
+    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch_dtype, low_cpu_mem_usage=True)
+    model = PeftModel.from_pretrained(model, str(adapter))
+    n = merge_lora_fp32(model)
+    if n == 0:
+        raise RuntimeError(f"{adapter}: no LoRA layers found to merge")
+    model = model.unload()  # drop the LoRA modules, keeping the merged base weights
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out_dir), safe_serialization=True)
+    AutoTokenizer.from_pretrained(str(adapter)).save_pretrained(str(out_dir))
+    (out_dir / "kitrec_export.json").write_text(json.dumps(
+        {"run_dir": str(run_dir), "base_model": base_model, "dtype": dtype, "merged_layers": n}, indent=2))
+    return out_dir
