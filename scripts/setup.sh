@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Install kitrec_fast and its pinned stack into ./.venv (idempotent).
+#   bash scripts/setup.sh            # then: .venv/bin/kitrec-fast quickstart
+# torch 2.13.0 is pinned first so the rest of the stack (unsloth 2026.10.9 needs torch<2.15)
+# resolves against it instead of pulling another build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+VPY=.venv/bin/python
+"$VPY" -m pip install -q --upgrade pip
+"$VPY" -m pip install -q "torch==${KITREC_TORCH_VERSION:-2.13.0}"
+"$VPY" -m pip install -q -e ".[dev]"
+# unsloth lists torchvision and xformers, but the PyPI builds that pip picks may be compiled for
+# another torch and then break `import torch` users at import time. Neither is needed for text
+# LoRA training (unsloth falls back to PyTorch SDPA), so drop whichever does not load.
+for mod in torchvision xformers; do
+  if "$VPY" -m pip show -q "$mod" >/dev/null 2>&1 && ! "$VPY" -c "import $mod" >/dev/null 2>&1; then
+    echo "setup: removing $mod (its wheel does not load beside torch $("$VPY" -c 'import torch;print(torch.__version__)'))"
+    "$VPY" -m pip uninstall -q -y "$mod"
+  fi
+done
+"$VPY" -c "import kitrec_fast, torch, transformers, trl, peft; print('kitrec_fast', kitrec_fast.__version__, '| torch', torch.__version__, '| transformers', transformers.__version__, '| trl', trl.__version__)"
