@@ -60,5 +60,8 @@ def _recipes(args) -> int:
         cfg = config_from_dict(load_recipe(name))
         table.add_row(name, cfg.data.dataset, f"{cfg.lora.r}/{cfg.lora.alpha}", str(cfg.train.learning_rate),
                       str(cfg.train.epochs), str(cfg.train.label_smoothing), str(cfg.train.neftune_alpha))
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:  # piped output: don't wrap ids at rich's 80-column default
+        console = Console(width=160)
+    console.print(table)
     return 0

@@ -1,0 +1,104 @@
+"""Every shipped recipe resolves to the published KitREC values (read from the YAML itself)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kitrec_fast.config import PROJECTIONS, ConfigError, apply_overrides, config_from_dict
+from kitrec_fast.recipes import FAMILIES, SMOKE_OVERRIDES, list_recipes, recipes_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
+
+# The SPEC.md table.
+SPEC = {
+    "dualft": dict(r=32, alpha=64, dropout=0.08, lr=2e-4, warmup=0.05, wd=0.02, epochs=3, smoothing=0.05,
+                   neftune=5.0, eval_steps=200, save_steps=200),
+    "singleft": dict(r=24, alpha=48, dropout=0.15, lr=6e-5, warmup=0.1, wd=0.05, epochs=6, smoothing=0.1,
+                     neftune=3.0, eval_steps=50, save_steps=100),
+}
+
+
+def test_eight_recipes_ship_from_the_top_level_folder():
+    assert recipes_dir().resolve() == (ROOT / "recipes").resolve()
+    assert len(RECIPES) == 8
+    assert list_recipes() == sorted(p.stem for p in RECIPES)
+    assert {f"{fam}_set{s}" for fam in FAMILIES for s in "ab"} == set(list_recipes())
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_recipe_matches_spec(path):
+    text = path.read_text()
+    family, set_name = path.stem.rsplit("_set", 1)
+    command = f"# python -m kitrec_fast.recipes.{family}" + (" --set B" if set_name == "b" else "")
+    assert text.splitlines()[0] == command
+    cfg = config_from_dict(yaml.safe_load(text))
+    kind, domain = family.split("_")
+    spec = SPEC[kind]
+    assert cfg.recipe == path.stem
+    assert cfg.data.dataset == f"Younggooo/kitrec-{kind}_{domain}-set{set_name}"
+    assert (cfg.data.max_length, cfg.data.max_candidates, cfg.data.val_fraction, cfg.data.split_seed) == (5120, 50, 0.1, 42)
+    assert cfg.model.name == "Qwen/Qwen3-14B"
+    assert cfg.model.load_in_4bit and cfg.model.quant_type == "nf4" and cfg.model.double_quant
+    assert cfg.model.compute_dtype == "bfloat16"
+    assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.bias) == (spec["r"], spec["alpha"], spec["dropout"], "none")
+    assert cfg.lora.target_modules == PROJECTIONS
+    t = cfg.train
+    assert (t.per_device_batch_size, t.gradient_accumulation_steps, t.effective_batch_size) == (2, 16, 32)
+    assert t.learning_rate == pytest.approx(spec["lr"]) and t.lr_scheduler == "cosine"
+    assert t.warmup_ratio == spec["warmup"] and t.weight_decay == spec["wd"] and t.epochs == spec["epochs"]
+    assert t.label_smoothing == spec["smoothing"] and t.neftune_alpha == spec["neftune"]
+    assert (t.eval_steps, t.save_steps, t.save_total_limit) == (spec["eval_steps"], spec["save_steps"], 3)
+    assert (t.early_stopping_patience, t.early_stopping_threshold) == (3, 0.001)
+    assert (t.optim, t.max_grad_norm, t.seed, t.group_by_length) == ("adamw_torch_fused", 1.0, 42, True)
+    assert t.gradient_checkpointing in ("auto", "unsloth", "standard")
+
+
+def test_smoke_overrides_are_valid_keys():
+    raw = yaml.safe_load(RECIPES[0].read_text())
+    nested = {k: str(v) for k, v in SMOKE_OVERRIDES.items() if "." in k}
+    cfg = config_from_dict(apply_overrides(raw, nested))
+    assert cfg.model.name == "testkit:tiny-qwen3" and cfg.train.max_steps > 0
+
+
+def test_bad_overrides_name_the_option():
+    raw = yaml.safe_load(RECIPES[0].read_text())
+    with pytest.raises(ConfigError, match="train.learning_rat"):
+        apply_overrides(raw, {"train.learning_rat": "1"})
+    with pytest.raises(ConfigError, match="train.max_steps: expects a number"):
+        apply_overrides(raw, {"train.max_steps": "many"})
+    with pytest.raises(ConfigError, match="data.on_bad_row"):
+        config_from_dict(apply_overrides(raw, {"data.on_bad_row": "ignore"}))
+    with pytest.raises(ConfigError, match="unknown key"):
+        config_from_dict({**raw, "trian": {}})
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_dry_run_every_recipe(family):
+    for extra in ([], ["--set", "B"]):
+        proc = subprocess.run([sys.executable, "-m", f"kitrec_fast.recipes.{family}", "--dry-run", *extra,
+                               "--max-steps", "7", "train.learning_rate=1e-4", "--backend", "peft"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        out = proc.stdout
+        assert f"{family}_set{'b' if extra else 'a'}" in out
+        assert "train.max_steps" in out and "0.0001" in out and "peft" in out
+        assert "unsloth" not in sys.modules
+
+
+def test_console_script_lists_recipes():
+    proc = subprocess.run([sys.executable, "-m", "kitrec_fast", "recipes"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0
+    assert proc.stdout.count("Younggooo/kitrec-") == 8
+
+
+def test_unknown_recipe_is_a_clear_error():
+    proc = subprocess.run([sys.executable, "-m", "kitrec_fast", "train", "dualft_musik", "--dry-run"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "unknown recipe" in proc.stdout
