@@ -101,7 +101,7 @@ def run_training(cfg: RunConfig, command: str | None = None, console=None) -> Ru
     tokenizer = load_tokenizer(cfg.data.tokenizer or resolve_model_path(cfg.model.name))
     prepared = prepare(cfg.data, tokenizer)
     (run_dir / "data_report.json").write_text(json.dumps(prepared.report, indent=2, default=str))
-    console.print(f"[green]data[/] {len(prepared.train)} train / {len(prepared.val)} validation rows "
+    console.print(f"[green]data[/] {len(prepared.train)} train / {len(prepared.validation)} validation rows "
                   f"prepared in {time.perf_counter() - t0:.1f}s")
     if len(prepared.train) == 0:
         raise UserError(f"no training rows left after validation of {cfg.data.dataset}; see data_report.json")
@@ -129,11 +129,11 @@ def run_training(cfg: RunConfig, command: str | None = None, console=None) -> Ru
     metrics_cb = MetricsLogger(run_dir / rundir.METRICS)
     stop_cb = CheckpointOnSignal()
     callbacks = [metrics_cb, RichProgress(console), stop_cb]
-    has_eval = len(prepared.val) > 0
+    has_eval = len(prepared.validation) > 0
     if has_eval and cfg.train.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(cfg.train.early_stopping_patience,
                                                cfg.train.early_stopping_threshold))
-    trainer = make_trainer(cfg, loaded.model, tokenizer, prepared.train, prepared.val if has_eval else None,
+    trainer = make_trainer(cfg, loaded.model, tokenizer, prepared.train, prepared.validation if has_eval else None,
                            str(run_dir), callbacks)
     metrics_cb.trainer = trainer
     resume = rundir.last_checkpoint(run_dir)
@@ -157,7 +157,7 @@ def run_training(cfg: RunConfig, command: str | None = None, console=None) -> Ru
         "best_eval_loss": state.best_metric, "best_checkpoint": state.best_model_checkpoint,
         "interrupted": stop_cb.requested, "loss_path": trainer.kitrec_loss_path,
         "early_stopped": bool(has_eval and state.global_step < state.max_steps and not stop_cb.requested),
-        "train_rows": len(prepared.train), "val_rows": len(prepared.val),
+        "train_rows": len(prepared.train), "val_rows": len(prepared.validation),
         "wall_seconds": round(time.perf_counter() - t0, 1), "warnings": getattr(cfg, "_warnings", []),
     }
     if stop_cb.requested:

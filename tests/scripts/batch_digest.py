@@ -31,7 +31,7 @@ def main() -> None:
     loaded = mod.load_model(cfg)
     import tempfile
 
-    trainer = make_trainer(cfg, loaded.model, tok, data.train, data.val, tempfile.mkdtemp(), [])
+    trainer = make_trainer(cfg, loaded.model, tok, data.train, data.validation, tempfile.mkdtemp(), [])
     batches = []
     for i, batch in enumerate(trainer.get_train_dataloader()):
         if i == n:
