@@ -86,6 +86,21 @@ def test_bfloat16_matches(eps: float, vocab_block: int, monkeypatch: pytest.Monk
     torch.testing.assert_close(gw.float(), rw.float(), rtol=3e-2, atol=5e-4)
 
 
+def test_mixed_dtypes_and_autocast() -> None:
+    """fp32 hidden states with a float64 head compute in the head's dtype; autocast is ignored."""
+    hidden, weight, labels = make_inputs(weight_grad=True)
+    hidden32 = hidden.detach().float().requires_grad_()
+    ref = torch_ce(hidden32.double(), weight, labels, 0.1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = causal_lm_loss(hidden32, weight, labels, label_smoothing=0.1, chunk_size=9)
+    assert out.loss.dtype == torch.float64
+    torch.testing.assert_close(out.loss, ref, rtol=1e-12, atol=1e-12)
+    (gh, gw), (rh, rw) = grads(out.loss, hidden32, weight), grads(ref, hidden32, weight)
+    assert gh.dtype == torch.float32
+    torch.testing.assert_close(gh, rh)
+    torch.testing.assert_close(gw, rw, rtol=1e-10, atol=1e-12)
+
+
 def test_frozen_weight_gets_no_grad_and_is_not_needed() -> None:
     hidden, weight, labels = make_inputs()
     out = causal_lm_loss(hidden, weight, labels, label_smoothing=0.1)

@@ -66,7 +66,15 @@ def _denominator(num_items_in_batch: int | Tensor | None, n_tokens: int, device:
     return torch.tensor(float(num_items_in_batch), device=device)
 
 
-def _chunked(
+def _chunked(*args, **kwargs) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None]:
+    # Autocast would turn the fp32 logits chunk into bf16 behind our back, and the in-place softmax
+    # and gradient arithmetic below rely on it being fp32; dtypes are handled explicitly instead.
+    device_type = args[0].device.type
+    with torch.autocast(device_type=device_type, enabled=False):
+        return _chunked_impl(*args, **kwargs)
+
+
+def _chunked_impl(
     hidden: Tensor,
     weight: Tensor,
     bias: Tensor | None,
@@ -85,8 +93,8 @@ def _chunked(
     vocab = weight.shape[0]
     device = hidden.device
     vocab_block = vocab_block or _VOCAB_BLOCK
-    # fp32 for bf16/fp16/fp32 inputs; float64 inputs (tests) stay float64.
-    acc = torch.promote_types(hidden.dtype, torch.float32)
+    # fp32 for bf16/fp16/fp32 heads; float64 (tests) stays float64.
+    acc = torch.promote_types(weight.dtype, torch.float32)
     loss_sum = torch.zeros((), dtype=acc, device=device)
     nll_sum = torch.zeros((), dtype=acc, device=device)
     grad_hidden = torch.zeros_like(hidden) if need_hidden_grad else None
@@ -99,7 +107,9 @@ def _chunked(
 
     for start in range(0, rows.numel(), chunk_size):
         idx = rows[start:start + chunk_size]
-        h = hidden.index_select(0, idx)
+        # The matmul runs in the head's dtype: casting one chunk of hidden states is cheap, casting
+        # the [V, H] head would copy it (e.g. an fp32 head after prepare_model_for_kbit_training).
+        h = hidden.index_select(0, idx).to(weight.dtype)
         y = flat_labels.index_select(0, idx).unsqueeze(1)
 
         # The matmul runs in the input dtype (as the model's lm_head would); the softmax in fp32.
@@ -144,7 +154,7 @@ def _chunked(
             grad_bias += g.sum(0)
         if g.dtype == weight.dtype:
             if need_hidden_grad:
-                grad_hidden.index_copy_(0, idx, g @ weight)
+                grad_hidden.index_copy_(0, idx, (g @ weight).to(hidden.dtype))
             if need_weight_grad:
                 grad_weight.addmm_(g.t(), h)
         else:
