@@ -1,0 +1,88 @@
+"""Read raw KitREC rows as a list of dicts.
+
+``dataset`` is one of:
+
+* ``embedded:NAME`` -> the sample shipped in ``kitrec_fast/data/sample/NAME.jsonl.gz``;
+* a local ``.jsonl`` / ``.json`` / ``.parquet`` file, optionally ``.gz``-compressed (a ``.json``
+  file may hold a list of rows, an object mapping split names to lists, or JSON lines);
+* anything else is a Hugging Face Hub dataset id, loaded with ``datasets.load_dataset``
+  (``split`` picks the split; the KitREC val sets call theirs ``val``).
+
+Local files are parsed directly rather than through ``datasets``: this skips the Arrow cache
+under ``~/.cache/huggingface`` and keeps nested ``ground_truth``/``metadata`` values as they are.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+EMBEDDED_PREFIX = "embedded:"
+SAMPLE_DIR = Path(__file__).resolve().parent / "sample"
+_LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".jsonl.gz", ".json.gz", ".parquet.gz")
+
+
+class DatasetLoadError(ValueError):
+    """The dataset option names nothing readable; the message names the option and the path."""
+
+
+def embedded_path(name: str) -> Path:
+    path = SAMPLE_DIR / f"{name}.jsonl.gz"
+    if not path.is_file():
+        available = sorted(p.name[: -len(".jsonl.gz")] for p in SAMPLE_DIR.glob("*.jsonl.gz")) if SAMPLE_DIR.is_dir() else []
+        raise DatasetLoadError(f"data.dataset (--dataset): no embedded sample {name!r} at {path}; "
+                               f"available: {', '.join(available) or 'none'}")
+    return path
+
+
+def load_raw(dataset: str, split: str = "train") -> list[dict[str, Any]]:
+    if dataset.startswith(EMBEDDED_PREFIX):
+        return read_local(embedded_path(dataset[len(EMBEDDED_PREFIX):]), split)
+    path = Path(dataset).expanduser()
+    if path.is_file():
+        return read_local(path, split)
+    if dataset.lower().endswith(_LOCAL_SUFFIXES):
+        raise DatasetLoadError(f"data.dataset (--dataset): file not found: {dataset}")
+    import datasets
+
+    return datasets.load_dataset(dataset, split=split).to_list()
+
+
+def _open_bytes(path: Path) -> bytes:
+    raw = path.read_bytes()
+    return gzip.decompress(raw) if path.name.endswith(".gz") else raw
+
+
+def read_local(path: Path, split: str = "train") -> list[dict[str, Any]]:
+    name = path.name[:-3] if path.name.endswith(".gz") else path.name
+    data = _open_bytes(path)
+    if name.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        return pq.read_table(io.BytesIO(data)).to_pylist()
+    text = data.decode("utf-8")
+    if name.endswith(".json"):
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError:
+            obj = None  # not a single document: read it as JSON lines below
+        if isinstance(obj, list):
+            return obj
+        if isinstance(obj, dict):
+            if isinstance(obj.get(split), list):
+                return obj[split]
+            if isinstance(obj.get("data"), list):
+                return obj["data"]
+            raise DatasetLoadError(f"data.dataset (--dataset): {path} holds an object without a {split!r} list")
+    rows = []
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise DatasetLoadError(f"data.dataset (--dataset): {path} line {lineno} is not JSON ({exc.msg})") from None
+    return rows
