@@ -1,0 +1,51 @@
+"""Load the tokenizer and pin its pad token.
+
+``offline:qwen3`` builds the offline Qwen3 tokenizer from ``kitrec_fast.testkit``; anything else
+goes to ``AutoTokenizer.from_pretrained``. The pad token is forced to ``<|endoftext|>`` (id 151643
+in Qwen vocabularies): padding with ``<|im_end|>`` would teach the model that the end-of-turn
+token is noise, and vision / im tokens have untrained embeddings in text checkpoints.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+OFFLINE_QWEN3 = "offline:qwen3"
+PAD_TOKEN = "<|endoftext|>"
+_FORBIDDEN_PAD = re.compile(r"<\|(?:im_|vision|image|video|box|quad|object_ref)", re.IGNORECASE)
+
+
+class TokenizerError(ValueError):
+    """The tokenizer cannot be used for KitREC rendering; the message names the option."""
+
+
+def load_tokenizer(name: str) -> Any:
+    if not name:
+        raise TokenizerError("data.tokenizer (--tokenizer): must name a tokenizer id, directory or 'offline:qwen3'")
+    if name == OFFLINE_QWEN3:
+        from transformers import AutoTokenizer
+
+        from kitrec_fast.testkit.tokenizer import qwen3_tokenizer_dir
+
+        # a fresh load of the cached directory: same tokenizer as build_qwen3_tokenizer(), minus a deepcopy
+        tok = AutoTokenizer.from_pretrained(str(qwen3_tokenizer_dir()))
+    else:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(name)
+    return ensure_pad_token(tok)
+
+
+def ensure_pad_token(tok: Any) -> Any:
+    """Set the pad token to ``<|endoftext|>`` when the vocabulary has it; refuse vision/im pads."""
+    vocab = tok.get_vocab()
+    if PAD_TOKEN in vocab:
+        tok.pad_token = PAD_TOKEN
+    if tok.pad_token is None:
+        raise TokenizerError(f"tokenizer has neither {PAD_TOKEN} nor a pad token; set one before rendering")
+    if _FORBIDDEN_PAD.search(str(tok.pad_token)):
+        raise TokenizerError(f"pad token {tok.pad_token!r} is a vision/im token; it must be {PAD_TOKEN}")
+    if not getattr(tok, "chat_template", None):
+        raise TokenizerError("tokenizer has no chat_template; KitREC rows are rendered with the model's own template")
+    return tok
