@@ -8,11 +8,13 @@ token is noise, and vision / im tokens have untrained embeddings in text checkpo
 
 from __future__ import annotations
 
+import copy
 import re
 from typing import Any
 
 OFFLINE_QWEN3 = "offline:qwen3"
 PAD_TOKEN = "<|endoftext|>"
+_OFFLINE: Any = None
 _FORBIDDEN_PAD = re.compile(r"<\|(?:im_|vision|image|video|box|quad|object_ref)", re.IGNORECASE)
 
 
@@ -24,17 +26,24 @@ def load_tokenizer(name: str) -> Any:
     if not name:
         raise TokenizerError("data.tokenizer (--tokenizer): must name a tokenizer id, directory or 'offline:qwen3'")
     if name == OFFLINE_QWEN3:
-        from transformers import AutoTokenizer
-
-        from kitrec_fast.testkit.tokenizer import qwen3_tokenizer_dir
-
-        # a fresh load of the cached directory: same tokenizer as build_qwen3_tokenizer(), minus a deepcopy
-        tok = AutoTokenizer.from_pretrained(str(qwen3_tokenizer_dir()))
+        tok = _offline_qwen3()
     else:
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(name)
     return ensure_pad_token(tok)
+
+
+def _offline_qwen3() -> Any:
+    global _OFFLINE
+    if _OFFLINE is None:
+        from transformers import AutoTokenizer
+
+        from kitrec_fast.testkit.tokenizer import qwen3_tokenizer_dir
+
+        _OFFLINE = AutoTokenizer.from_pretrained(str(qwen3_tokenizer_dir()))
+    # callers may mutate their tokenizer (padding side, template); a copy is cheaper than a reload
+    return copy.deepcopy(_OFFLINE)
 
 
 def ensure_pad_token(tok: Any) -> Any:

@@ -1,0 +1,164 @@
+"""``kitrec-fast data prepare | synth | inspect``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+from kitrec_fast.config import ConfigError, DataConfig
+
+
+def add_parser(subparsers: Any) -> None:
+    data = subparsers.add_parser("data", help="Prepare, generate or inspect KitREC training data.")
+    sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
+
+    p = sub.add_parser("prepare", help="Load, split, truncate and tokenize a dataset; save it with a report.")
+    _common(p)
+    p.add_argument("--max-length", type=int, default=5120, help="token budget of a whole conversation")
+    p.add_argument("--max-candidates", type=int, default=50, help="candidates kept in every prompt")
+    p.add_argument("--min-candidates", type=int, default=20, help="floor for further candidate cuts")
+    p.add_argument("--history-recent", choices=("last", "first"), default="last",
+                   help="which end of a history list is the most recent item")
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--split-seed", type=int, default=42)
+    p.add_argument("--on-bad-row", choices=("error", "skip"), default="error")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N rows")
+    p.add_argument("--output", required=True, help="directory for train/, validation/ and report.json")
+    p.set_defaults(func=cmd_prepare)
+
+    s = sub.add_parser("synth", help="Write synthetic KitREC rows as JSON lines.")
+    s.add_argument("--rows", type=int, required=True)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--domain", choices=("music", "movies"), default="music")
+    s.add_argument("--kind", choices=("dualft", "singleft"), default="dualft")
+    s.add_argument("--split", choices=("train", "val", "test"), default="train")
+    s.add_argument("--output", required=True, help="output .jsonl (or .jsonl.gz)")
+    s.set_defaults(func=cmd_synth)
+
+    i = sub.add_parser("inspect", help="Show one rendered sample with its trained span, and a length histogram.")
+    _common(i)
+    i.add_argument("--index", type=int, default=0, help="row (in file order) to show")
+    i.add_argument("--max-length", type=int, default=5120)
+    i.add_argument("--limit", type=int, default=256, help="rows rendered for the histogram")
+    i.set_defaults(func=cmd_inspect)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", required=True, help="Hub id, local .jsonl/.json/.parquet(.gz) or embedded:NAME")
+    p.add_argument("--dataset-split", default="train", help="split of a Hub dataset")
+    p.add_argument("--tokenizer", required=True, help="tokenizer id or directory, or offline:qwen3")
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=False, highlight=False)
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from kitrec_fast.data.pipeline import prepare, save_prepared
+    from kitrec_fast.render.tokenizer import load_tokenizer
+
+    console = _console()
+    t0 = time.perf_counter()
+    try:
+        cfg = DataConfig(dataset=args.dataset, dataset_split=args.dataset_split, tokenizer=args.tokenizer,
+                         val_fraction=args.val_fraction, split_seed=args.split_seed, max_length=args.max_length,
+                         max_candidates=args.max_candidates, min_candidates=args.min_candidates,
+                         history_recent=args.history_recent, on_bad_row=args.on_bad_row, limit=args.limit)
+    except ConfigError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
+    tok = load_tokenizer(args.tokenizer)
+    try:
+        prepared = prepare(cfg, tok)
+    except ValueError as exc:  # BadRowError, RenderError, DatasetLoadError: messages name row and option
+        console.print(f"[red]error:[/red] {exc}")
+        return 1
+    out = save_prepared(prepared, args.output)
+    print_summary(console, prepared.report, time.perf_counter() - t0, out)
+    return 0
+
+
+def print_summary(console: Any, report: dict, seconds: float, out: Any) -> None:
+    from rich.table import Table
+
+    rows = report["rows"]
+    console.print(f"[bold]kitrec-fast data prepare[/bold]: {rows['loaded']} rows from {report['dataset']} "
+                  f"-> {out} in {seconds:.1f} s")
+    t = Table(title="rows per user type (in -> out)")
+    t.add_column("user type")
+    t.add_column("train", justify="right")
+    t.add_column("validation", justify="right")
+    for ut, d in report["per_user_type"].items():
+        t.add_row(ut, f"{d['train']['in']} -> {d['train']['out']}", f"{d['validation']['in']} -> {d['validation']['out']}")
+    t.add_row("[bold]total[/bold]", f"{rows['train']['in']} -> {rows['train']['out']}",
+              f"{rows['validation']['in']} -> {rows['validation']['out']}")
+    console.print(t)
+    tok = Table(title=f"tokens per conversation (budget {report['tokens']['max_length']})")
+    for c in ("", "p50", "p90", "p95", "p99", "max"):
+        tok.add_column(c, justify="right")
+    for name in ("before", "after", "trained"):
+        d = report["tokens"][name]
+        tok.add_row(name, *(f"{d.get(k, 0):.0f}" for k in ("p50", "p90", "p95", "p99", "max")))
+    console.print(tok)
+    tr = report["truncation"]
+    console.print(f"candidates cut: {tr['rows_candidates_cut']} rows ({tr['rows_candidates_below_max']} below "
+                  f"max_candidates); history cut: {tr['rows_history_cut']} rows, lines dropped "
+                  f"{tr['history_lines_dropped']}; skipped: {rows['skipped']} {report['skipped_by_stage']}")
+    for s in report["skipped"][:10]:
+        console.print(f"  [yellow]skipped[/yellow] row {s['index']} (user_id={s['user_id']!r}, {s['stage']}): {s['problem']}")
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from kitrec_fast.data.synth import generate_rows, write_jsonl
+
+    path = write_jsonl(args.output, generate_rows(args.rows, seed=args.seed, domain=args.domain,
+                                                  kind=args.kind, split=args.split))
+    print(f"wrote {args.rows} rows to {path}")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    import numpy as np
+    from rich.text import Text
+
+    from kitrec_fast.data.pipeline import prepare
+    from kitrec_fast.render.tokenizer import load_tokenizer
+
+    console = _console()
+    limit = max(args.limit, args.index + 1)
+    cfg = DataConfig(dataset=args.dataset, dataset_split=args.dataset_split, tokenizer=args.tokenizer,
+                     val_fraction=0.0, max_length=args.max_length, on_bad_row="skip", limit=limit)
+    tok = load_tokenizer(args.tokenizer)
+    prepared = prepare(cfg, tok, verify_rows=0)
+    ds = prepared.train
+    hits = [k for k, src in enumerate(ds["source_index"]) if src == args.index]
+    if not hits:
+        console.print(f"[red]error:[/red] row {args.index} was skipped or is out of range; "
+                      f"see {prepared.report['skipped'][:3]}")
+        return 1
+    ex = ds[hits[0]]
+    ids, labels = ex["input_ids"], ex["labels"]
+    start = next(k for k, lab in enumerate(labels) if lab != -100)
+    text = Text()
+    text.append(tok.decode(ids[:start]), style="dim")
+    text.append(tok.decode(ids[start:]), style="bold green")
+    console.rule(f"row {args.index}  user {ex['user_id']}  ({ex['user_type']})  {ex['length']} tokens, "
+                 f"{ex['num_trained']} trained (green)")
+    console.print(text)
+    lengths = np.asarray(ds["length"])
+    console.rule(f"length histogram over {len(lengths)} rows (budget {args.max_length})")
+    counts, edges = np.histogram(lengths, bins=10)
+    peak = max(int(counts.max()), 1)
+    for c, lo, hi in zip(counts, edges[:-1], edges[1:]):
+        console.print(f"{lo:7.0f}-{hi:7.0f} | {'#' * int(round(40 * c / peak)):<40} {c}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from kitrec_fast.cli import main
+
+    sys.exit(main(["data", *sys.argv[1:]]))
