@@ -76,3 +76,42 @@ def load_model(cfg) -> LoadedModel:
                "quantization_config": quant.to_dict() if quant is not None else None,
                "num_layers": model.config.num_hidden_layers},
     )
+
+
+def load_for_inference(cfg, adapter_dir: str | None, max_seq_length: int | None = None):
+    """The 4-bit base model as in ``load_model`` with a trained adapter loaded (not a fresh one).
+
+    No ``prepare_model_for_kbit_training`` and no gradient checkpointing: those are training
+    settings (fp32 upcasts, recomputation) that only slow generation down. ``adapter_dir=None``
+    gives the bare base model (a zero-shot baseline). ``max_seq_length`` is accepted for symmetry
+    with the Unsloth backend; transformers sizes its KV cache per call.
+    """
+    _assert_unpatched()
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    path = resolve_model_path(cfg.model.name)
+    dtype = resolve_dtype(cfg.model.compute_dtype)
+    quant = None
+    if cfg.model.load_in_4bit:
+        quant = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=cfg.model.quant_type,
+            bnb_4bit_use_double_quant=cfg.model.double_quant,
+            bnb_4bit_compute_dtype=dtype,
+        )
+    model = AutoModelForCausalLM.from_pretrained(
+        path,
+        quantization_config=quant,
+        dtype=dtype,
+        attn_implementation=cfg.model.attn_implementation,
+        revision=cfg.model.revision,
+        device_map={"": 0} if torch.cuda.is_available() else None,
+    )
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+    model.config.use_cache = True
+    model.eval()
+    return model

@@ -88,3 +88,30 @@ def load_model(cfg) -> LoadedModel:
         notes={"unsloth_version": UNSLOTH_VERSION, "gradient_checkpointing": mode,
                "quantization_config": quant, "num_layers": model.config.num_hidden_layers},
     )
+
+
+def load_for_inference(cfg, adapter_dir: str | None, max_seq_length: int | None = None):
+    """The 4-bit base model as in ``load_model`` with a trained adapter, in Unsloth's inference mode.
+
+    ``for_inference`` switches Unsloth to its fast generation path (fused attention/KV-cache
+    kernels, no gradient checkpointing). ``max_seq_length`` should cover prompt + new tokens
+    (evaluation prompts plus 2,048 generated tokens can exceed the training ``data.max_length``);
+    default: the training length. ``adapter_dir=None`` gives the bare base model.
+    """
+    path = resolve_model_path(cfg.model.name)
+    dtype = resolve_dtype(cfg.model.compute_dtype)
+    model, _ = FastLanguageModel.from_pretrained(
+        model_name=path,
+        max_seq_length=max(max_seq_length or 0, cfg.data.max_length),
+        dtype=dtype,
+        load_in_4bit=cfg.model.load_in_4bit,
+        use_exact_model_name=cfg.model.weights == "exact",
+        revision=cfg.model.revision,
+        random_state=cfg.train.seed,
+    )
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+    FastLanguageModel.for_inference(model)
+    return model

@@ -21,6 +21,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     #   from kitrec_fast.eval.generate import add_generate_parser
     #   add_generate_parser(sub)
     # Import them inside this function so `eval score` never loads the generation stack.
+    from kitrec_fast.eval.generate import add_generate_parser
+    add_generate_parser(sub)
+    from kitrec_fast.eval.eval_loss import add_loss_parser
+    add_loss_parser(sub)
     # --- end of externally registered subcommands
     return parser
 
