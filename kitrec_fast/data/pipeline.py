@@ -14,7 +14,9 @@ split seed, ``data.split_seed``). Rows failing validation or unable to fit are e
 Speed: every distinct text chunk of the untruncated renderings is tokenized in one batched call
 per block of rows (see ``kitrec_fast.render.chat``); truncation then only sums cached costs and
 re-measures assembled texts from the cache. ``verify_rows`` rows, spread evenly over the data, are
-re-tokenized as whole texts and must match the chunked ids token for token.
+re-tokenized as whole texts and must match the chunked ids token for token. ``data.num_proc`` is
+not used: the Rust tokenizer already spreads each batch over all cores, and forking workers would
+copy the chunk cache and the parsed rows.
 """
 
 from __future__ import annotations
@@ -83,10 +85,11 @@ def _body(renderer: ChatRenderer, row: KitrecRow) -> str:
         raise RenderError(f"row {row.index} (user_id={row.user_id!r}): {exc}") from exc
 
 
-def _validate_and_tokenize(raw: list[dict], cfg: DataConfig, renderer: ChatRenderer,
-                           skipped: list[dict]) -> tuple[list[KitrecRow], list[int]]:
+def _validate_and_tokenize(raw: list[dict], cfg: DataConfig, renderer: ChatRenderer, skipped: list[dict],
+                           consume: bool) -> tuple[list[KitrecRow], list[int]]:
     """Normalise every row and count its untruncated rendering; tokenization of block k runs in a
-    background thread while block k+1 is parsed."""
+    background thread while block k+1 is parsed. With ``consume``, ``raw`` entries and the prompt
+    strings are released as soon as the parsed prompt holds them (peak memory ~halves)."""
     rows: list[KitrecRow] = []
     partials: list = []
     for start in range(0, len(raw), WARM_BLOCK):
@@ -94,6 +97,8 @@ def _validate_and_tokenize(raw: list[dict], cfg: DataConfig, renderer: ChatRende
         for i in range(start, min(start + WARM_BLOCK, len(raw))):
             try:
                 block.append(normalize_row(raw[i], i, require_target=True))
+                if consume:
+                    raw[i] = None
             except BadRowError as exc:
                 if cfg.on_bad_row == "error":
                     raise
@@ -105,6 +110,9 @@ def _validate_and_tokenize(raw: list[dict], cfg: DataConfig, renderer: ChatRende
             # truncation's per-line costs would otherwise tokenize a few lines per row one by one
             renderer.prefetch_lines(ln.text for r in block for b in r.parsed.blocks
                                     if b.kind in CUTTABLE for ln in b.lines)
+            if consume:
+                for r in block:
+                    r.prompt = ""  # parsed.render() is the same text
         rows.extend(block)
     if renderer.chunked:
         renderer.drain()
@@ -124,7 +132,12 @@ def _to_dataset(rendered: list[Rendered], rows: list[KitrecRow]):
     np.cumsum(lengths, out=offsets[1:])
     empty = np.zeros(0, dtype=np.int32)
     ids = np.concatenate([r.input_ids for r in rendered]) if rendered else empty
-    labels = np.concatenate([r.labels for r in rendered]) if rendered else empty
+    # labels in one vectorised pass: -100 from each row's start through its prompt length
+    prompt_len = np.fromiter((r.prompt_length for r in rendered), dtype=np.int64, count=len(rendered))
+    masked = np.zeros(len(ids) + 1, dtype=np.int32)
+    np.add.at(masked, offsets[:-1], 1)
+    np.add.at(masked, offsets[:-1] + prompt_len, -1)
+    labels = np.where(np.cumsum(masked[:-1]) > 0, np.int32(-100), ids).astype(np.int32)
     cols = {
         "input_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(ids)),
         "labels": pa.ListArray.from_arrays(pa.array(offsets), pa.array(labels)),
@@ -159,7 +172,10 @@ def prepare(cfg: DataConfig, tokenizer: Any, *, rows: Optional[list[dict]] = Non
     t = tick("load", t0)
     skipped: list[dict] = []
     renderer = get_renderer(tokenizer)
-    valid, tokens_before = _validate_and_tokenize(raw, cfg, renderer, skipped)
+    valid, tokens_before = _validate_and_tokenize(raw, cfg, renderer, skipped, consume=rows is None)
+    n_loaded = len(raw)
+    if rows is None:
+        del raw  # the rows keep what they need; the raw dicts (and unused columns) can go
     t = tick("validate_tokenize", t)
     train_idx, val_idx = stratified_split([r.user_type for r in valid], [r.user_id for r in valid],
                                           cfg.val_fraction, cfg.split_seed)
@@ -203,7 +219,7 @@ def prepare(cfg: DataConfig, tokenizer: Any, *, rows: Optional[list[dict]] = Non
 
     datasets_ = {s: _to_dataset(out_rendered[s], out_rows[s]) for s in SPLITS}
     t = tick("arrow", t)
-    report = _report(cfg, tokenizer, raw, valid, train_idx, val_idx, out_rows, out_rendered, records, skipped,
+    report = _report(cfg, tokenizer, n_loaded, valid, train_idx, val_idx, out_rows, out_rendered, records, skipped,
                      renderer, verified, opts)
     timings["total"] = round(time.perf_counter() - t0, 3)
     report["seconds"] = timings
@@ -217,7 +233,7 @@ def _verify(renderer: ChatRenderer, prompt: str, row: KitrecRow, rendered: Rende
                           f"whole-text tokenization ({len(rendered.input_ids)} vs {len(whole)} tokens)")
 
 
-def _report(cfg, tokenizer, raw, valid, train_idx, val_idx, out_rows, out_rendered, records, skipped,
+def _report(cfg, tokenizer, n_loaded, valid, train_idx, val_idx, out_rows, out_rendered, records, skipped,
             renderer, verified, opts) -> dict:
     per_type: dict[str, dict] = defaultdict(lambda: {s: {"in": 0, "out": 0} for s in SPLITS})
     for split, idxs in (("train", train_idx), ("validation", val_idx)):
@@ -236,7 +252,7 @@ def _report(cfg, tokenizer, raw, valid, train_idx, val_idx, out_rows, out_render
         "config": dataclasses.asdict(cfg),
         "candidate_seed": opts.seed,
         "rows": {
-            "loaded": len(raw),
+            "loaded": n_loaded,
             "valid": len(valid),
             "skipped": len(skipped),
             "train": {"in": len(train_idx), "out": len(out_rows["train"])},

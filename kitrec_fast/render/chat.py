@@ -61,8 +61,14 @@ class RenderError(ValueError):
 @dataclass
 class Rendered:
     input_ids: np.ndarray  # int32, ends with <|im_end|>
-    labels: np.ndarray  # int32, -100 on the prompt
     prompt_length: int  # tokens of the generation prompt, all masked
+
+    @property
+    def labels(self) -> np.ndarray:
+        """int32 copy of the ids with -100 on the prompt (built on demand: 12k rows of labels are 200+ MB)."""
+        labels = self.input_ids.copy()
+        labels[: self.prompt_length] = -100
+        return labels
 
     @property
     def length(self) -> int:
@@ -275,21 +281,44 @@ class ChatRenderer:
         if not body.startswith(gen_text) or len(body) == len(gen_text):
             raise RenderError("the chat template renders the user turn differently once the assistant turn "
                               "is added, so the generation prompt is not a prefix of the training text")
-        ids = self.encode(body)
-        gen_ids = self.encode(gen_text)
-        n = len(gen_ids)
-        if len(ids) <= n or not np.array_equal(ids[:n], gen_ids):
-            raise RenderError("the generation prompt is not a token-exact prefix of the full rendering "
-                              "(the template or tokenizer merges tokens across the assistant boundary)")
+        ids, n = self._encode_with_prefix(body, gen_text)
         if self.think_id is not None and ids[n] != self.think_id:
             got = self.tokenizer.convert_ids_to_tokens(int(ids[n]))
             raise RenderError(f"the assistant turn starts with {got!r}, expected <think>: the template "
                               "or the generation prompt already contains the think block")
         if ids[-1] != self.end_id:
             raise RenderError(f"the rendering does not end with {self.end_text}")
-        labels = ids.copy()
-        labels[:n] = -100
-        return Rendered(ids, labels, n)
+        return Rendered(ids, n)
+
+    def _encode_with_prefix(self, body: str, gen_text: str) -> tuple[np.ndarray, int]:
+        """Ids of ``body`` and the length of its generation-prompt prefix, proven token-exact.
+
+        When ``body`` has a chunk boundary exactly where ``gen_text`` ends, the chunks of
+        ``gen_text`` are the first chunks of ``body`` (same strings, so the same cached ids) and the
+        prefix property holds by construction. Otherwise both are tokenized and compared.
+        """
+        if self.chunked:
+            parts = split_chunks(body)
+            cache = self._cache
+            if any(c not in cache for c in parts):
+                self.warm(parts)
+            end, n = 0, 0
+            for c in parts:
+                if end >= len(gen_text):
+                    break
+                end += len(c)
+                n += len(cache[c])
+            if end == len(gen_text):
+                return np.concatenate([cache[c] for c in parts]), n
+            ids = np.concatenate([cache[c] for c in parts])
+        else:
+            ids = self.full_encode(body)
+        gen_ids = self.encode(gen_text)
+        n = len(gen_ids)
+        if len(ids) <= n or not np.array_equal(ids[:n], gen_ids):
+            raise RenderError("the generation prompt is not a token-exact prefix of the full rendering "
+                              "(the template or tokenizer merges tokens across the assistant boundary)")
+        return ids, n
 
 
 _RENDERERS: "weakref.WeakKeyDictionary[Any, ChatRenderer]" = weakref.WeakKeyDictionary()
