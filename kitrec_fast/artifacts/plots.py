@@ -7,7 +7,10 @@ from pathlib import Path
 
 def plot_loss_curves(rows: list[dict], out_png: Path, title: str = "") -> Path | None:
     """Train and eval loss against optimizer step; smoothed objective solid, plain CE dashed."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:  # a bare GPU box may lack it; the numbers are in metrics.jsonl anyway
+        return None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
