@@ -1,0 +1,583 @@
+"""One benchmark configuration in one fresh process; writes one JSON result row.
+
+    python benchmarks/worker.py --spec SPEC.json --out ROW.json     # a throughput or ceiling config
+    python benchmarks/worker.py --calibrate --out CAL.json           # the card's dense matmul rate
+
+The harness (``benchmarks/harness.py``) writes the spec and starts this script once per
+configuration, so the two backends never share a process: importing unsloth patches transformers,
+trl and peft for the whole process. For the same reason the backend is imported *first*, before
+anything else touches transformers.
+
+What runs is the product's own training step: the backend's ``load_model`` (4-bit base + LoRA),
+``kitrec_fast.train.trainer.make_trainer`` (TRL SFTTrainer, the project's collator and chunked
+loss, the recipe's optimizer), with gradient accumulation 1 so that one optimizer step is one
+micro-batch. Only two things are changed on the trainer, both to make the measurement clean:
+the sampler is sequential (the harness fixes the data order, so both backends see the very same
+batches in the same order; a fingerprint of every batch is recorded to prove it), and checkpoint
+saving is switched off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+GIB = 2**30
+SCHEMA = "kitrec_fast.bench/v1"
+# Qwen3's first special-token id: random token ids stay below it so no row contains <|im_end|> etc.
+FIRST_SPECIAL_ID = 151643
+
+
+# --------------------------------------------------------------------------------------------------
+# small helpers (stdlib only: they run before the backend import)
+
+
+def _write_json(path: str | os.PathLike, obj: Any) -> None:
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def _percentile(xs: list[float], q: float) -> float:
+    s = sorted(xs)
+    if not s:
+        return float("nan")
+    k = (len(s) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def step_stats(step_s: list[float]) -> dict[str, float | int]:
+    """Median and spread of the timed step durations (seconds)."""
+    if not step_s:
+        return {"n": 0}
+    med = statistics.median(step_s)
+    return {
+        "n": len(step_s), "median_s": med, "mean_s": statistics.fmean(step_s),
+        "min_s": min(step_s), "max_s": max(step_s),
+        "p25_s": _percentile(step_s, 0.25), "p75_s": _percentile(step_s, 0.75),
+        "stdev_s": statistics.stdev(step_s) if len(step_s) > 1 else 0.0,
+        # (max - min) / median: the whole range as a share of the typical step
+        "spread_rel": (max(step_s) - min(step_s)) / med if med > 0 else float("nan"),
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def _driver_version() -> str | None:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return None
+
+
+def _rss_peak_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB  # Linux: KiB
+
+
+def environment() -> dict[str, Any]:
+    """GPU, driver, library versions, git commit: enough to tell two runs' setups apart."""
+    import torch
+
+    from kitrec_fast.artifacts.rundir import environment_record
+
+    env = environment_record()
+    env["driver"] = _driver_version() if torch.cuda.is_available() else None
+    env["device_name"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU: {_cpu_model()}"
+    env["cpu"] = _cpu_model()
+    env["cpu_threads"] = torch.get_num_threads()
+    # Where the tree was copied without .git (the GPU machine), the harness passes the commit on.
+    env["git_commit"] = env.get("git_commit") or os.environ.get("KITREC_GIT_COMMIT")
+    env["pytorch_cuda_alloc_conf"] = os.environ.get("PYTORCH_CUDA_ALLOC_CONF")
+    return env
+
+
+# --------------------------------------------------------------------------------------------------
+# calibration: the matmul rate MFU is measured against
+
+
+def calibrate() -> dict[str, Any]:
+    """Best dense matmul rate over a few square sizes: bf16 on a GPU, fp32 on a CPU."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    dtype = torch.bfloat16 if cuda else torch.float32
+    sizes = (4096, 8192, 12288) if cuda else (256, 512)
+    results = []
+    for n in sizes:
+        a = torch.randn(n, n, device="cuda" if cuda else "cpu", dtype=dtype)
+        b = torch.randn(n, n, device=a.device, dtype=dtype)
+        iters = 20 if cuda else 5
+        for _ in range(3):
+            torch.matmul(a, b)
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            torch.matmul(a, b)
+        if cuda:
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        results.append({"n": n, "tflops": 2 * n**3 * iters / dt / 1e12})
+        del a, b
+    best = max(results, key=lambda r: r["tflops"])
+    return {"dtype": str(dtype).replace("torch.", ""), "peak_tflops": best["tflops"], "by_size": results,
+            "device": torch.cuda.get_device_name(0) if cuda else f"CPU: {_cpu_model()}"}
+
+
+# --------------------------------------------------------------------------------------------------
+# data
+
+
+def fixed_length_rows(n: int, seq_len: int, trained_fraction: float, seed: int, vocab: int) -> dict[str, list]:
+    """``n`` rows of exactly ``seq_len`` random tokens; the last ``trained_fraction`` carry labels.
+
+    A KitREC row is a long masked prompt followed by the trained answer; this keeps that shape
+    (prompt first, answer last) so the chunked loss does the same amount of LM-head work.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    n_trained = max(2, min(seq_len - 1, round(trained_fraction * seq_len)))
+    high = min(vocab, FIRST_SPECIAL_ID)
+    ids = rng.integers(0, high, size=(n, seq_len), dtype=np.int64)
+    labels = ids.copy()
+    labels[:, : seq_len - n_trained] = -100
+    return {"input_ids": ids.tolist(), "labels": labels.tolist(), "length": [seq_len] * n}
+
+
+def build_dataset(data: dict[str, Any], n: int, seed: int, vocab: int):
+    """The rows of a config, in the exact order they will be trained on."""
+    from datasets import Dataset
+
+    if data["mode"] == "fixed":
+        return Dataset.from_dict(fixed_length_rows(n, int(data["seq_len"]), float(data["trained_fraction"]),
+                                                   seed, vocab))
+    if data["mode"] == "pipeline":
+        from datasets import load_from_disk
+
+        train = load_from_disk(str(Path(data["dir"]) / "train"))
+        order = list(data["order"])
+        # Fewer prepared rows than the run needs: cycle through them in the same fixed order.
+        picks = [order[i % len(order)] for i in range(n)]
+        return train.select(picks).select_columns(["input_ids", "labels", "length"])
+    raise ValueError(f"data.mode: expected fixed or pipeline, got {data['mode']!r}")
+
+
+class BatchRecorder:
+    """Wraps the trainer's collator: counts tokens three ways and fingerprints every batch.
+
+    Calls arrive in data order (the dataloader may fetch one batch ahead, but the i-th call is
+    always the i-th step's batch), so ``batches[i]`` belongs to step i.
+    """
+
+    def __init__(self, inner: Callable):
+        self.inner = inner
+        self.batches: list[dict[str, Any]] = []
+
+    def __call__(self, rows):
+        batch = self.inner(rows)
+        ids, labels = batch["input_ids"], batch["labels"]
+        mask = batch.get("attention_mask")
+        h = hashlib.sha1(ids.cpu().numpy().tobytes())
+        h.update(labels.cpu().numpy().tobytes())
+        self.batches.append({
+            "all": int(ids.numel()),
+            "nonpad": int(mask.sum()) if mask is not None else int(ids.numel()),
+            # position t is trained on labels[t+1]: the first label of a row never counts
+            "trained": int((labels[..., 1:] != -100).sum()),
+            "samples": len(rows),
+            "seq_lens": [len(r["input_ids"]) for r in rows],
+            "sha1": h.hexdigest()[:16],
+        })
+        return batch
+
+
+def _sequential_sampler(trainer) -> None:
+    """Train in dataset order (the harness already fixed it identically for both backends)."""
+    from torch.utils.data import SequentialSampler
+
+    trainer._get_train_sampler = lambda *a, **k: SequentialSampler(trainer.train_dataset)
+
+
+# --------------------------------------------------------------------------------------------------
+# the run
+
+
+def make_run_config(spec: dict[str, Any]):
+    """The recipe's RunConfig with the benchmark's fixed settings applied on top."""
+    from kitrec_fast.config import apply_overrides, config_from_dict
+    from kitrec_fast.recipes import load_recipe
+
+    raw = load_recipe(spec.get("recipe", "dualft_music_seta"))
+    steps = int(spec.get("warmup_steps", 0)) + int(spec.get("timed_steps", 1))
+    big = 10**9  # eval/save never trigger; logging every step gives the per-step loss (sanity check)
+    over = {
+        "backend": spec["backend"],
+        "model.name": spec["model"],
+        "data.max_length": str(max(256, int(spec["max_seq_length"]))),
+        "train.per_device_batch_size": str(spec["batch_size"]),
+        "train.gradient_accumulation_steps": "1",
+        "train.max_steps": str(steps if spec.get("kind", "throughput") == "throughput" else 1),
+        "train.eval_steps": str(big), "train.save_steps": str(big), "train.logging_steps": "1",
+        "train.early_stopping_patience": "0", "train.group_by_length": "false",
+        "train.seed": str(spec.get("seed", 42)),
+    }
+    over.update({k: str(v) for k, v in (spec.get("overrides") or {}).items()})
+    return config_from_dict(apply_overrides(raw, over))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="one benchmark configuration (see module docstring)")
+    ap.add_argument("--spec")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--calibrate", action="store_true")
+    args = ap.parse_args(argv)
+
+    if args.calibrate:
+        _write_json(args.out, calibrate())
+        return 0
+
+    spec = json.loads(Path(args.spec).read_text())
+    os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
+    # unsloth writes generated code; keep it out of the checkout (device README advice)
+    os.environ.setdefault("UNSLOTH_COMPILE_LOCATION", str(Path(tempfile.gettempdir()) / "unsloth_compiled_cache"))
+    row: dict[str, Any] = {"schema": SCHEMA, "name": spec["name"], "kind": spec.get("kind", "throughput"),
+                           "backend": spec["backend"], "status": "error", "spec": spec}
+    t_start = time.perf_counter()
+    try:
+        # FIRST: on the fast path unsloth must patch transformers/trl/peft before they are imported.
+        from kitrec_fast.backends import get_backend
+
+        backend = get_backend(spec["backend"])
+        row["timing_import_s"] = time.perf_counter() - t_start
+        import torch
+
+        if spec["backend"] != "unsloth" and "unsloth" in sys.modules:
+            raise RuntimeError("unsloth was imported in a baseline process")
+        cfg = make_run_config(spec)
+        if spec.get("kind", "throughput") == "ceiling":
+            _run_ceiling(spec, cfg, backend, torch, row, args.out)
+        else:
+            _run_throughput(spec, cfg, backend, torch, row)
+    except BaseException as exc:  # noqa: BLE001 - every failure must still produce a row
+        row["status"] = "oom" if _is_oom(exc) else "error"
+        row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
+        row["traceback"] = traceback.format_exc()[-4000:]
+        if isinstance(exc, KeyboardInterrupt):
+            _finish(row, args.out, t_start)
+            raise
+    _finish(row, args.out, t_start)
+    return 0 if row["status"] == "ok" else 3
+
+
+def _finish(row: dict, out: str, t_start: float) -> None:
+    row["wall_s"] = time.perf_counter() - t_start
+    try:
+        row["env"] = environment()
+    except Exception as exc:  # noqa: BLE001
+        row["env"] = {"error": repr(exc)}
+    _write_json(out, row)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    try:
+        import torch
+
+        if isinstance(exc, torch.OutOfMemoryError):
+            return True
+    except ImportError:
+        pass
+    return "out of memory" in str(exc).lower()
+
+
+def _apply_mem_cap(torch, cap_gib: float | None, reserve_gib: float) -> dict[str, Any] | None:
+    """Emulate a smaller card: cap what this process's caching allocator may hold.
+
+    A real N GiB card also holds the CUDA context and driver allocations, which live outside
+    PyTorch's allocator, so the allocator gets ``N - reserve_gib``.
+    """
+    if cap_gib is None or not torch.cuda.is_available():
+        return None
+    total = torch.cuda.get_device_properties(0).total_memory
+    frac = min(1.0, (cap_gib - reserve_gib) * GIB / total)
+    torch.cuda.set_per_process_memory_fraction(frac, 0)
+    return {"cap_gib": cap_gib, "context_reserve_gib": reserve_gib, "fraction": frac,
+            "device_total_gib": total / GIB}
+
+
+def _memory(torch) -> dict[str, float]:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        return {"peak_allocated_gib": torch.cuda.max_memory_allocated() / GIB,
+                "peak_reserved_gib": torch.cuda.max_memory_reserved() / GIB,
+                "allocated_gib": torch.cuda.memory_allocated() / GIB,
+                "reserved_gib": torch.cuda.memory_reserved() / GIB}
+    # CPU: only the process's peak resident set exists (monotone over the process's life).
+    return {"peak_rss_gib": _rss_peak_gib()}
+
+
+def _settings(cfg, loaded, trainer) -> dict[str, Any]:
+    import torch
+
+    from kitrec_fast.train.trainer import loss_path
+
+    model = loaded.model
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    attn = getattr(base.config, "_attn_implementation", None) or loaded.notes.get("attn_implementation")
+    trainable, total = loaded.trainable_parameters()
+    return {
+        "backend": loaded.backend, "weights": loaded.weights, "compute_dtype": loaded.compute_dtype,
+        "load_in_4bit": cfg.model.load_in_4bit, "quant_type": cfg.model.quant_type,
+        "double_quant": cfg.model.double_quant, "attn_implementation": attn,
+        "gradient_checkpointing": loaded.notes.get("gradient_checkpointing"),
+        "padding_free": cfg.train.padding_free, "optimizer": cfg.train.optim,
+        "loss": getattr(trainer, "kitrec_loss_path", None) or loss_path(cfg, torch.cuda.is_available()),
+        "loss_chunk_size": cfg.train.loss_chunk_size,
+        "label_smoothing": cfg.train.label_smoothing, "neftune_alpha": cfg.train.neftune_alpha,
+        "lora_r": cfg.lora.r, "lora_alpha": cfg.lora.alpha, "lora_dropout": cfg.lora.dropout,
+        "lora_targets": list(cfg.lora.target_modules), "fused_lora_modules": loaded.fused_lora_modules,
+        "trainable_params": trainable, "total_params": total, "seed": cfg.train.seed,
+        "batch_size": cfg.train.per_device_batch_size, "max_seq_length": cfg.data.max_length,
+        "unsloth_version": loaded.notes.get("unsloth_version"),
+    }
+
+
+class _StepTimer:
+    """Synchronised wall-clock marks at the start of the first step and the end of every step.
+
+    Step i's time is end(i) - end(i-1): everything the training loop does per step (data fetch,
+    forward, backward, clipping, optimizer, logging) counts, as it does in a real run.
+    """
+
+    def __init__(self, torch):
+        from transformers import TrainerCallback
+
+        timer = self
+
+        class _CB(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kw):
+                if not timer.marks:
+                    timer.sync()
+                    timer.marks.append(time.perf_counter())
+
+            def on_step_end(self, args, state, control, **kw):
+                timer.sync()
+                timer.marks.append(time.perf_counter())
+                control.should_save = False  # no checkpoint at the last step
+
+            def on_log(self, args, state, control, logs=None, **kw):
+                if logs and "loss" in logs:
+                    timer.losses.append(float(logs["loss"]))
+
+        self.callback = _CB()
+        self.marks: list[float] = []
+        self.losses: list[float] = []
+        self.sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+
+    @property
+    def step_s(self) -> list[float]:
+        return [b - a for a, b in zip(self.marks, self.marks[1:])]
+
+
+def _tokenizer(cfg):
+    from kitrec_fast.backends.common import resolve_model_path
+    from kitrec_fast.render.tokenizer import load_tokenizer
+
+    return load_tokenizer(cfg.data.tokenizer or resolve_model_path(cfg.model.name))
+
+
+def _model_config(cfg) -> dict[str, Any]:
+    from kitrec_fast.backends.common import resolve_model_path
+
+    path = Path(resolve_model_path(cfg.model.name))
+    if (path / "config.json").is_file():
+        return json.loads((path / "config.json").read_text())
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(cfg.model.name).to_dict()
+
+
+def _train_once(cfg, loaded, tokenizer, ds, torch, out_dir: str):
+    """A fresh trainer over ``ds`` (in order); returns (trainer, timer, recorder) after training."""
+    from kitrec_fast.train.trainer import make_trainer
+
+    timer = _StepTimer(torch)
+    trainer = make_trainer(cfg, loaded.model, tokenizer, ds, None, out_dir, [timer.callback])
+    _sequential_sampler(trainer)
+    recorder = BatchRecorder(trainer.data_collator)
+    trainer.data_collator = recorder
+    trainer.train()
+    return trainer, timer, recorder
+
+
+def _run_throughput(spec, cfg, backend, torch, row) -> None:
+    from flops import step_flops
+
+    cap = _apply_mem_cap(torch, spec.get("mem_cap_gib"), float(spec.get("context_reserve_gib", 0.5)))
+    t0 = time.perf_counter()
+    loaded = backend.load_model(cfg)
+    row["timing_load_s"] = time.perf_counter() - t0
+    mem_load = _memory(torch)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    warm, timed, bsz = int(spec.get("warmup_steps", 0)), int(spec["timed_steps"]), cfg.train.per_device_batch_size
+    mcfg = _model_config(cfg)
+    ds = build_dataset(spec["data"], (warm + timed) * bsz, cfg.train.seed, int(mcfg["vocab_size"]))
+    tokenizer = _tokenizer(cfg)
+    with tempfile.TemporaryDirectory(prefix="kitrec-bench-") as tmp:
+        trainer, timer, rec = _train_once(cfg, loaded, tokenizer, ds, torch, tmp)
+    mem_train = _memory(torch)
+    steps = timer.step_s
+    if len(steps) != warm + timed or len(rec.batches) < warm + timed:
+        raise RuntimeError(f"expected {warm + timed} steps, timed {len(steps)} with {len(rec.batches)} batches")
+    timed_steps, timed_batches = steps[warm:], rec.batches[warm:warm + timed]
+    total_t = sum(timed_steps)
+    tok = {k: sum(b[k] for b in timed_batches) for k in ("all", "nonpad", "trained", "samples")}
+    cal = spec.get("calibration") or {}
+    flops = [step_flops(mcfg, b["seq_lens"], b["trained"], cfg.lora.r, cfg.lora.target_modules) for b in timed_batches]
+    flops_total = sum(f["total"] for f in flops)
+    achieved = flops_total / total_t / 1e12 if total_t > 0 else float("nan")
+    peak = cal.get("peak_tflops")
+    layers = int(mcfg["num_hidden_layers"])
+    row.update({
+        "status": "ok",
+        "model": _model_record(spec, mcfg),
+        "settings": _settings(cfg, loaded, trainer),
+        "data": {**{k: v for k, v in spec["data"].items() if k != "order"},
+                 "rows_per_step": bsz, "batch_sha1": [b["sha1"] for b in rec.batches[: warm + timed]],
+                 "tokens_per_step": {k: tok[k] / timed for k in ("all", "nonpad", "trained")}},
+        "steps": {"warmup": warm, "timed": timed, "warmup_s": steps[:warm], "timed_s": timed_steps,
+                  **step_stats(timed_steps)},
+        "throughput": {
+            "tokens_per_s_all": tok["all"] / total_t, "tokens_per_s_nonpad": tok["nonpad"] / total_t,
+            "tokens_per_s_trained": tok["trained"] / total_t, "samples_per_s": tok["samples"] / total_t,
+        },
+        "memory": {"device": "cuda" if torch.cuda.is_available() else "cpu", "cap": cap,
+                   "after_load": mem_load, "training": mem_train},
+        "mfu": {"model_tflops_per_step": flops_total / timed / 1e12,
+                "breakdown_tflops_per_step": {k: sum(f[k] for f in flops) / timed / 1e12
+                                              for k in ("linear", "attention", "lora", "lm_head")},
+                "achieved_tflops": achieved, "reference_tflops": peak,
+                "reference_dtype": cal.get("dtype"),
+                "mfu": achieved / peak if peak else None},
+        "per_layer": {"layers": layers, "step_ms_per_layer": 1000 * statistics.median(timed_steps) / layers},
+        "losses": timer.losses,
+    })
+
+
+def _model_record(spec, mcfg) -> dict[str, Any]:
+    layers = int(mcfg["num_hidden_layers"])
+    full = int(spec.get("full_layers") or layers)
+    return {"id": spec.get("model_label") or spec["model"], "path": spec["model"],
+            "kind": spec.get("model_kind", "unknown"), "layers": layers, "full_layers": full,
+            "reduced_depth": layers < full, "hidden_size": mcfg["hidden_size"],
+            "intermediate_size": mcfg["intermediate_size"], "heads": mcfg["num_attention_heads"],
+            "kv_heads": mcfg.get("num_key_value_heads"), "head_dim": mcfg.get("head_dim"),
+            "vocab_size": mcfg["vocab_size"]}
+
+
+def _run_ceiling(spec, cfg, backend, torch, row, out_path: str) -> None:
+    """Longest fixed length that trains at the config's batch size under each memory cap.
+
+    One process per backend: the caps are raised in ascending order (a cap can be raised at any
+    time), and lengths ascend within a cap; an OOM ends the cap and the next cap resumes at the
+    length that failed. Each attempt is a fresh trainer; after an OOM the failed step's tensors
+    are released before the next attempt. A length that fits below a cap also fits above it.
+    """
+    caps = sorted(float(c) for c in spec["caps_gib"])
+    lengths = sorted(int(x) for x in spec["lengths"])
+    reserve = float(spec.get("context_reserve_gib", 0.5))
+    steps = int(spec.get("ceiling_steps", 2))
+    cfg.train.max_steps = steps
+    mcfg = _model_config(cfg)
+    cap_info = _apply_mem_cap(torch, caps[0], reserve)
+    attempts: list[dict[str, Any]] = []
+    result: dict[str, Any] = {}
+    try:
+        loaded = backend.load_model(cfg)
+    except BaseException as exc:  # noqa: BLE001
+        if not _is_oom(exc):
+            raise
+        loaded = None
+        attempts.append({"cap_gib": caps[0], "seq_len": None, "ok": False, "stage": "load"})
+    mem_load = _memory(torch)
+    tokenizer = _tokenizer(cfg)
+    import gc
+
+    def record(status: str) -> None:
+        row.update({"status": status, "model": _model_record(spec, mcfg),
+                    "settings": _settings(cfg, loaded, None) if loaded is not None else {},
+                    "ceiling": {"batch_size": cfg.train.per_device_batch_size, "lengths": lengths,
+                                "steps_per_attempt": steps, "by_cap": result, "attempts": attempts,
+                                "cap": cap_info, "after_load": mem_load,
+                                "trained_fraction": spec["data"]["trained_fraction"]}})
+
+    li, best = 0, None  # a length that fit under a smaller cap fits under a larger one
+    for cap in caps:
+        if loaded is None:
+            break
+        _apply_mem_cap(torch, cap, reserve)
+        key = str(int(cap) if cap.is_integer() else cap)
+        while li < len(lengths):
+            L = lengths[li]
+            data = {"mode": "fixed", "seq_len": L, "trained_fraction": spec["data"]["trained_fraction"]}
+            ds = build_dataset(data, steps * cfg.train.per_device_batch_size, cfg.train.seed, int(mcfg["vocab_size"]))
+            if torch.cuda.is_available():
+                torch.cuda.reset_peak_memory_stats()
+            ok, err = True, None
+            try:
+                with tempfile.TemporaryDirectory(prefix="kitrec-bench-") as tmp:
+                    trainer, timer, _ = _train_once(cfg, loaded, tokenizer, ds, torch, tmp)
+                del trainer
+            except BaseException as exc:  # noqa: BLE001
+                if not _is_oom(exc):
+                    raise
+                ok, err = False, f"{type(exc).__name__}"
+            mem = _memory(torch)
+            attempts.append({"cap_gib": cap, "seq_len": L, "ok": ok, "error": err, **mem})
+            loaded.model.zero_grad(set_to_none=True)
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if ok:
+                best = L
+                li += 1
+            result[key] = {"max_seq_len": best, "first_oom_seq_len": lengths[li] if li < len(lengths) else None,
+                           "grid_exhausted": li >= len(lengths), "complete": not ok or li >= len(lengths)}
+            # progress on disk after every attempt: a run stopped at the time limit keeps what it found
+            record("partial")
+            _write_json(out_path, row)
+            if not ok:
+                break  # a bigger cap retries this same length
+        result.setdefault(key, {"max_seq_len": best, "first_oom_seq_len": None, "grid_exhausted": True,
+                                "complete": True})
+    record("ok")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""The benchmark harness on CPU: tiny model, both backends in their own processes, report round trip.
+
+Timings here mean nothing (CPU, tiny model); what is checked is the machinery: one fresh process per
+backend, identical batches on both, the three token counts, memory and MFU fields, the Markdown
+report parsing back to the JSONL numbers, the plots, and the architecture-only model builder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import flops  # noqa: E402
+import harness  # noqa: E402
+import report  # noqa: E402
+
+QWEN3_14B = {"hidden_size": 5120, "intermediate_size": 17408, "num_hidden_layers": 40, "num_attention_heads": 40,
+             "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 151936}
+
+
+def test_flop_count_matches_hand_computation():
+    shapes = flops.projection_shapes(QWEN3_14B)
+    per_layer = sum(i * o for i, o in shapes.values())
+    # q 5120x5120, k/v 5120x1024, o 5120x5120, gate/up/down 5120x17408
+    assert per_layer == 5120 * 5120 * 2 + 5120 * 1024 * 2 + 3 * 5120 * 17408 == 330_301_440
+    f = flops.step_flops(QWEN3_14B, [5120, 5120], trained_tokens=1536, lora_r=32)
+    assert f["linear"] == 4 * per_layer * 10240 * 40
+    assert f["attention"] == 6 * 5120 * (2 * 5120**2) * 40
+    assert f["lm_head"] == 4 * 5120 * 151936 * 1536
+    assert f["total"] == pytest.approx(sum(v for k, v in f.items() if k != "total"))
+    # ~4 x 13.2e9 x 10,240 tokens: about 0.6 PFLOP per 2 x 5,120 step
+    assert 5e14 < f["total"] < 7e14
+
+
+def test_fmt_and_parse_round_trip():
+    for x in (0.000123456, 0.5, 7.716, 63.76, 1234.5, 98765.4, 3, 0):
+        text = report.fmt(x)
+        assert report.parse_number(text) == pytest.approx(x, rel=5e-3, abs=1e-12)
+    assert report.fmt(None) == "-" and report.parse_number("-") is None
+
+
+def test_harness_cpu_two_backends(tmp_path):
+    out = tmp_path / "bench"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "harness.py"), "--preset", "cpu-test", "--out", str(out), "--jobs", "2",
+         "--timeout-s", "170"],
+        cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    rows = report.load_rows(out)
+    assert [r["backend"] for r in rows] == ["unsloth", "peft"]
+    for r in rows:
+        assert r["status"] == "ok", r.get("traceback") or r.get("error")
+        assert r["steps"]["timed"] == 2 and r["steps"]["warmup"] == 0 and len(r["steps"]["timed_s"]) == 2
+        assert r["steps"]["median_s"] > 0 and r["steps"]["spread_rel"] >= 0
+        tp = r["throughput"]
+        # fixed-length rows: no padding, so all == non-padding > trained
+        assert tp["tokens_per_s_all"] == pytest.approx(tp["tokens_per_s_nonpad"])
+        assert tp["tokens_per_s_all"] > tp["tokens_per_s_trained"] > 0 and tp["samples_per_s"] > 0
+        per_step = r["data"]["tokens_per_step"]
+        assert per_step["all"] == 2 * 256 and per_step["trained"] == 2 * round(harness.TRAINED_FRACTION * 256)
+        assert r["memory"]["after_load"]["peak_rss_gib"] > 0 and r["memory"]["training"]["peak_rss_gib"] > 0
+        assert 0 < r["mfu"]["mfu"] and r["mfu"]["reference_tflops"] > 0
+        s = r["settings"]
+        assert s["loss"] == "chunked" and s["label_smoothing"] > 0 and s["batch_size"] == 2
+        assert s["padding_free"] is False and s["optimizer"] and s["attn_implementation"]
+        assert all(math.isfinite(x) for x in r["losses"]) and len(r["losses"]) == 2
+        assert r["env"]["versions"]["torch"] and r["env"]["device_name"].startswith("CPU")
+    u, p = rows
+    # each backend in its own process, and only the fast path's process imported unsloth
+    assert u["settings"]["unsloth_version"] and p["settings"]["unsloth_version"] is None
+    assert u["settings"]["gradient_checkpointing"] == "unsloth" and p["settings"]["gradient_checkpointing"] == "standard"
+    assert u["data"]["batch_sha1"] == p["data"]["batch_sha1"] and len(u["data"]["batch_sha1"]) == 2
+    assert u["settings"]["lora_r"] == p["settings"]["lora_r"] and u["settings"]["seed"] == p["settings"]["seed"]
+
+    # the report parses back to the same numbers
+    md = (out / "results.md").read_text()
+    assert "CPU run with the tiny random model" in md
+    table = report.parse_table(md, "## Throughput")
+    assert [t["config"] for t in table] == [r["name"] for r in rows]
+    for t, r in zip(table, rows):
+        for col, key in (("tok_s_all", "tokens_per_s_all"), ("tok_s_nonpad", "tokens_per_s_nonpad"),
+                         ("tok_s_trained", "tokens_per_s_trained"), ("samples_s", "samples_per_s")):
+            assert report.parse_number(t[col]) == pytest.approx(r["throughput"][key], rel=5e-3)
+        assert report.parse_number(t["step_median_s"]) == pytest.approx(r["steps"]["median_s"], rel=5e-3)
+        assert report.parse_number(t["mfu_pct"]) == pytest.approx(100 * r["mfu"]["mfu"], rel=5e-3)
+    sp = report.parse_table(md, "## Fast path vs baseline")
+    assert sp[0]["identical_batches"] == "yes"
+    for png in ("tokens_per_s.png", "peak_memory.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((out / "run.json").read_text())["configs"] == [r["name"] for r in rows]
+
+
+def test_arch_model_builder_reduced_depth_links(tmp_path):
+    import build_arch_model as bam
+    from safetensors import safe_open
+
+    # the default configuration is exactly Qwen3-14B's
+    cfg = bam.arch_config()
+    for key, value in QWEN3_14B.items():
+        assert getattr(cfg, key) == value
+    assert cfg.tie_word_embeddings is False and cfg.rms_norm_eps == 1e-6 and cfg.max_position_embeddings == 40960
+    rope = getattr(cfg, "rope_parameters", None) or {"rope_theta": getattr(cfg, "rope_theta", None)}
+    assert rope["rope_theta"] == 1_000_000.0
+    n_params = sum(math.prod(s) for _, s in bam._param_specs(cfg))
+    assert 14.7e9 < n_params < 14.8e9
+
+    # mechanics on a test-sized geometry: full build, then a 1-layer model made of links to it
+    small = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "num_key_value_heads": 1,
+             "head_dim": 16, "num_hidden_layers": 3, "vocab_size": 1024}
+    full = bam.build(tmp_path / "full", overrides=small)
+    red = bam.build(tmp_path / "red", layers=1, overrides=small, link_from=full)
+    assert bam.read_marker(red)["layers"] == 1 and bam.read_marker(red)["full_layers"] == 3
+    assert "RANDOM" in bam.read_marker(red)["what"]
+    index = json.loads((red / "model.safetensors.index.json").read_text())
+    assert {k.split(".")[2] for k in index["weight_map"] if k.startswith("model.layers.")} == {"0"}
+    assert (red / bam.layer_shard(0)).is_symlink() and not (red / bam.layer_shard(1)).exists()
+    assert json.loads((red / "config.json").read_text())["num_hidden_layers"] == 1
+    with safe_open(str(red / bam.layer_shard(0)), "pt") as f:
+        q = f.get_tensor("model.layers.0.self_attn.q_proj.weight")
+    assert str(q.dtype) == "torch.bfloat16" and 0.01 < float(q.float().std()) < 0.03
+    # a rebuild is a no-op and the builder is deterministic per tensor
+    assert bam.build(tmp_path / "full", overrides=small) == full
+    again = bam.build(tmp_path / "again", layers=1, overrides=small)
+    with safe_open(str(again / bam.layer_shard(0)), "pt") as f:
+        assert f.get_tensor("model.layers.0.self_attn.q_proj.weight").equal(q)
+    # transformers loads the linked reduced-depth model with every weight present
+    from transformers import AutoModelForCausalLM
+
+    model, info = AutoModelForCausalLM.from_pretrained(str(red), output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert model.config.num_hidden_layers == 1 and model.model.layers[0].self_attn.q_proj.weight.dtype.is_floating_point
