@@ -76,3 +76,13 @@ def test_bad_rows_error_or_skip(qwen3_tokenizer):
     assert skipped[6]["user_id"] == "UHUGE" and skipped[6]["stage"] == "truncate"
     assert rep["rows"]["valid"] == 9 and len(prepared.train) + len(prepared.validation) == 8
     assert 3 not in prepared.train["source_index"] and 6 not in prepared.train["source_index"]
+
+
+def test_save_and_load_with_an_empty_validation_split(qwen3_tokenizer, synth_rows, tmp_path):
+    # val_fraction 0 leaves no validation rows; the saved directory must still load back.
+    prepared = prepare(DataConfig(dataset="unused", val_fraction=0.0), qwen3_tokenizer, rows=synth_rows[:4],
+                       verify_rows=0)
+    assert len(prepared.validation) == 0
+    loaded = load_prepared(save_prepared(prepared, tmp_path / "p"))
+    assert len(loaded.train) == 4 and len(loaded.validation) == 0
+    assert loaded.validation.features == loaded.train.features

@@ -282,11 +282,20 @@ def _report(cfg, tokenizer, n_loaded, valid, train_idx, val_idx, out_rows, out_r
     }
 
 
+_EMPTY_MARKER = "EMPTY.json"
+
+
 def save_prepared(prepared: PreparedData, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    prepared.train.save_to_disk(str(out / "train"))
-    prepared.validation.save_to_disk(str(out / "validation"))
+    for name, split in (("train", prepared.train), ("validation", prepared.validation)):
+        if len(split) == 0:
+            # datasets 4.x writes an empty split that load_from_disk cannot read back (no arrow
+            # table), so an empty split is a marker; load_prepared rebuilds it with the schema.
+            (out / name).mkdir(parents=True, exist_ok=True)
+            (out / name / _EMPTY_MARKER).write_text(json.dumps({"columns": split.column_names}) + "\n")
+            continue
+        split.save_to_disk(str(out / name))
     (out / "report.json").write_text(json.dumps(prepared.report, indent=2, ensure_ascii=False) + "\n")
     return out
 
@@ -296,4 +305,14 @@ def load_prepared(path: str | Path) -> PreparedData:
 
     p = Path(path)
     report = json.loads((p / "report.json").read_text()) if (p / "report.json").is_file() else {}
-    return PreparedData(load_from_disk(str(p / "train")), load_from_disk(str(p / "validation")), report)
+    loaded = {name: None if (p / name / _EMPTY_MARKER).is_file() else load_from_disk(str(p / name))
+              for name in ("train", "validation")}
+    schema = next((d for d in loaded.values() if d is not None), None)
+    for name, split in loaded.items():
+        if split is None:
+            from datasets import Dataset
+
+            columns = json.loads((p / name / _EMPTY_MARKER).read_text())["columns"]
+            features = schema.features if schema is not None else None
+            loaded[name] = Dataset.from_dict({c: [] for c in columns}, features=features)
+    return PreparedData(loaded["train"], loaded["validation"], report)
