@@ -19,6 +19,7 @@ import pytest
 
 from kitrec_fast.eval.generate import (PAUSE_ENV, GenerateOptions, UserError, cut_at_stop, read_done,
                                        run_generate, select_rows)
+from lora_runs import make_lora_run
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = 4
@@ -31,32 +32,7 @@ PREDICTION_KEYS = {"row_id", "user_id", "user_type", "gt_item_id", "gt_rating", 
 
 
 def make_run(run: Path) -> Path:
-    """A run directory as training leaves it: resolved_config.yaml + adapter/ (random, non-zero LoRA)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    from kitrec_fast.artifacts.rundir import write_resolved_config
-    from kitrec_fast.backends.common import resolve_model_path
-    from kitrec_fast.config import config_from_dict
-
-    run.mkdir(parents=True, exist_ok=True)
-    cfg = config_from_dict({
-        "recipe": "test", "backend": "peft",
-        # fp32 weights (no 4-bit): CPU-fast and bit-identical between the two backends' loaders.
-        "model": {"name": "testkit:tiny-qwen3", "load_in_4bit": False, "compute_dtype": "auto"},
-        "data": {"dataset": "embedded:dualft_music", "tokenizer": "offline:qwen3", "max_length": 2048,
-                 "max_candidates": 20, "min_candidates": 10, "limit": 8, "val_fraction": 0.5},
-        "lora": {"r": 4, "alpha": 8, "dropout": 0.0}, "train": {"label_smoothing": 0.1}})
-    write_resolved_config(run, cfg, "tests/test_eval_generate.py")
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(cfg.model.name))
-    # init_lora_weights=False: random A and B, so the adapter changes the outputs and a generation
-    # that silently ignored it would differ from one that loads it.
-    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
-                                             init_lora_weights=False))
-    model.save_pretrained(str(run / "adapter"))
-    return run
+    return make_lora_run(run, "tests/test_eval_generate.py")
 
 
 @pytest.fixture(scope="module")

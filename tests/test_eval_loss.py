@@ -15,35 +15,11 @@ from pathlib import Path
 import pytest
 
 from kitrec_fast.eval.eval_loss import RowLoss, aggregate, select_validation
+from lora_runs import make_lora_run
 
 
 def make_run(run: Path) -> Path:
-    """A run directory as training leaves it: resolved_config.yaml + adapter/ (random, non-zero LoRA)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    from kitrec_fast.artifacts.rundir import write_resolved_config
-    from kitrec_fast.backends.common import resolve_model_path
-    from kitrec_fast.config import config_from_dict
-
-    run.mkdir(parents=True, exist_ok=True)
-    cfg = config_from_dict({
-        "recipe": "test", "backend": "peft",
-        "model": {"name": "testkit:tiny-qwen3", "load_in_4bit": False, "compute_dtype": "auto"},
-        # 8 rows, half held out: one validation row per user type; short rows keep CPU forwards fast.
-        "data": {"dataset": "embedded:dualft_music", "tokenizer": "offline:qwen3", "max_length": 2048,
-                 "max_candidates": 20, "min_candidates": 10, "limit": 8, "val_fraction": 0.5},
-        "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
-        "train": {"label_smoothing": 0.1, "per_device_batch_size": 2}})
-    write_resolved_config(run, cfg, "tests/test_eval_loss.py")
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(cfg.model.name))
-    # Random A and B: an adapter that was not applied would change the numbers below.
-    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
-                                             init_lora_weights=False))
-    model.save_pretrained(str(run / "adapter"))
-    return run
+    return make_lora_run(run, "tests/test_eval_loss.py")
 
 
 @pytest.fixture(scope="module")

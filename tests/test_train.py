@@ -126,7 +126,7 @@ def test_sigterm_checkpoints_and_rerun_resumes(tmp_path):
     # the same command again continues from that step to the end
     proc2 = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc2.returncode == 0, proc2.stdout[-3000:] + proc2.stderr[-3000:]
-    assert f"resuming" in proc2.stdout
+    assert "resuming" in proc2.stdout
     summary2 = json.loads((run / "summary.json").read_text())
     assert summary2["global_step"] == 6 and summary2["interrupted"] is None
     steps = [r["step"] for r in metrics(run) if "loss" in r]

@@ -21,10 +21,9 @@ def _assert_unpatched() -> None:
             "and trl globally); run `--backend peft` in its own process")
 
 
-def load_model(cfg) -> LoadedModel:
-    _assert_unpatched()
+def _load_base(cfg):
+    """The base model, 4-bit per the recipe: ``(model, path, compute dtype, BitsAndBytesConfig | None)``."""
     import torch
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     path = resolve_model_path(cfg.model.name)
@@ -45,6 +44,15 @@ def load_model(cfg) -> LoadedModel:
         revision=cfg.model.revision,
         device_map={"": 0} if torch.cuda.is_available() else None,
     )
+    return model, path, dtype, quant
+
+
+def load_model(cfg) -> LoadedModel:
+    _assert_unpatched()
+    import torch
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    model, path, dtype, quant = _load_base(cfg)
     mode = gradient_checkpointing_mode(cfg.train.gradient_checkpointing, NAME)
     if cfg.model.load_in_4bit:
         model = prepare_model_for_kbit_training(
@@ -87,27 +95,7 @@ def load_for_inference(cfg, adapter_dir: str | None, max_seq_length: int | None 
     with the Unsloth backend; transformers sizes its KV cache per call.
     """
     _assert_unpatched()
-    import torch
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
-    path = resolve_model_path(cfg.model.name)
-    dtype = resolve_dtype(cfg.model.compute_dtype)
-    quant = None
-    if cfg.model.load_in_4bit:
-        quant = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type=cfg.model.quant_type,
-            bnb_4bit_use_double_quant=cfg.model.double_quant,
-            bnb_4bit_compute_dtype=dtype,
-        )
-    model = AutoModelForCausalLM.from_pretrained(
-        path,
-        quantization_config=quant,
-        dtype=dtype,
-        attn_implementation=cfg.model.attn_implementation,
-        revision=cfg.model.revision,
-        device_map={"": 0} if torch.cuda.is_available() else None,
-    )
+    model = _load_base(cfg)[0]
     if adapter_dir is not None:
         from peft import PeftModel
 

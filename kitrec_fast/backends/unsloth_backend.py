@@ -42,18 +42,19 @@ def count_fused_lora_modules(model) -> int:
         return n
 
 
-def load_model(cfg) -> LoadedModel:
-    path = resolve_model_path(cfg.model.name)
-    dtype = resolve_dtype(cfg.model.compute_dtype)
+def _from_pretrained(cfg, max_seq_length: int):
+    """The 4-bit base model per the recipe: ``(model, path, compute dtype, weights actually loaded)``."""
     import torch
 
+    path = resolve_model_path(cfg.model.name)
+    dtype = resolve_dtype(cfg.model.compute_dtype)
     resolved: list[str] = []
     # Unsloth's CPU fallback passes unknown keywords on to the model class; only its GPU loader
     # reports the checkpoint it resolved to.
     extra = {"on_model_resolved": resolved.append} if torch.cuda.is_available() else {}
     model, _ = FastLanguageModel.from_pretrained(
         model_name=path,
-        max_seq_length=cfg.data.max_length,
+        max_seq_length=max_seq_length,
         dtype=dtype,
         load_in_4bit=cfg.model.load_in_4bit,
         # "exact" keeps the named checkpoint (quantized to nf4 on load) instead of Unsloth's
@@ -63,6 +64,11 @@ def load_model(cfg) -> LoadedModel:
         random_state=cfg.train.seed,
         **extra,
     )
+    return model, path, dtype, resolved[-1] if resolved else path
+
+
+def load_model(cfg) -> LoadedModel:
+    model, _, dtype, weights = _from_pretrained(cfg, cfg.data.max_length)
     mode = gradient_checkpointing_mode(cfg.train.gradient_checkpointing, NAME)
     model = FastLanguageModel.get_peft_model(
         model,
@@ -82,7 +88,7 @@ def load_model(cfg) -> LoadedModel:
         model=model,
         backend=NAME,
         requested=cfg.model.name,
-        weights=resolved[-1] if resolved else path,
+        weights=weights,
         compute_dtype=str(dtype).replace("torch.", ""),
         fused_lora_modules=fused,
         notes={"unsloth_version": UNSLOTH_VERSION, "gradient_checkpointing": mode,
@@ -98,17 +104,7 @@ def load_for_inference(cfg, adapter_dir: str | None, max_seq_length: int | None 
     (evaluation prompts plus 2,048 generated tokens can exceed the training ``data.max_length``);
     default: the training length. ``adapter_dir=None`` gives the bare base model.
     """
-    path = resolve_model_path(cfg.model.name)
-    dtype = resolve_dtype(cfg.model.compute_dtype)
-    model, _ = FastLanguageModel.from_pretrained(
-        model_name=path,
-        max_seq_length=max(max_seq_length or 0, cfg.data.max_length),
-        dtype=dtype,
-        load_in_4bit=cfg.model.load_in_4bit,
-        use_exact_model_name=cfg.model.weights == "exact",
-        revision=cfg.model.revision,
-        random_state=cfg.train.seed,
-    )
+    model = _from_pretrained(cfg, max(max_seq_length or 0, cfg.data.max_length))[0]
     if adapter_dir is not None:
         from peft import PeftModel
 

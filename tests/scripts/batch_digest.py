@@ -9,29 +9,12 @@ unsloth process and the peft process each get their own patched or unpatched lib
 import json
 import sys
 
+from smoke_trainer import build
+
 
 def main() -> None:
     backend, n = sys.argv[1], int(sys.argv[2])
-    from kitrec_fast.backends import get_backend
-
-    mod = get_backend(backend)  # first: unsloth must patch before transformers/trl load
-    import argparse
-
-    from kitrec_fast.data.pipeline import prepare
-    from kitrec_fast.recipes._main import add_run_arguments, resolve_config
-    from kitrec_fast.render.tokenizer import load_tokenizer
-    from kitrec_fast.train.trainer import make_trainer
-
-    p = argparse.ArgumentParser()
-    add_run_arguments(p)
-    args = p.parse_args(["--smoke", "--backend", backend, *sys.argv[3:]])
-    cfg = resolve_config("dualft_music", args)
-    tok = load_tokenizer(cfg.data.tokenizer)
-    data = prepare(cfg.data, tok)
-    loaded = mod.load_model(cfg)
-    import tempfile
-
-    trainer = make_trainer(cfg, loaded.model, tok, data.train, data.validation, tempfile.mkdtemp(), [])
+    _, trainer = build(backend, sys.argv[3:])
     batches = []
     for i, batch in enumerate(trainer.get_train_dataloader()):
         if i == n:

@@ -6,31 +6,14 @@
 import json
 import sys
 
+from smoke_trainer import build
+
 
 def main() -> None:
-    backend = sys.argv[1]
-    from kitrec_fast.backends import get_backend
-
-    mod = get_backend(backend)
-    import argparse
-    import tempfile
-
-    import torch
     import torch.nn.functional as F
 
-    from kitrec_fast.data.pipeline import prepare
-    from kitrec_fast.recipes._main import add_run_arguments, resolve_config
-    from kitrec_fast.render.tokenizer import load_tokenizer
-    from kitrec_fast.train.trainer import make_trainer
-
-    p = argparse.ArgumentParser()
-    add_run_arguments(p)
-    args = p.parse_args(["--smoke", "--backend", backend, *sys.argv[2:]])
-    cfg = resolve_config("dualft_music", args)
-    tok = load_tokenizer(cfg.data.tokenizer)
-    data = prepare(cfg.data, tok)
-    model = mod.load_model(cfg).model
-    trainer = make_trainer(cfg, model, tok, data.train, None, tempfile.mkdtemp(), [])
+    cfg, trainer = build(sys.argv[1], sys.argv[2:], with_eval=False)
+    model = trainer.model
     batch = next(iter(trainer.get_train_dataloader()))
     model.train()
     ours = trainer.compute_loss(model, dict(batch))

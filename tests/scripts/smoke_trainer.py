@@ -1,0 +1,27 @@
+"""The smoke configuration built up to a ready trainer, in this process (shared by the test scripts)."""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+
+
+def build(backend: str, overrides: list[str], with_eval: bool = True):
+    """``(cfg, trainer)`` for ``dualft_music --smoke --backend BACKEND KEY=VALUE...``."""
+    from kitrec_fast.backends import get_backend
+
+    mod = get_backend(backend)  # first: unsloth must patch before transformers/trl load
+    from kitrec_fast.data.pipeline import prepare
+    from kitrec_fast.recipes._main import add_run_arguments, resolve_config
+    from kitrec_fast.render.tokenizer import load_tokenizer
+    from kitrec_fast.train.trainer import make_trainer
+
+    p = argparse.ArgumentParser()
+    add_run_arguments(p)
+    cfg = resolve_config("dualft_music", p.parse_args(["--smoke", "--backend", backend, *overrides]))
+    tok = load_tokenizer(cfg.data.tokenizer)
+    data = prepare(cfg.data, tok)
+    model = mod.load_model(cfg).model
+    trainer = make_trainer(cfg, model, tok, data.train, data.validation if with_eval else None,
+                           tempfile.mkdtemp(), [])
+    return cfg, trainer
