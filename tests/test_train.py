@@ -157,3 +157,16 @@ def test_training_step_loss_matches_full_logits_reference(backend):
     assert out["ours"] == pytest.approx(out["reference"], rel=1e-5)
     assert out["same_grad_keys"] and out["n_grads"] > 0
     assert out["max_rel_grad_diff"] < 1e-3
+
+
+def test_without_smoothing_the_fast_path_keeps_the_library_loss():
+    # label_smoothing 0: the unsloth backend uses the model's own (fused on GPU) loss, which must
+    # equal plain cross-entropy on full logits.
+    cmd = [sys.executable, str(ROOT / "tests/scripts/loss_parity.py"), "unsloth", *FAST, "data.limit=4",
+           "train.neftune_alpha=null", "lora.dropout=0", "train.label_smoothing=0"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["eps"] == 0 and out["loss_path"] == "library"
+    assert out["ours"] == pytest.approx(out["reference"], rel=1e-5)
+    assert out["max_rel_grad_diff"] < 1e-3
