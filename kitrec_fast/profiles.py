@@ -308,9 +308,9 @@ def apply_profile(cfg: RunConfig, profile: str, console=None, gpu: Optional[GpuI
     run's model card repeats them).
     """
     if console is None:
-        from rich.console import Console
+        from kitrec_fast.console import make_console
 
-        console = Console(highlight=False)
+        console = make_console()
     if gpu is None:
         # Also for an explicit profile: bf16 support decides the float16 warning of the model card.
         gpu = detect_gpu()

@@ -118,3 +118,14 @@ def test_loss_curve_plot_from_metrics(tmp_path):
     png = plot_loss_curves(rows, tmp_path / "c.png")
     assert png is not None and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert plot_loss_curves([{"step": 1, "learning_rate": 1e-4}], tmp_path / "none.png") is None
+
+
+def test_push_refuses_a_smoke_run(tmp_path, tiny_dir):
+    from kitrec_fast.artifacts.push import push_run
+
+    run = _fake_run(tmp_path, tiny_dir)
+    cfg = rundir.read_resolved_config(run)
+    cfg.smoke = True
+    rundir.write_resolved_config(run, cfg, "python -m kitrec_fast.recipes.dualft_music --smoke")
+    with pytest.raises(ValueError, match="smoke run"):
+        push_run(run, "someone/x")

@@ -102,3 +102,10 @@ def test_unknown_recipe_is_a_clear_error():
     proc = subprocess.run([sys.executable, "-m", "kitrec_fast", "train", "dualft_musik", "--dry-run"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "unknown recipe" in proc.stdout
+
+
+def test_an_option_given_twice_is_an_error():
+    proc = subprocess.run([sys.executable, "-m", "kitrec_fast.recipes.dualft_music", "--dry-run", "--max-steps", "10",
+                           "train.max_steps=50"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "train.max_steps: set twice (--max-steps 10 and train.max_steps=50)" in proc.stdout

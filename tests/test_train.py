@@ -133,6 +133,12 @@ def test_sigterm_checkpoints_and_rerun_resumes(tmp_path):
     assert steps[: stopped] == list(range(1, stopped + 1))
     assert steps[stopped:] == list(range(stopped + 1, 7))  # no step trained twice
 
+    # a third time: the run is finished, nothing is trained
+    proc3 = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc3.returncode == 0 and "finished run" in proc3.stdout
+    assert json.loads((run / "summary.json").read_text())["global_step"] == 6
+    assert not (run / "checkpoint-7").exists()
+
 
 def test_no_gpu_without_smoke_says_what_to_run(tmp_path):
     import torch
@@ -170,3 +176,14 @@ def test_without_smoothing_the_fast_path_keeps_the_library_loss():
     assert out["eps"] == 0 and out["loss_path"] == "library"
     assert out["ours"] == pytest.approx(out["reference"], rel=1e-5)
     assert out["max_rel_grad_diff"] < 1e-3
+
+
+def test_unknown_scheduler_or_optimizer_fails_before_any_work(tmp_path):
+    for override, option in (("train.lr_scheduler=cosine_wiht_restarts", "train.lr_scheduler"),
+                             ("train.optim=adamw_fast", "train.optim")):
+        proc = subprocess.run([sys.executable, "-m", "kitrec_fast.recipes.dualft_music", "--smoke", "--backend",
+                               "peft", "--output-dir", str(tmp_path / "bad"), override],
+                              cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert f"{option}: unknown name" in proc.stdout and "Traceback" not in proc.stderr
+        assert not (tmp_path / "bad" / "data_report.json").exists()  # stopped before data preparation

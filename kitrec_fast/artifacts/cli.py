@@ -7,7 +7,8 @@ def add_parser(sub) -> None:
     e = sub.add_parser("export", help="Merge the run's adapter into 16-bit base weights.")
     e.add_argument("run_dir")
     e.add_argument("--merged-16bit", dest="out", required=True, metavar="OUT", help="Output directory.")
-    e.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16")
+    e.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16",
+                   help="Dtype of the written weights (default bfloat16; the merge itself is done in float32).")
     e.add_argument("--base-model", help="Override the base checkpoint (default: the run's weights).")
     e.set_defaults(func=_export)
 
@@ -19,11 +20,11 @@ def add_parser(sub) -> None:
 
 
 def _export(args) -> int:
-    from rich.console import Console
+    from kitrec_fast.console import make_console
 
     from kitrec_fast.artifacts.export import export_merged
 
-    console = Console()
+    console = make_console()
     try:
         out = export_merged(args.run_dir, args.out, dtype=args.dtype, base_model=args.base_model)
     except FileNotFoundError as exc:
@@ -34,14 +35,14 @@ def _export(args) -> int:
 
 
 def _push(args) -> int:
-    from rich.console import Console
+    from kitrec_fast.console import make_console
 
     from kitrec_fast.artifacts.push import push_run
 
-    console = Console()
+    console = make_console()
     try:
         url = push_run(args.run_dir, args.repo, private=args.private)
-    except (FileNotFoundError, PermissionError) as exc:
+    except (FileNotFoundError, PermissionError, ValueError) as exc:
         console.print(f"[red]error[/] {exc}")
         return 2
     console.print(f"[green]pushed[/] {url}")

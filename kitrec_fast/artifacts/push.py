@@ -42,9 +42,17 @@ def push_run(run_dir: str | Path, repo: str, private: bool = False) -> str:
     """Create ``repo`` if needed and upload the adapter + run records; returns the repo URL."""
     from huggingface_hub import CommitOperationAdd, HfApi
 
+    run_dir = Path(run_dir)
     files = files_to_push(run_dir)
+    if (run_dir / rundir.RESOLVED_CONFIG).is_file() and rundir.read_resolved_config(run_dir).smoke:
+        raise ValueError(f"{run_dir} is a smoke run (tiny random model, synthetic data); not pushing it")
     api = HfApi(token=resolve_token())
     url = api.create_repo(repo, private=private, exist_ok=True, repo_type="model")
-    ops = [CommitOperationAdd(path_in_repo=dst, path_or_fileobj=str(src)) for dst, src in files.items()]
+    ops = [CommitOperationAdd(path_in_repo=dst, path_or_fileobj=str(src)) for dst, src in files.items()
+           if dst != "README.md"]
+    if "README.md" in files:
+        # The card's usage snippet names the local adapter folder; on the Hub it is the repo itself.
+        card = files["README.md"].read_text().replace(str(run_dir / rundir.ADAPTER_DIR), repo)
+        ops.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode()))
     api.create_commit(repo_id=repo, operations=ops, commit_message=f"kitrec_fast: upload {Path(run_dir).name}")
     return str(url)

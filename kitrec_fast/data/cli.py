@@ -52,9 +52,9 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _console():
-    from rich.console import Console
+    from kitrec_fast.console import make_console
 
-    return Console(stderr=False, highlight=False)
+    return make_console()
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
@@ -132,19 +132,27 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     limit = max(args.limit, args.index + 1)
     cfg = DataConfig(dataset=args.dataset, dataset_split=args.dataset_split, tokenizer=args.tokenizer,
                      val_fraction=0.0, max_length=args.max_length, on_bad_row="skip", limit=limit)
-    tok = load_tokenizer(args.tokenizer)
-    prepared = prepare(cfg, tok, verify_rows=0)
+    try:
+        tok = load_tokenizer(args.tokenizer)
+        prepared = prepare(cfg, tok, verify_rows=0)
+    except ValueError as exc:  # DatasetLoadError, TokenizerError, RenderError: messages name the option
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
     ds = prepared.train
     hits = [k for k, src in enumerate(ds["source_index"]) if src == args.index]
     if not hits:
-        console.print(f"[red]error:[/red] row {args.index} was skipped or is out of range; "
-                      f"see {prepared.report['skipped'][:3]}")
-        return 1
+        loaded = prepared.report["rows"]["loaded"]
+        skipped = [s for s in prepared.report["skipped"] if s.get("index") == args.index]
+        why = f"it was skipped: {skipped[0].get('problem')}" if skipped else f"the dataset has {loaded} rows"
+        console.print(f"[red]error:[/red] cannot show row {args.index}; {why}")
+        return 2
     ex = ds[hits[0]]
     ids, labels = ex["input_ids"], ex["labels"]
     start = next(k for k, lab in enumerate(labels) if lab != -100)
     text = Text()
     text.append(tok.decode(ids[:start]), style="dim")
+    if not console.is_terminal:  # no colour when piped: mark where the trained span starts
+        text.append("\n>>> trained span (labels) starts here >>>\n")
     text.append(tok.decode(ids[start:]), style="bold green")
     console.rule(f"row {args.index}  user {ex['user_id']}  ({ex['user_type']})  {ex['length']} tokens, "
                  f"{ex['num_trained']} trained (green)")

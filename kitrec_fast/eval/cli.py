@@ -49,11 +49,11 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
 
 
 def run_score(args: argparse.Namespace) -> int:
-    from rich.console import Console
+    from kitrec_fast.console import make_console
 
     from kitrec_fast.eval.score import score_predictions, write_report
 
-    console = Console()
+    console = make_console()
     try:
         report = score_predictions(args.predictions, n_bootstrap=args.bootstrap, seed=args.seed)
     except (OSError, ValueError) as exc:
@@ -66,11 +66,11 @@ def run_score(args: argparse.Namespace) -> int:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from rich.console import Console
+    from kitrec_fast.console import make_console
 
     from kitrec_fast.eval.compare import compare_runs, write_comparison
 
-    console = Console()
+    console = make_console()
     try:
         result = compare_runs(args.a, args.b, n_bootstrap=args.bootstrap, seed=args.seed)
     except (OSError, ValueError) as exc:

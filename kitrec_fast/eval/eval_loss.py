@@ -159,11 +159,11 @@ def run_eval_loss(run_dir: Path, *, dataset: Optional[str] = None, split: Option
                   limit: Optional[int] = None, batch_size: Optional[int] = None, output: Optional[Path] = None,
                   console=None) -> dict:
     """Evaluate the run's adapter; writes the JSON report and returns it."""
-    from rich.console import Console
+    from kitrec_fast.console import make_console
 
     from kitrec_fast.artifacts import rundir
 
-    console = console or Console(highlight=False)
+    console = console or make_console()
     if rows_mode not in ROWS_MODES:
         raise UserError(f"--rows: must be one of {', '.join(ROWS_MODES)}, got {rows_mode!r}")
     run_dir = Path(run_dir)
@@ -265,9 +265,9 @@ def add_loss_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def _loss_command(args: argparse.Namespace) -> int:
-    from rich.console import Console
+    from kitrec_fast.console import make_console
 
-    console = Console(highlight=False)
+    console = make_console()
     try:
         run_eval_loss(args.run_dir, dataset=args.dataset, split=args.split, rows_mode=args.rows_mode,
                       adapter=args.adapter, backend=args.backend, limit=args.limit, batch_size=args.batch_size,

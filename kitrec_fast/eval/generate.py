@@ -430,9 +430,9 @@ def _progress(console):
 
 def run_generate(opts: GenerateOptions, console=None, command: str = "") -> dict:
     """Generate for every selected row not yet in ``OUT/predictions.jsonl``; returns a summary."""
-    from rich.console import Console
+    from kitrec_fast.console import make_console
 
-    console = console or Console(highlight=False)
+    console = console or make_console()
     if opts.engine not in ("hf", "vllm"):
         raise UserError(f"--engine: must be hf or vllm, got {opts.engine!r}")
     if opts.max_new_tokens < 1:
@@ -614,9 +614,9 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
 
 
 def _generate_command(args: argparse.Namespace) -> int:
-    from rich.console import Console
+    from kitrec_fast.console import make_console
 
-    console = Console(highlight=False)
+    console = make_console()
     opts = GenerateOptions(**{f: getattr(args, f) for f in GenerateOptions.__dataclass_fields__ if hasattr(args, f)})
     command = " ".join(["kitrec-fast"] + [shlex.quote(a) for a in sys.argv[1:]])
     try:

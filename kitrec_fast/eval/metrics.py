@@ -1,6 +1,6 @@
 """Ranking metrics for one relevant item, calibration errors and bootstrap intervals.
 
-Definitions follow SPEC.md: with the ground truth at 1-based ``position`` in the ranked list,
+Definitions follow the KitREC evaluation protocol: with the ground truth at 1-based ``position`` in the ranked list,
 Hit@k = 1 if position <= k; MRR = 1/position (0 if absent, no cut-off); NDCG@k =
 1/log2(position + 1) if position <= k, since with a single relevant item the ideal DCG is 1.
 """

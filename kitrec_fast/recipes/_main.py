@@ -37,12 +37,18 @@ def resolve_config(recipe: str, args: argparse.Namespace) -> RunConfig:
         overrides["smoke"] = "true"
     shorthands = {"backend": args.backend, "train.max_steps": args.max_steps, "output_dir": args.output_dir,
                   "data.dataset": args.dataset, "model.name": args.model, "push_to_hub": args.push_to_hub}
-    overrides.update({k: v for k, v in shorthands.items() if v is not None})
+    given = {k: v for k, v in shorthands.items() if v is not None}
+    overrides.update(given)
     for item in args.overrides:
         if "=" not in item:
             raise ConfigError(f"{item}: overrides are KEY=VALUE (e.g. train.learning_rate=1e-4)")
         key, value = item.split("=", 1)
-        overrides[key.strip()] = value
+        key = key.strip()
+        if key in given and str(given[key]) != value:
+            flag = "--" + {"train.max_steps": "max-steps", "output_dir": "output-dir", "data.dataset": "dataset",
+                           "model.name": "model", "push_to_hub": "push-to-hub"}.get(key, key)
+            raise ConfigError(f"{key}: set twice ({flag} {given[key]} and {key}={value}); give it once")
+        overrides[key] = value
     # top-level scalars are validated like nested keys
     raw = _apply_top(raw, overrides)
     cfg = config_from_dict(raw)
@@ -68,9 +74,9 @@ def _apply_top(raw: dict, overrides: dict) -> dict:
 
 
 def run_from_args(recipe: str, args: argparse.Namespace, command: str) -> int:
-    from rich.console import Console
+    from kitrec_fast.console import make_console
 
-    console = Console()
+    console = make_console()
     try:
         cfg = resolve_config(recipe, args)
     except (ConfigError, FileNotFoundError, ValueError) as exc:

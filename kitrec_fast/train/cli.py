@@ -35,19 +35,19 @@ def _command(args) -> str:
 
 def _quickstart(args) -> int:
     import torch
-    from rich.console import Console
+    from kitrec_fast.console import make_console
 
     from kitrec_fast.recipes._main import run_from_args
 
     if not torch.cuda.is_available() and not args.smoke:
-        Console().print("[yellow]no CUDA GPU[/]: running the embedded smoke configuration of dualft_music "
+        make_console().print("[yellow]no CUDA GPU[/]: running the embedded smoke configuration of dualft_music "
                         "(tiny offline Qwen3, synthetic sample data). On a GPU this command trains the real recipe.")
         args.smoke = True
     return run_from_args("dualft_music", args, _command(args))
 
 
 def _recipes(args) -> int:
-    from rich.console import Console
+    from kitrec_fast.console import make_console
     from rich.table import Table
 
     from kitrec_fast.config import config_from_dict
@@ -60,8 +60,6 @@ def _recipes(args) -> int:
         cfg = config_from_dict(load_recipe(name))
         table.add_row(name, cfg.data.dataset, f"{cfg.lora.r}/{cfg.lora.alpha}", str(cfg.train.learning_rate),
                       str(cfg.train.epochs), str(cfg.train.label_smoothing), str(cfg.train.neftune_alpha))
-    console = Console()
-    if not console.is_terminal:  # piped output: don't wrap ids at rich's 80-column default
-        console = Console(width=160)
+    console = make_console()
     console.print(table)
     return 0

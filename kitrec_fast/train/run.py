@@ -46,9 +46,9 @@ class RunResult:
 
 
 def _console():
-    from rich.console import Console
+    from kitrec_fast.console import make_console
 
-    return Console(stderr=False, highlight=False)
+    return make_console()
 
 
 def config_table(cfg: RunConfig, title: str = "kitrec_fast run"):
@@ -76,6 +76,28 @@ def check_hardware(cfg: RunConfig) -> None:
             f"smoke configuration instead:  python -m kitrec_fast.recipes.{_family(cfg.recipe)} --smoke")
 
 
+def check_trainer_names(cfg: RunConfig) -> None:
+    """Scheduler and optimizer names, checked before minutes of data preparation and model loading.
+
+    Called after the backend import (transformers must not load before unsloth does)."""
+    from transformers.trainer_utils import SchedulerType
+    from transformers.training_args import OptimizerNames
+
+    for option, value, enum in (("train.lr_scheduler", cfg.train.lr_scheduler, SchedulerType),
+                                ("train.optim", cfg.train.optim, OptimizerNames)):
+        names = [e.value for e in enum]
+        if value not in names:
+            raise UserError(f"{option}: unknown name {value!r}; one of: {', '.join(names)}")
+
+
+def run_is_complete(run_dir: Path) -> bool:
+    """A finished run: its summary says so and the adapter was written."""
+    path = run_dir / "summary.json"
+    if not path.is_file() or not (run_dir / rundir.ADAPTER_DIR / "adapter_config.json").is_file():
+        return False
+    return not json.loads(path.read_text()).get("interrupted")
+
+
 def _family(recipe: str) -> str:
     return recipe.rsplit("_set", 1)[0] if "_set" in recipe else recipe
 
@@ -85,6 +107,11 @@ def run_training(cfg: RunConfig, command: str | None = None, console=None) -> Ru
     command = command or " ".join(shlex.quote(a) for a in ["python", "-m", "kitrec_fast"] + sys.argv[1:])
     check_hardware(cfg)
     run_dir = Path(cfg.resolved_output_dir)
+    if run_is_complete(run_dir):
+        summary = json.loads((run_dir / "summary.json").read_text())
+        console.print(f"[green]{run_dir} is a finished run[/] (step {summary.get('global_step')}, best eval_loss "
+                      f"{summary.get('best_eval_loss')}); nothing to do. Use another --output-dir to train again.")
+        return RunResult(run_dir, summary)
     run_dir.mkdir(parents=True, exist_ok=True)
     console.print(config_table(cfg))
     rundir.write_resolved_config(run_dir, cfg, command)
@@ -93,6 +120,7 @@ def run_training(cfg: RunConfig, command: str | None = None, console=None) -> Ru
     from kitrec_fast.backends import get_backend
 
     backend = get_backend(cfg.backend)
+    check_trainer_names(cfg)
     from kitrec_fast.backends.common import resolve_model_path
     from kitrec_fast.data.pipeline import prepare
     from kitrec_fast.render.tokenizer import load_tokenizer

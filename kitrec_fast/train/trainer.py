@@ -6,8 +6,6 @@ imported first (it patches both), so this module may be imported at any time.
 
 from __future__ import annotations
 
-from typing import Any
-
 from kitrec_fast.config import RunConfig
 from kitrec_fast.train.collator import KitrecCollator
 
@@ -137,6 +135,10 @@ def make_trainer(cfg: RunConfig, model, tokenizer, train_ds, eval_ds, output_dir
         data_collator=KitrecCollator(pad_token_id=tokenizer.pad_token_id, padding_free=cfg.train.padding_free),
         callbacks=callbacks,
     )
+    # The rich progress bar and metrics.jsonl replace the Trainer's raw dict printing.
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
     # The loss is already normalised by the accumulated token count; stop the Trainer from also
     # dividing by the number of accumulation steps.
     trainer.model_accepts_loss_kwargs = True
