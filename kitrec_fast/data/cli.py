@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from kitrec_fast.config import ConfigError, DataConfig
+from kitrec_fast.console import make_console
 
 
 def add_parser(subparsers: Any) -> None:
@@ -51,17 +52,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", required=True, help="tokenizer id or directory, or offline:qwen3")
 
 
-def _console():
-    from kitrec_fast.console import make_console
-
-    return make_console()
-
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     from kitrec_fast.data.pipeline import prepare, save_prepared
     from kitrec_fast.render.tokenizer import load_tokenizer
 
-    console = _console()
+    console = make_console()
     t0 = time.perf_counter()
     try:
         cfg = DataConfig(dataset=args.dataset, dataset_split=args.dataset_split, tokenizer=args.tokenizer,
@@ -128,7 +124,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from kitrec_fast.data.pipeline import prepare
     from kitrec_fast.render.tokenizer import load_tokenizer
 
-    console = _console()
+    console = make_console()
     limit = max(args.limit, args.index + 1)
     cfg = DataConfig(dataset=args.dataset, dataset_split=args.dataset_split, tokenizer=args.tokenizer,
                      val_fraction=0.0, max_length=args.max_length, on_bad_row="skip", limit=limit)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kitrec_fast.artifacts import rundir
+from kitrec_fast.console import make_console
 from kitrec_fast.config import RunConfig
 
 
@@ -44,11 +45,6 @@ class RunResult:
     run_dir: Path
     summary: dict
 
-
-def _console():
-    from kitrec_fast.console import make_console
-
-    return make_console()
 
 
 def config_table(cfg: RunConfig, title: str = "kitrec_fast run"):
@@ -103,7 +99,7 @@ def _family(recipe: str) -> str:
 
 
 def run_training(cfg: RunConfig, command: str | None = None, console=None) -> RunResult:
-    console = console or _console()
+    console = console or make_console()
     command = command or " ".join(shlex.quote(a) for a in ["python", "-m", "kitrec_fast"] + sys.argv[1:])
     check_hardware(cfg)
     run_dir = Path(cfg.resolved_output_dir)

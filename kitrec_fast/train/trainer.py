@@ -24,7 +24,6 @@ def build_sft_config(cfg: RunConfig, output_dir: str, has_eval: bool, bf16: bool
     from trl import SFTConfig
 
     t = cfg.train
-    eval_on = has_eval
     return SFTConfig(
         output_dir=output_dir,
         per_device_train_batch_size=t.per_device_batch_size,
@@ -41,13 +40,13 @@ def build_sft_config(cfg: RunConfig, output_dir: str, has_eval: bool, bf16: bool
         # The loss applies smoothing itself; a Trainer-side smoother would build full logits.
         label_smoothing_factor=0.0,
         neftune_noise_alpha=t.neftune_alpha,
-        eval_strategy="steps" if eval_on else "no",
+        eval_strategy="steps" if has_eval else "no",
         eval_steps=t.eval_steps,
         save_strategy="steps",
         save_steps=t.save_steps,
         save_total_limit=t.save_total_limit,
-        load_best_model_at_end=eval_on,
-        metric_for_best_model="eval_loss" if eval_on else None,
+        load_best_model_at_end=has_eval,
+        metric_for_best_model="eval_loss" if has_eval else None,
         greater_is_better=False,
         logging_steps=t.logging_steps,
         logging_first_step=True,
