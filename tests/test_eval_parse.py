@@ -32,9 +32,11 @@ CASES = [
     ("trailing commas", '[{"item_id": "%s",}, {"item_id": "%s"},]' % (A, B), [A, B], {}),
     ("prose around JSON", "Sure! Here are my picks:\n" + arr(C, A) + "\nHope this helps [1].", [C, A], {}),
     ("stray bracket in prose before JSON", "Answer [see below: " + arr(E), [E], {}),
-    ("duplicated ids", arr(A, B, A, B, C), [A, B, C], {"n_duplicates": 2, "n_items": 5}),
+    ("duplicated ids keep their places", arr(A, B, A, B, C), [A, B, A, B, C], {"n_duplicates": 2, "n_items": 5}),
     ("ids not among candidates", arr("B09NOTHERE", A, "B08MISSING"), [A], {"n_invalid": 2, "n_items": 3}),
-    ("ids compared case-sensitively after strip", '["  %s ", "%s"]' % (A, B.lower()), [A], {"n_invalid": 1}),
+    ("ids trimmed, matched case-insensitively, stored as the candidate spells them",
+     '["  %s ", "%s"]' % (A, B.lower()), [A, B], {"n_invalid": 0}),
+    ("a lower-case repeat of a kept id is a repeat", '["%s", "%s"]' % (A, A.lower()), [A, A], {"n_duplicates": 1}),
     ("ranks out of order: list order wins",
      '[{"rank": 3, "item_id": "%s"}, {"rank": 1, "item_id": "%s"}, {"rank": 2, "item_id": "%s"}]' % (C, A, B),
      [C, A, B], {"ranks_disagree": True}),
@@ -64,7 +66,7 @@ def test_messy_outputs(name: str, text: str, expected: list[str], flags: dict) -
     for key, value in flags.items():
         assert getattr(result, key) == value, key
     if not result.parse_failed:
-        assert result.n_items == len(expected) + result.n_invalid + result.n_duplicates
+        assert result.n_items == len(result.entries) == len(expected) + result.n_invalid
 
 
 GARBAGE = ["", "no json at all", "[[[[{", "}{][", "```json\n```", "[]", "{}", "[1, 2, 3]",
@@ -79,9 +81,9 @@ def test_garbage_never_raises(text: object) -> None:
     assert result.ranked_ids == [] and result.confidence is None
 
 
-def test_no_candidate_list_accepts_any_id_but_still_dedupes() -> None:
+def test_no_candidate_list_accepts_any_id_and_counts_repeats() -> None:
     result = parse_recommendations(arr("X1", "X2", "X1"), None)
-    assert result.ranked_ids == ["X1", "X2"]
+    assert result.ranked_ids == ["X1", "X2", "X1"]
     assert result.n_invalid == 0 and result.n_duplicates == 1
 
 
@@ -89,6 +91,24 @@ def test_confidences_parallel_to_ranked_ids() -> None:
     result = parse_recommendations(arr(A, "NOPE", B), CANDS)
     assert result.ranked_ids == [A, B]
     assert result.confidences == [9.0, 7.0]
+
+
+def test_entries_keep_every_emitted_id_in_order() -> None:
+    result = parse_recommendations('[{"item_id": "nope"}, {"title": "no id"}, {"item_id": 12345}, "%s"]' % A.lower(),
+                                   CANDS + ["12345"])
+    assert [(e.emitted, e.item_id) for e in result.entries] == [("nope", None), (None, None), ("12345", "12345"),
+                                                                 (A.lower(), A)]
+    assert result.n_invalid == 2
+
+
+def test_answer_is_taken_after_the_last_think_close() -> None:
+    # A draft inside the reasoning, a second think block, then the real answer: the draft (and
+    # anything before the last </think>) must never be read as the answer.
+    text = ("<think>draft: " + arr(E, D) + "</think>\n<think>reconsidering " + arr(D) + "</think>\n"
+            "```json\n" + arr(A, B) + "\n```")
+    assert parse_recommendations(text, CANDS).ranked_ids == [A, B]
+    # JSON only before the last </think> is no answer at all
+    assert parse_recommendations("<think>" + arr(E) + "</think><think>x</think>no json", CANDS).parse_failed
 
 
 def test_to_dict_round_trips_fields() -> None:

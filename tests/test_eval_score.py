@@ -105,7 +105,7 @@ def test_grouping_counts_and_hand_worked_means() -> None:
     assert a.metrics["hit@1"] == 0.5 and a.metrics["hit@5"] == 1.0
     assert a.metrics["mrr"] == pytest.approx((1 + 1 / 3) / 2)
     assert a.metrics["ndcg@5"] == pytest.approx((1 + 0.5) / 2)
-    assert a.calibration == {"mae": 0.5, "rmse": pytest.approx(math.sqrt(0.5)), "n": 2}
+    assert a.calibration == {"mae": 0.5, "rmse": pytest.approx(math.sqrt(0.5)), "n": 2, "confidence_zero": 0}
     assert b.metrics["hit@10"] == 0.0
     assert b.counts["parse_failed"] == 1 and b.rates["parse_failure_rate"] == 0.5
     assert b.counts["unfinished_think"] == 1

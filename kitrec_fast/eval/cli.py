@@ -29,10 +29,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return parser
 
 
+def _add_protocol(p: argparse.ArgumentParser) -> None:
+    from kitrec_fast.eval.protocol import DEFAULT_PROTOCOL, PROTOCOLS
+
+    p.add_argument("--protocol", choices=list(PROTOCOLS), default=DEFAULT_PROTOCOL,
+                   help="kitrec (default): the paper's rules (invalid ids dropped, repeats keep their places); "
+                        "strict: every emitted entry occupies its rank")
+
+
 def _add_score(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("score", help="score a predictions JSONL file")
     p.add_argument("--predictions", required=True, type=Path, help="predictions JSONL file")
     p.add_argument("--output", required=True, type=Path, help="directory for report.json/.md and PNGs")
+    _add_protocol(p)
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.set_defaults(func=run_score)
@@ -40,8 +49,12 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
 
 def _add_compare(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="paired comparison of two runs on the same rows")
-    p.add_argument("a", type=Path, help="run A: predictions JSONL or an `eval score` output directory")
+    p.add_argument("a", type=Path, help="run A: predictions JSONL, an `eval score` or an `eval generate` output "
+                                       "directory")
     p.add_argument("b", type=Path, help="run B: same kinds as A; differences are B - A")
+    _add_protocol(p)
+    p.add_argument("--force", action="store_true",
+                   help="compare even when protocols or candidate counts differ (the result says so)")
     p.add_argument("--output", type=Path, default=None, help="directory for compare.json/.md")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
@@ -53,14 +66,21 @@ def run_score(args: argparse.Namespace) -> int:
 
     from kitrec_fast.eval.score import score_predictions, write_report
 
+    from kitrec_fast.errors import UserError
+
     console = make_console()
     try:
-        report = score_predictions(args.predictions, n_bootstrap=args.bootstrap, seed=args.seed)
-    except (OSError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        return 2
+        report = score_predictions(args.predictions, protocol=args.protocol, n_bootstrap=args.bootstrap,
+                                   seed=args.seed)
+    except UserError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        return exc.exit_code
     paths = write_report(report, args.output)
     console.print(_score_table(report))
+    cands = report.overall.candidates
+    if cands["min"] != cands["max"]:
+        console.print(f"[yellow]warning:[/] candidates per row differ ({cands['min']}-{cands['max']}); "
+                      "Hit@K over different candidate counts mixes different tasks")
     console.print(f"wrote {', '.join(str(p) for p in paths.values())}")
     return 0
 
@@ -70,12 +90,17 @@ def run_compare(args: argparse.Namespace) -> int:
 
     from kitrec_fast.eval.compare import compare_runs, write_comparison
 
+    from kitrec_fast.errors import UserError
+
     console = make_console()
     try:
-        result = compare_runs(args.a, args.b, n_bootstrap=args.bootstrap, seed=args.seed)
-    except (OSError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        return 2
+        result = compare_runs(args.a, args.b, protocol=args.protocol, force=args.force, n_bootstrap=args.bootstrap,
+                              seed=args.seed)
+    except UserError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        return exc.exit_code
+    for warning in result["warnings"]:
+        console.print(f"[bold red]WARNING:[/] {warning}", highlight=False)
     console.print(_compare_table(result))
     if args.output is not None:
         paths = write_comparison(result, args.output)
@@ -86,18 +111,23 @@ def run_compare(args: argparse.Namespace) -> int:
 def _score_table(report: Any) -> Any:
     from rich.table import Table
 
-    table = Table(title=f"KitREC scores ({report.overall.n} rows)")
+    cands = report.overall.candidates
+    span = "?" if cands["min"] is None else (
+        str(cands["min"]) if cands["min"] == cands["max"] else f"{cands['min']}-{cands['max']}")
+    table = Table(title=f"KitREC scores: {report.overall.n} rows, {span} candidates each, "
+                        f"protocol {report.protocol}")
     table.add_column("group")
     table.add_column("n", justify="right")
     for name in report.metric_names:
         table.add_column(name, justify="right")
-    for col in ("parse fail", "invalid", "conf MAE"):
+    for col in ("parse err (paper)", "no answer", "invalid", "conf MAE"):
         table.add_column(col, justify="right")
     for name, g in report.groups().items():
         table.add_row(
             name,
             str(g.n),
             *(_num(g.metrics[m]) for m in report.metric_names),
+            _pct(g.rates["paper_parse_error_rate"]),
             _pct(g.rates["parse_failure_rate"]),
             _pct(g.rates["invalid_item_rate"]),
             _num(g.calibration["mae"]),
@@ -106,21 +136,25 @@ def _score_table(report: Any) -> Any:
 
 
 def _compare_table(result: Mapping[str, Any]) -> Any:
+    from rich.markup import escape
     from rich.table import Table
+
+    from kitrec_fast.eval.compare import fmt_num, fmt_p
 
     table = Table(title=f"B - A over {result['n_pairs']} paired rows (Holm-corrected paired t-test)")
     ci_label = f"{int(round(100 * (1 - result['alpha'])))}% CI"
-    for col in ("metric", "A", "B", "B - A", ci_label, "p (Holm)", ""):
+    for col in ("metric", "A", "B", "B - A", ci_label, "p", "p (Holm)", "significant"):
         table.add_column(col, justify="left" if col == "metric" else "right")
     for name, m in result["metrics"].items():
         table.add_row(
             name,
-            _num(m["mean_a"]),
-            _num(m["mean_b"]),
-            f"{m['mean_diff']:+.4f}",
-            f"[{m['ci_low']:+.4f}, {m['ci_high']:+.4f}]",
-            "n/a" if math.isnan(m["p_holm"]) else f"{m['p_holm']:.3g}",
-            "[bold green]*[/]" if m["significant"] else "",
+            fmt_num(m["mean_a"]),
+            fmt_num(m["mean_b"]),
+            fmt_num(m["mean_diff"], signed=True),
+            escape(f"[{fmt_num(m['ci_low'], signed=True)}, {fmt_num(m['ci_high'], signed=True)}]"),
+            fmt_p(m["p"]),
+            fmt_p(m["p_holm"]),
+            "[bold green]yes[/]" if m["significant"] else "no",
         )
     return table
 

@@ -1,7 +1,15 @@
 """Paired comparison of two evaluation runs on the same rows.
 
 Rows are paired by ``row_id``; the two runs must cover exactly the same rows, since comparing
-means over different rows would mix a model difference with a sample difference. For each
+means over different rows would mix a model difference with a sample difference. They must also
+have been scored under the same protocol and from prompts with the same number of candidates
+per row (Hit@10 among 50 candidates is an easier task than among 100): otherwise the comparison
+is refused, unless ``force`` is given, which records a warning in the result instead.
+
+A run is a predictions JSONL file (scored here under ``protocol``), an ``eval score`` output
+directory (its ``per_row.jsonl`` and the protocol its ``report.json`` names), or an ``eval
+generate`` output directory (its ``score/`` when that is newer than ``predictions.jsonl``,
+otherwise its predictions scored here). For each
 metric: a paired t-test (scipy), Holm's step-down correction across all metrics compared (they
 are one family of questions about the same pair of models), and a seeded percentile bootstrap
 interval of the mean difference. Differences are always ``B - A``.
@@ -12,13 +20,17 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from kitrec_fast.errors import UserError
 from kitrec_fast.eval.metrics import DEFAULT_KS, bootstrap_ci, metric_names
+from kitrec_fast.eval.protocol import DEFAULT_PROTOCOL, check_protocol
 from kitrec_fast.eval.score import (
     PER_ROW_FILE,
+    REPORT_FILE,
     RowScore,
     ScoreReport,
     load_predictions,
@@ -26,8 +38,14 @@ from kitrec_fast.eval.score import (
     score_rows,
     to_json_safe,
 )
+from kitrec_fast.fsio import atomic_write_json, atomic_write_text
 
 __all__ = [
+    "CompareError",
+    "Run",
+    "comparability_problems",
+    "fmt_num",
+    "fmt_p",
     "RunInput",
     "load_run",
     "holm",
@@ -38,24 +56,79 @@ __all__ = [
 ]
 
 RunInput = str | Path | ScoreReport | Sequence[RowScore] | Iterable[Mapping[str, Any]]
+PREDICTIONS_FILE = "predictions.jsonl"
+SCORE_SUBDIR = "score"
 
 
-def load_run(run: RunInput, ks: Sequence[int] = DEFAULT_KS) -> list[RowScore]:
-    """Per-row scores from a predictions file, a ``write_report`` directory, a report or rows."""
+class CompareError(UserError, ValueError):
+    """Two runs that cannot be compared (or an input that is not a run)."""
+
+
+@dataclass
+class Run:
+    rows: list[RowScore]
+    protocol: str | None  # None: a score directory from before protocols were recorded
+    label: str
+
+
+def load_run(run: RunInput, ks: Sequence[int] = DEFAULT_KS, protocol: str = DEFAULT_PROTOCOL) -> Run:
+    """Per-row scores (and the protocol they were scored under) from any of the inputs above."""
+    check_protocol(protocol)
     if isinstance(run, ScoreReport):
-        return list(run.rows)
+        return Run(list(run.rows), run.protocol, run.source or "<in-memory>")
     if isinstance(run, (str, Path)):
         path = Path(run)
         if path.is_dir():
-            per_row = path / PER_ROW_FILE
-            if not per_row.exists():
-                raise FileNotFoundError(f"{path} is a directory without {PER_ROW_FILE}")
-            return read_row_scores(per_row)
-        return score_rows(load_predictions(path), ks)
+            return _load_dir(path, ks, protocol)
+        if not path.is_file():
+            raise CompareError(f"{path}: no such file or directory")
+        return Run(score_rows(load_predictions(path), ks, protocol), protocol, str(path))
     items = list(run)
-    if all(isinstance(r, RowScore) for r in items):
-        return items  # type: ignore[return-value]
-    return score_rows(items, ks)  # type: ignore[arg-type]
+    if items and all(isinstance(r, RowScore) for r in items):
+        return Run(items, protocol, "<in-memory>")  # type: ignore[arg-type]
+    return Run(score_rows(items, ks, protocol), protocol, "<in-memory>")  # type: ignore[arg-type]
+
+
+def _load_dir(path: Path, ks: Sequence[int], protocol: str) -> Run:
+    if (path / PER_ROW_FILE).is_file():
+        return _load_score_dir(path)
+    predictions, score = path / PREDICTIONS_FILE, path / SCORE_SUBDIR
+    if (score / PER_ROW_FILE).is_file():
+        stale = predictions.is_file() and predictions.stat().st_mtime > (score / PER_ROW_FILE).stat().st_mtime
+        if not stale:
+            return _load_score_dir(score)
+    if predictions.is_file():
+        return Run(score_rows(load_predictions(predictions), ks, protocol), protocol, str(predictions))
+    raise CompareError(f"{path}: neither an `eval score` output ({PER_ROW_FILE}) nor an `eval generate` output "
+                       f"({PREDICTIONS_FILE})")
+
+
+def _load_score_dir(path: Path) -> Run:
+    try:
+        report = json.loads((path / REPORT_FILE).read_text(encoding="utf-8"))
+        protocol = (report.get("protocol") or {}).get("name")
+    except (OSError, ValueError, AttributeError):
+        protocol = None
+    return Run(read_row_scores(path / PER_ROW_FILE), protocol, str(path))
+
+
+def comparability_problems(a: Run, b: Run, ids: Sequence[int]) -> list[str]:
+    """Why the paired rows of ``a`` and ``b`` do not measure the same task (empty: they do)."""
+    problems = []
+    if a.protocol is None or b.protocol is None:
+        which = " and ".join(w for w, r in (("A", a), ("B", b)) if r.protocol is None)
+        problems.append(f"the protocol of {which} is not recorded (a report from before protocols; "
+                        "rescore its predictions)")
+    elif a.protocol != b.protocol:
+        problems.append(f"protocols differ: A was scored with {a.protocol!r}, B with {b.protocol!r}")
+    ra, rb = {r.row_id: r for r in a.rows}, {r.row_id: r for r in b.rows}
+    differ = [i for i in ids if ra[i].n_candidates != rb[i].n_candidates]
+    if differ:
+        first = differ[0]
+        problems.append(f"candidate counts differ on {len(differ)} of {len(ids)} rows (row_id {first}: "
+                        f"A had {ra[first].n_candidates}, B had {rb[first].n_candidates}); Hit@K over "
+                        "different candidate counts is a different task")
+    return problems
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
@@ -90,20 +163,27 @@ def compare_runs(
     b: RunInput,
     *,
     ks: Sequence[int] = DEFAULT_KS,
+    protocol: str = DEFAULT_PROTOCOL,
+    force: bool = False,
     n_bootstrap: int = 1000,
     seed: int = 0,
     alpha: float = 0.05,
 ) -> dict[str, Any]:
     """Compare run B against run A metric by metric (see the module docstring)."""
-    rows_a, rows_b = load_run(a, ks), load_run(b, ks)
+    run_a, run_b = load_run(a, ks, protocol), load_run(b, ks, protocol)
+    rows_a, rows_b = run_a.rows, run_b.rows
     by_id_a, by_id_b = _index(rows_a, "A"), _index(rows_b, "B")
     if by_id_a.keys() != by_id_b.keys():
         only_a = len(by_id_a.keys() - by_id_b.keys())
         only_b = len(by_id_b.keys() - by_id_a.keys())
-        raise ValueError(
+        raise CompareError(
             f"runs cover different rows: {only_a} row_id(s) only in A, {only_b} only in B"
         )
     ids = sorted(by_id_a)
+    problems = comparability_problems(run_a, run_b, ids)
+    if problems and not force:
+        raise CompareError("the runs are not comparable: " + "; ".join(problems)
+                           + " (--force compares them anyway, with a warning in the result)")
     names = _shared_metric_names(rows_a, rows_b, ks)
     va = np.array([[by_id_a[i].metrics[m] for m in names] for i in ids], dtype=float).reshape(len(ids), len(names))
     vb = np.array([[by_id_b[i].metrics[m] for m in names] for i in ids], dtype=float).reshape(len(ids), len(names))
@@ -124,9 +204,13 @@ def compare_runs(
             "p_holm": adjusted[j],
             "significant": bool(not math.isnan(adjusted[j]) and adjusted[j] < alpha),
         }
+    cands = sorted({r.n_candidates for r in rows_a + rows_b if r.n_candidates is not None})
     return {
-        "a": _label(a),
-        "b": _label(b),
+        "a": run_a.label,
+        "b": run_b.label,
+        "protocol": {"a": run_a.protocol, "b": run_b.protocol},
+        "candidates_per_row": {"min": cands[0], "max": cands[-1]} if cands else {"min": None, "max": None},
+        "warnings": [f"NOT COMPARABLE, compared because of --force: {p}" for p in problems],
         "n_pairs": len(ids),
         "alpha": alpha,
         "bootstrap": {"n_resamples": n_bootstrap, "seed": seed},
@@ -140,7 +224,7 @@ def _index(rows: Sequence[RowScore], which: str) -> dict[int, RowScore]:
     out: dict[int, RowScore] = {}
     for row in rows:
         if row.row_id in out:
-            raise ValueError(f"run {which} has duplicate row_id {row.row_id}")
+            raise CompareError(f"run {which} has duplicate row_id {row.row_id}")
         out[row.row_id] = row
     return out
 
@@ -173,21 +257,13 @@ def _mean(values: np.ndarray) -> float:
     return float(values.mean()) if values.size else math.nan
 
 
-def _label(run: RunInput) -> str:
-    if isinstance(run, (str, Path)):
-        return str(run)
-    if isinstance(run, ScoreReport) and run.source:
-        return run.source
-    return "<in-memory>"
-
-
 def write_comparison(result: Mapping[str, Any], out_dir: str | Path) -> dict[str, Path]:
     """Write compare.json and compare.md; return their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "compare.json", "markdown": out / "compare.md"}
-    paths["json"].write_text(json.dumps(to_json_safe(dict(result)), indent=2) + "\n", encoding="utf-8")
-    paths["markdown"].write_text(format_comparison_markdown(result), encoding="utf-8")
+    atomic_write_json(paths["json"], to_json_safe(dict(result)))
+    atomic_write_text(paths["markdown"], format_comparison_markdown(result))
     return paths
 
 
@@ -198,22 +274,41 @@ def format_comparison_markdown(result: Mapping[str, Any]) -> str:
         "",
         f"A: `{result['a']}`  ",
         f"B: `{result['b']}`  ",
+        f"Protocol: A {result['protocol']['a']}, B {result['protocol']['b']}; candidates per row: "
+        f"{_span(result['candidates_per_row'])}  ",
         f"{result['n_pairs']} paired rows; differences are B - A; paired t-test with Holm "
         f"correction across metrics; {pct}% bootstrap interval of the mean difference.",
+        "",
+    ]
+    lines += [f"**{w}**  " for w in result.get("warnings", [])]
+    lines += [
         "",
         "| metric | A | B | B - A | CI | p | p (Holm) | significant |",
         "|---|---:|---:|---:|---|---:|---:|:---:|",
     ]
     for name, m in result["metrics"].items():
         lines.append(
-            f"| {name} | {m['mean_a']:.4f} | {m['mean_b']:.4f} | {m['mean_diff']:+.4f} "
-            f"| [{m['ci_low']:+.4f}, {m['ci_high']:+.4f}] | {_p(m['p'])} | {_p(m['p_holm'])} "
-            f"| {'yes' if m['significant'] else 'no'} |"
+            f"| {name} | {fmt_num(m['mean_a'])} | {fmt_num(m['mean_b'])} | {fmt_num(m['mean_diff'], signed=True)} "
+            f"| [{fmt_num(m['ci_low'], signed=True)}, {fmt_num(m['ci_high'], signed=True)}] | {fmt_p(m['p'])} "
+            f"| {fmt_p(m['p_holm'])} | {'yes' if m['significant'] else 'no'} |"
         )
     return "\n".join(lines) + "\n"
 
 
-def _p(value: float | None) -> str:
+def _span(c: Mapping[str, Any]) -> str:
+    if c.get("min") is None:
+        return "unknown"
+    return str(c["min"]) if c["min"] == c["max"] else f"{c['min']}-{c['max']}"
+
+
+def fmt_num(value: float | None, signed: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:+.4f}" if signed else f"{value:.4f}"
+
+
+def fmt_p(value: float | None) -> str:
+    """p-values as people read them: 4 decimals, and "<0.0001" rather than an exponent."""
     if value is None or math.isnan(value):
         return "n/a"
-    return f"{value:.2e}" if value < 1e-3 else f"{value:.4f}"
+    return "<0.0001" if value < 1e-4 else f"{value:.4f}"

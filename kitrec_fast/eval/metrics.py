@@ -17,6 +17,8 @@ __all__ = [
     "DEFAULT_KS",
     "metric_names",
     "rank_metrics",
+    "position_metrics",
+    "gt_position",
     "calibration_errors",
     "bootstrap_ci",
     "group_seed",
@@ -33,13 +35,23 @@ def metric_names(ks: Sequence[int] = DEFAULT_KS) -> list[str]:
 
 
 def rank_metrics(
-    ranked_ids: Sequence[str], gt_id: str, ks: Sequence[int] = DEFAULT_KS
+    ranked_ids: Sequence[str | None], gt_id: str, ks: Sequence[int] = DEFAULT_KS
 ) -> dict[str, float]:
-    """Hit@k, MRR and NDCG@k of ``gt_id`` in ``ranked_ids``.
+    """Hit@k, MRR and NDCG@k of ``gt_id`` at its first occurrence in ``ranked_ids`` (case-insensitive).
 
     NDCG@1 is left out because it always equals Hit@1.
     """
-    position = next((i + 1 for i, item in enumerate(ranked_ids) if item == gt_id), None)
+    return position_metrics(gt_position(ranked_ids, gt_id), ks)
+
+
+def gt_position(ranked: Sequence[str | None], gt_id: str) -> int | None:
+    """1-based position of the first occurrence of ``gt_id`` (case-insensitive; None entries never match)."""
+    want = str(gt_id).strip().upper()
+    return next((i + 1 for i, item in enumerate(ranked) if item is not None and item.upper() == want), None)
+
+
+def position_metrics(position: int | None, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
+    """The metrics of a ground truth at 1-based ``position`` (None: not in the list)."""
     out: dict[str, float] = {}
     for k in ks:
         out[f"hit@{k}"] = 1.0 if position is not None and position <= k else 0.0

@@ -19,22 +19,27 @@ Rules (the contract the scorer relies on):
   unwrapped.
 * List order is the ranking, as in the KitREC paper, even when ``rank`` fields disagree
   (``ranks_disagree`` records that they did).
-* Ids are compared case-sensitively after stripping whitespace. Entries whose id is missing or
-  not among ``candidate_ids`` are dropped and counted in ``n_invalid``; repeats of an id already
-  kept are dropped and counted in ``n_duplicates``.
-* ``confidence`` is the ``confidence_score`` (0-10) of the first *kept* item, i.e. the model's
+* Every entry is kept in ``entries``, in emitted order. Ids are trimmed and matched to the
+  candidates case-insensitively (models write ASINs in lower case; ASINs are case-free) and
+  stored in the candidate's spelling; an id that is missing or not among ``candidate_ids`` is
+  ``None`` there and counted in ``n_invalid``; an id already seen earlier is counted in
+  ``n_duplicates`` but keeps its place. How entries become a ranked list is the scoring
+  protocol's business (``kitrec_fast.eval.protocol``); ``ranked_ids`` is the paper's list
+  (valid ids in emitted order, repeats in place).
+* ``confidence`` is the ``confidence_score`` (0-10) of the first valid entry, i.e. the model's
   confidence in its top valid pick; the scorer compares it (halved) with the user's rating.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
-__all__ = ["ParseResult", "parse_recommendations"]
+__all__ = ["Entry", "ParseResult", "parse_recommendations"]
 
 _THINK_OPEN = "<think>"
 _THINK_CLOSE = "</think>"
@@ -48,12 +53,20 @@ _TRAILING_COMMA = re.compile(r",(\s*[\]}])")
 _MAX_RESCANS = 8
 
 
+@dataclass(frozen=True)
+class Entry:
+    """One emitted recommendation: its id as written and, if it names a candidate, that candidate."""
+
+    emitted: str | None
+    item_id: str | None  # the candidate's own spelling; None: no id, or not a candidate
+    confidence: float | None
+
+
 @dataclass
 class ParseResult:
     """The parsed answer for one generation (see the module docstring for the rules)."""
 
-    ranked_ids: list[str] = field(default_factory=list)
-    confidences: list[float | None] = field(default_factory=list)  # parallel to ranked_ids
+    entries: list[Entry] = field(default_factory=list)
     confidence: float | None = None
     parse_failed: bool = True
     n_items: int = 0  # entries found in the JSON, before any were dropped
@@ -65,8 +78,21 @@ class ParseResult:
     ranks_disagree: bool = False
     source: str | None = None  # "fenced", "bare" or "truncated": where the JSON came from
 
+    @property
+    def ranked_ids(self) -> list[str]:
+        """Valid ids in emitted order, repeats in place (the KitREC paper's ranked list)."""
+        return [e.item_id for e in self.entries if e.item_id is not None]
+
+    @property
+    def confidences(self) -> list[float | None]:
+        """Parallel to :attr:`ranked_ids`."""
+        return [e.confidence for e in self.entries if e.item_id is not None]
+
     def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "entries"}
+        out["entries"] = [dataclasses.asdict(e) for e in self.entries]
+        out["ranked_ids"] = self.ranked_ids
+        return out
 
 
 def parse_recommendations(text: str, candidate_ids: Sequence[str] | None) -> ParseResult:
@@ -81,7 +107,7 @@ def _parse(text: Any, candidate_ids: Sequence[str] | None) -> ParseResult:
     text = "" if text is None else str(text)
     region, has_think, think_closed = _answer_region(text)
     result = ParseResult(has_think=has_think, think_closed=think_closed)
-    valid = None if candidate_ids is None else {str(c).strip() for c in candidate_ids}
+    valid = None if candidate_ids is None else _canonical_map(candidate_ids)
     found = _find_entries(region, valid)
     if found is None:
         return result
@@ -93,18 +119,35 @@ def _parse(text: Any, candidate_ids: Sequence[str] | None) -> ParseResult:
     result.ranks_disagree = _ranks_disagree(entries)
     seen: set[str] = set()
     for entry in entries:
-        item_id = _entry_id(entry)
-        if item_id is None or (valid is not None and item_id not in valid):
+        emitted = _entry_id(entry)
+        item_id = _match(emitted, valid)
+        if item_id is None:
             result.n_invalid += 1
-            continue
-        if item_id in seen:
+        elif item_id in seen:
             result.n_duplicates += 1
-            continue
-        seen.add(item_id)
-        result.ranked_ids.append(item_id)
-        result.confidences.append(_entry_confidence(entry))
-    result.confidence = result.confidences[0] if result.confidences else None
+        else:
+            seen.add(item_id)
+        result.entries.append(Entry(emitted, item_id, _entry_confidence(entry)))
+    first_valid = next((e for e in result.entries if e.item_id is not None), None)
+    result.confidence = None if first_valid is None else first_valid.confidence
     return result
+
+
+def _canonical_map(candidate_ids: Sequence[str]) -> dict[str, str]:
+    """Upper-cased candidate id -> the candidate's own spelling (ASINs are case-free)."""
+    out: dict[str, str] = {}
+    for c in candidate_ids:
+        c = str(c).strip()
+        out.setdefault(c.upper(), c)
+    return out
+
+
+def _match(emitted: str | None, valid: dict[str, str] | None) -> str | None:
+    if emitted is None:
+        return None
+    if valid is None:
+        return emitted
+    return valid.get(emitted.upper())
 
 
 def _answer_region(text: str) -> tuple[str, bool, bool]:
@@ -118,7 +161,7 @@ def _answer_region(text: str) -> tuple[str, bool, bool]:
     return text, False, True
 
 
-def _find_entries(region: str, valid: set[str] | None) -> tuple[list[Any], str] | None:
+def _find_entries(region: str, valid: dict[str, str] | None) -> tuple[list[Any], str] | None:
     """The first answer-like JSON in preference order that names a valid candidate.
 
     If none names one, the first answer-like JSON wins anyway, so a list of only invalid ids is
@@ -126,7 +169,7 @@ def _find_entries(region: str, valid: set[str] | None) -> tuple[list[Any], str] 
     """
     fallback = None
     for entries, source in _answer_candidates(region):
-        if valid is None or any(_entry_id(e) in valid for e in entries):
+        if valid is None or any(_match(_entry_id(e), valid) is not None for e in entries):
             return entries, source
         fallback = fallback or (entries, source)
     return fallback
