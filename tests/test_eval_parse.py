@@ -102,13 +102,13 @@ def test_entries_keep_every_emitted_id_in_order() -> None:
 
 
 def test_answer_is_taken_after_the_last_think_close() -> None:
-    # A draft inside the reasoning, a second think block, then the real answer: the draft (and
-    # anything before the last </think>) must never be read as the answer.
-    text = ("<think>draft: " + arr(E, D) + "</think>\n<think>reconsidering " + arr(D) + "</think>\n"
-            "```json\n" + arr(A, B) + "\n```")
+    # Two think blocks, a fenced draft inside the second, then the real (bare) answer: reading
+    # from the first </think> would find the fenced draft and prefer it over the answer.
+    text = ("<think>first thoughts</think>\n<think>draft:\n```json\n" + arr(E, D) + "\n```\n</think>\n"
+            + arr(A, B))
     assert parse_recommendations(text, CANDS).ranked_ids == [A, B]
     # JSON only before the last </think> is no answer at all
-    assert parse_recommendations("<think>" + arr(E) + "</think><think>x</think>no json", CANDS).parse_failed
+    assert parse_recommendations("<think>a</think><think>" + arr(E) + "</think>no json", CANDS).parse_failed
 
 
 def test_to_dict_round_trips_fields() -> None:
