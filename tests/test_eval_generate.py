@@ -17,27 +17,24 @@ from pathlib import Path
 
 import pytest
 
-from kitrec_fast.eval.generate import (PAUSE_ENV, GenerateOptions, UserError, cut_at_stop, read_done,
+from kitrec_fast.errors import UserError
+from kitrec_fast.eval.generate import (LOCK_FILE, PAUSE_ENV, GenerateOptions, cut_at_stop, output_lock, read_done,
                                        run_generate, select_rows)
 from lora_runs import make_lora_run
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = 4
-# 1,536 prompt tokens: history and candidates cut by the training truncation (exercising it) and
-# short enough that the tiny model's CPU prefill takes well under a second per row.
+# A cut asked for (20 candidates, 1,536 prompt tokens): history and candidates cut by the training
+# truncation (exercising it), short enough that the tiny model's CPU prefill is well under a second.
 GEN_ARGS = ["--dataset", "embedded:test_music", "--limit", str(ROWS), "--max-new-tokens", "4",
-            "--max-prompt-tokens", "1536"]
+            "--max-candidates", "20", "--max-prompt-tokens", "1536"]
 PREDICTION_KEYS = {"row_id", "user_id", "user_type", "gt_item_id", "gt_rating", "candidate_ids", "raw_text",
                    "gen_seconds", "new_tokens"}
 
 
-def make_run(run: Path) -> Path:
-    return make_lora_run(run, "tests/test_eval_generate.py")
-
-
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    return make_run(tmp_path_factory.mktemp("gen") / "run")
+def run_dir(lora_run_dir) -> Path:
+    return lora_run_dir
 
 
 def cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -97,7 +94,70 @@ def test_cut_at_stop_counts_the_stop_token():
     assert g.token_ids == [5, 6, 7] and not g.finished and g.new_tokens == 3
 
 
+def test_output_lock_refuses_a_second_writer_and_is_removed_after(tmp_path):
+    with output_lock(tmp_path):
+        assert (tmp_path / LOCK_FILE).is_file()
+        with pytest.raises(UserError, match="another `eval generate` is writing"):
+            with output_lock(tmp_path):
+                pass
+    assert not (tmp_path / LOCK_FILE).exists()
+    # a lock file left by a killed process is no obstacle: flock died with it
+    (tmp_path / LOCK_FILE).write_text("")
+    with output_lock(tmp_path):
+        pass
+    assert not (tmp_path / LOCK_FILE).exists()
+
+
+@pytest.mark.parametrize("field,value,option", [("max_candidates", -1, "--max-candidates"),
+                                                ("batch_size", 0, "--batch-size"), ("engine", "tgi", "--engine"),
+                                                ("max_new_tokens", 0, "--max-new-tokens")])
+def test_bad_options_name_the_option(tmp_path, field, value, option):
+    with pytest.raises(UserError, match=option):
+        GenerateOptions(dataset="embedded:test_music", output=tmp_path, **{field: value})
+
+
 # -- the command -------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_test_sample_end_to_end_keeps_all_100_candidates_and_scores_under_the_paper_protocol(run_dir, tmp_path):
+    # The paper evaluates on all 100 candidates: no cut unless asked for, even though the run
+    # trained on 20 (data.max_candidates) with data.max_length 2048, shorter than these prompts.
+    no_unsloth()
+    out = tmp_path / "gen"
+    summary = run_generate(GenerateOptions(dataset="embedded:test_music", output=out, run_dir=run_dir, limit=2,
+                                           max_new_tokens=3, batch_size=2))
+    assert summary["generated"] == 2 and not (out / LOCK_FILE).exists()
+    records = [json.loads(line) for line in complete_lines(out / "predictions.jsonl")]
+    from kitrec_fast.data.load import load_raw
+    from kitrec_fast.data.schema import normalize_row
+
+    raw = load_raw("embedded:test_music", "test")
+    for r in records:
+        full = normalize_row(raw[r["row_id"]], r["row_id"], require_target=False).parsed.candidate_ids
+        assert r["candidate_ids"] == list(full) and len(full) == 100
+    config = json.loads((out / "generate_config.json").read_text())
+    assert config["fingerprint"]["max_candidates"] == "all" and config["fingerprint"]["candidate_seed"] is None
+    # the prompt budget comes from the prompts, not from the run's data.max_length (2048)
+    longest = max(r["prompt_tokens"] for r in records)
+    assert longest > 2048
+    assert config["prompts"] == {"longest_tokens": longest, "max_seq_length": longest + 3}
+
+    from kitrec_fast.cli import main
+
+    score = out / "score"
+    assert main(["eval", "score", "--predictions", str(out / "predictions.jsonl"), "--output", str(score),
+                 "--bootstrap", "10"]) == 0
+    report = json.loads((score / "report.json").read_text())
+    assert report["protocol"]["name"] == "kitrec" and report["rows"] == 2
+    assert report["candidates_per_row"] == {"min": 100, "max": 100}
+    assert report["provenance"]["dataset"] == "embedded:test_music"
+    assert report["provenance"]["model"] == "testkit:tiny-qwen3"
+    assert report["provenance"]["adapter"] == str((run_dir / "adapter").resolve())
+    md = (score / "report.md").read_text()
+    assert "candidates per row: 100" in md and "Protocol: **kitrec**" in md and "embedded:test_music" in md
+    # the generate folder itself is accepted by `eval compare` (it finds score/)
+    assert main(["eval", "compare", str(out), str(score), "--bootstrap", "10"]) == 0
+
 
 @pytest.mark.slow
 def test_generate_killed_half_way_resumes_each_row_exactly_once_then_scores(run_dir, tmp_path):
@@ -137,17 +197,19 @@ def test_generate_killed_half_way_resumes_each_row_exactly_once_then_scores(run_
     for r in records:
         assert PREDICTION_KEYS <= set(r), set(r)
         assert r["gt_item_id"] in r["candidate_ids"]  # truncation keeps the ground truth
-        assert 10 <= len(r["candidate_ids"]) <= 20  # run's data.max_candidates=20, floor min_candidates=10
+        assert 10 <= len(r["candidate_ids"]) <= 20  # --max-candidates 20, floor data.min_candidates=10
         assert r["prompt_tokens"] <= 1536
         assert 1 <= r["new_tokens"] <= 4 and isinstance(r["raw_text"], str)
 
     # A third run (in-process: it stops before loading a model) has nothing left to do.
     summary = run_generate(GenerateOptions(dataset="embedded:test_music", output=out, run_dir=run_dir, limit=ROWS,
-                                           max_new_tokens=4, max_prompt_tokens=1536))
+                                           max_new_tokens=4, max_candidates=20, max_prompt_tokens=1536))
     assert summary["already_done"] == ROWS and summary["generated"] == 0
     assert complete_lines(pred) == lines
     config = json.loads((out / "generate_config.json").read_text())
     assert config["fingerprint"]["max_new_tokens"] == 4 and config["rows"]["already_done"] == ROWS
+    assert config["fingerprint"]["max_candidates"] == 20
+    assert not (out / LOCK_FILE).exists()
 
     # `eval score` through the real CLI entry point (in-process: scoring needs no model).
     from kitrec_fast.cli import main
@@ -222,8 +284,8 @@ def test_unsloth_fast_path_generates_what_the_peft_baseline_does(run_dir, tmp_pa
     no_unsloth()
     out = tmp_path / "unsloth"
     cli("eval", "generate", "--run", str(run_dir), "--backend", "unsloth", "--dataset", "embedded:test_music",
-        "--limit", "3", "--max-new-tokens", "6", "--max-prompt-tokens", "1536", "--batch-size", "3",
-        "--output", str(out))
+        "--limit", "3", "--max-new-tokens", "6", "--max-candidates", "20", "--max-prompt-tokens", "1536",
+        "--batch-size", "3", "--output", str(out))
     fast = {r["row_id"]: r for r in map(json.loads, complete_lines(out / "predictions.jsonl"))}
     assert json.loads((out / "generate_config.json").read_text())["fingerprint"]["backend"] == "unsloth"
     rows, engine = _rows_and_engine(run_dir, "peft", max_new_tokens=6)

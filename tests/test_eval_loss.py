@@ -15,18 +15,13 @@ from pathlib import Path
 import pytest
 
 from kitrec_fast.eval.eval_loss import RowLoss, aggregate, select_validation
-from lora_runs import make_lora_run
-
-
-def make_run(run: Path) -> Path:
-    return make_lora_run(run, "tests/test_eval_loss.py")
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
+def run_dir(lora_run_dir) -> Path:
     if "unsloth" in sys.modules:
         pytest.skip("unsloth was imported into this pytest process; the peft baseline cannot run here")
-    return make_run(tmp_path_factory.mktemp("loss") / "run")
+    return lora_run_dir
 
 
 @pytest.fixture(scope="module")
@@ -129,3 +124,27 @@ def test_eval_loss_on_another_dataset_uses_every_row(run_dir, tmp_path):
     assert list(report["per_user_type"]) == ["source_only_music"]
     assert [r["row_id"] for r in report["per_row"]] == [0, 1, 2]
     assert (tmp_path / "other.json").is_file()
+
+
+def test_eval_loss_on_a_set_without_targets_says_once_what_it_needs(run_dir, tmp_path, capsys):
+    # Test/val sets carry no `output`: one message naming what works, not one rejection per row.
+    from kitrec_fast.cli import main
+
+    assert main(["eval", "loss", "--run", str(run_dir), "--dataset", "embedded:test_music", "--split", "test",
+                 "--output", str(tmp_path / "x.json")]) == 2
+    out = capsys.readouterr().out
+    assert "none of the 50 rows of embedded:test_music (test) has a target" in " ".join(out.split())
+    assert "kitrec-fast eval loss --run RUN_DIR" in " ".join(out.split())
+    assert "row 1 " not in out and not (tmp_path / "x.json").exists()
+
+
+def test_eval_loss_leaves_out_rows_without_a_target_and_scores_the_rest(run_dir, tmp_path):
+    from kitrec_fast.data.load import load_raw
+    from kitrec_fast.eval.eval_loss import run_eval_loss
+
+    mixed = load_raw("embedded:singleft_music", "train")[:2] + load_raw("embedded:test_music", "test")[:1]
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in mixed))
+    report = run_eval_loss(run_dir, dataset=str(path), split="train", output=tmp_path / "m.json")
+    assert report["rows_mode"] == "all" and report["overall"]["rows"] == 2
+    assert [r["row_id"] for r in report["per_row"]] == [0, 1]

@@ -2,8 +2,14 @@
 
 Usage::
 
-    kitrec-fast eval loss --run RUN_DIR                       # the run's own held-out validation share
-    kitrec-fast eval loss --run RUN_DIR --dataset Younggooo/kitrec-val-seta --split val   # every row
+    kitrec-fast eval loss --run RUN_DIR                          # the run's own held-out validation share
+    kitrec-fast eval loss --run RUN_DIR --dataset D --split S    # every row of another set with targets
+
+The loss is the likelihood of each row's target (``output``), so only rows that carry one can be
+scored. The published val/test sets (``Younggooo/kitrec-val-seta``, ``-test-seta``) have an
+empty ``output``: pointed at such a set, the command says so once and names what works (the
+held-out split of a training set) instead of rejecting every row; rows without a target in a
+mixed set are left out and counted.
 
 Rows are prepared by the training pipeline (``kitrec_fast.data.pipeline.prepare`` with the run's
 ``DataConfig``): same validation, truncation (``data.max_length``, ``data.max_candidates``, the
@@ -34,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import time
 from collections import defaultdict
@@ -42,9 +47,40 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from kitrec_fast.eval.generate import UserError
+from kitrec_fast.errors import UserError
+from kitrec_fast.fsio import atomic_write_json
 
 ROWS_MODES = ("auto", "validation", "all")
+
+
+class EvalLossError(UserError):
+    """A problem with the options or the rows of `eval loss`."""
+
+
+def rows_with_target(raw: Sequence[dict], dataset: str, split: str) -> tuple[list[dict], list[int], int]:
+    """``(rows that carry a target, their indices, how many had none)``; no target at all is an error.
+
+    Rows broken in other ways are kept: preparation reports them with its usual message.
+    """
+    from kitrec_fast.data.schema import BadRowError, normalize_row
+
+    keep, ids = [], []
+    for i, r in enumerate(raw):
+        try:
+            has_target = bool(normalize_row(r, i, require_target=False).target.strip())
+        except BadRowError:
+            has_target = True
+        if has_target:
+            keep.append(r)
+            ids.append(i)
+    if raw and not keep:
+        raise EvalLossError(
+            f"none of the {len(raw)} rows of {dataset} ({split}) has a target ('output'): eval loss scores the "
+            "model's likelihood of each row's target, and validation/test sets such as Younggooo/kitrec-val-seta "
+            "carry none. Score the held-out split of a training set instead: `kitrec-fast eval loss --run RUN_DIR` "
+            "(the run's own validation share), or --dataset TRAINING_SET --rows validation. For test sets, use "
+            "`eval generate` + `eval score`.")
+    return keep, ids, len(raw) - len(keep)
 
 
 @dataclass
@@ -73,7 +109,8 @@ def summarize(rows: Sequence[RowLoss]) -> dict[str, Any]:
     return {"overall": aggregate(rows), "per_user_type": {t: aggregate(by_type[t]) for t in sorted(by_type)}}
 
 
-def select_validation(cfg, dataset: str, split: str, rows_mode: str) -> tuple[Any, list[dict], list[int], str]:
+def select_validation(cfg, dataset: str, split: str, rows_mode: str,
+                      console=None) -> tuple[Any, list[dict], list[int], str]:
     """``(DataConfig for prepare, raw rows to prepare, their row ids, resolved mode)``.
 
     For ``validation`` the stratified split is computed here with the very function and inputs
@@ -89,24 +126,28 @@ def select_validation(cfg, dataset: str, split: str, rows_mode: str) -> tuple[An
     try:
         raw = load_raw(dataset, split)
     except DatasetLoadError as exc:
-        raise UserError(str(exc)) from None
+        raise EvalLossError(str(exc)) from None
     if own and cfg.data.limit is not None:
         raw = raw[: cfg.data.limit]  # the run split the first data.limit rows only
     data_cfg = dataclasses.replace(cfg.data, dataset=dataset, dataset_split=split, val_fraction=0.0, limit=None)
     if mode == "all":
-        return data_cfg, raw, list(range(len(raw))), mode
+        rows, ids, missing = rows_with_target(raw, dataset, split)
+        if missing and console is not None:
+            console.print(f"[yellow]note:[/] {missing} of {len(raw)} rows have no target ('output') and are left out")
+        return data_cfg, rows, ids, mode
+    rows_with_target(raw, dataset, split)  # fails once, clearly, rather than on every row below
     valid: list[tuple[int, Any]] = []
     for i, r in enumerate(raw):
         try:
             valid.append((i, normalize_row(r, i, require_target=True)))
         except BadRowError as exc:
             if cfg.data.on_bad_row == "error":
-                raise UserError(str(exc)) from None
+                raise EvalLossError(str(exc)) from None
     _, val_idx = stratified_split([row.user_type for _, row in valid], [row.user_id for _, row in valid],
                                   cfg.data.val_fraction, cfg.data.split_seed)
     ids = [valid[j][0] for j in val_idx]
     if not ids:
-        raise UserError(f"no validation rows: data.val_fraction={cfg.data.val_fraction} of {len(valid)} rows; "
+        raise EvalLossError(f"no validation rows: data.val_fraction={cfg.data.val_fraction} of {len(valid)} rows; "
                         "use --rows all with a dedicated validation set")
     return data_cfg, [raw[i] for i in ids], ids, mode
 
@@ -165,17 +206,17 @@ def run_eval_loss(run_dir: Path, *, dataset: Optional[str] = None, split: Option
 
     console = console or make_console()
     if rows_mode not in ROWS_MODES:
-        raise UserError(f"--rows: must be one of {', '.join(ROWS_MODES)}, got {rows_mode!r}")
+        raise EvalLossError(f"--rows: must be one of {', '.join(ROWS_MODES)}, got {rows_mode!r}")
     run_dir = Path(run_dir)
     if not (run_dir / rundir.RESOLVED_CONFIG).is_file():
-        raise UserError(f"--run: {run_dir} has no {rundir.RESOLVED_CONFIG}")
+        raise EvalLossError(f"--run: {run_dir} has no {rundir.RESOLVED_CONFIG}")
     cfg = rundir.read_resolved_config(run_dir)
     if backend is not None and backend != cfg.backend:
         weights = "exact" if backend == "peft" else cfg.model.weights
         cfg = dataclasses.replace(cfg, backend=backend, model=dataclasses.replace(cfg.model, weights=weights))
     adapter = adapter or str(run_dir / rundir.ADAPTER_DIR)
     if not (Path(adapter) / "adapter_config.json").is_file():
-        raise UserError(f"--adapter: {adapter} has no adapter_config.json (did training finish?)")
+        raise EvalLossError(f"--adapter: {adapter} has no adapter_config.json (did training finish?)")
 
     # The backend before transformers is imported anywhere: unsloth must patch it first.
     from kitrec_fast.backends import get_backend
@@ -187,7 +228,7 @@ def run_eval_loss(run_dir: Path, *, dataset: Optional[str] = None, split: Option
 
     t0 = time.perf_counter()
     data_cfg, raw_rows, row_ids, mode = select_validation(cfg, dataset or cfg.data.dataset,
-                                                          split or cfg.data.dataset_split, rows_mode)
+                                                          split or cfg.data.dataset_split, rows_mode, console)
     if limit is not None:
         raw_rows, row_ids = raw_rows[:limit], row_ids[:limit]
     tokenizer = load_tokenizer(cfg.data.tokenizer or resolve_model_path(cfg.model.name))
@@ -197,7 +238,7 @@ def run_eval_loss(run_dir: Path, *, dataset: Optional[str] = None, split: Option
     console.print(f"[green]data[/] {len(rows_ds)} rows ({mode}) of {data_cfg.dataset} prepared in "
                   f"{time.perf_counter() - t0:.1f}s" + (f"; {len(skipped)} skipped" if skipped else ""))
     if len(rows_ds) == 0:
-        raise UserError("no rows left to evaluate after preparation")
+        raise EvalLossError("no rows left to evaluate after preparation")
 
     t1 = time.perf_counter()
     model = backend_module.load_for_inference(cfg, adapter, max_seq_length=cfg.data.max_length)
@@ -225,8 +266,7 @@ def run_eval_loss(run_dir: Path, *, dataset: Optional[str] = None, split: Option
         "per_row": [dataclasses.asdict(r) for r in sorted(losses, key=lambda r: r.row_id)],
     }
     out_path = Path(output) if output is not None else run_dir / "eval_loss.json"
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    atomic_write_json(out_path, report)
     console.print(loss_table(report))
     console.print(f"wrote {out_path}")
     return report
@@ -273,10 +313,10 @@ def _loss_command(args: argparse.Namespace) -> int:
                       adapter=args.adapter, backend=args.backend, limit=args.limit, batch_size=args.batch_size,
                       output=args.output, console=console)
     except UserError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        return 2
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        return exc.exit_code
     return 0
 
 
-__all__ = ["RowLoss", "add_loss_parser", "aggregate", "compute_row_losses", "run_eval_loss", "select_validation",
+__all__ = ["EvalLossError", "RowLoss", "rows_with_target", "add_loss_parser", "aggregate", "compute_row_losses", "run_eval_loss", "select_validation",
            "summarize"]

@@ -1,0 +1,69 @@
+"""``kitrec-fast eval generate``: greedy generations for a test set, resumable, one JSONL line per row.
+
+Usage::
+
+    kitrec-fast eval generate --run RUN_DIR --dataset Younggooo/kitrec-test-seta --output OUT
+    kitrec-fast eval generate --model Qwen/Qwen3-14B --adapter RUN_DIR/adapter --dataset D --output OUT
+    kitrec-fast eval score --predictions OUT/predictions.jsonl --output OUT/score
+
+Prompts: the row's prompt (``input`` for val/test rows, see ``kitrec_fast.data.schema``) rendered by
+the training code (``render_generation_prompt``: Qwen3 chat template + ``<|im_start|>assistant\\n``).
+
+Candidates: every candidate of the test prompt is kept (100 in the KitREC test sets), as the
+paper evaluates. ``--max-candidates K`` asks for a cut: each prompt is cut with the training
+truncation (``truncate_prompt``: the ground truth always kept, negatives chosen by the same
+per-row digest with the run's ``data.split_seed``, header count rewritten), so the model sees
+prompts shaped like its 50-candidate training prompts. The cut is recorded in
+``generate_config.json``, and the metrics are then over K candidates: not comparable with
+100-candidate numbers (``eval score`` reports the count per row, ``eval compare`` refuses to mix
+them). ``--max-prompt-tokens N`` additionally cuts history (oldest first) and then candidates
+(down to ``data.min_candidates``) until the generation prompt fits N tokens. ``candidate_ids`` in
+the output are the candidates of the prompt the model actually saw.
+
+Prompt budget: before the model loads, every pending row is built once and the longest prompt
+is measured; the engine is sized for it plus ``--max-new-tokens`` (the run's training
+``data.max_length`` plays no part). That pass also stops on a bad row before minutes of model
+loading.
+
+Decoding: greedy, up to ``--max-new-tokens`` (2,048) new tokens, stopping at ``<|im_end|>`` (and
+``<|endoftext|>``, which is also the pad token and never trained as output). Batches of
+``--batch-size`` rows are left padded with ``<|endoftext|>``. Rows are processed in windows of
+pending rows sorted by prompt length (longest first) so batches carry little padding and an
+out-of-memory error shows up in the first minutes, not hours in.
+
+Output directory::
+
+    OUT/predictions.jsonl    one line per row (the contract in kitrec_fast.eval.score), plus
+                             ``finished`` (stopped at <|im_end|>), ``prompt_tokens``, ``batch_size``
+    OUT/generate_config.json what produced it: model, adapter, dataset, decoding, truncation
+    OUT/.generate.lock       held (flock) while a process writes, so two writers cannot interleave;
+                             removed when the command ends
+
+Resume: each batch is written, flushed and fsync'ed before the next starts. A rerun reads the
+row ids already present (a torn last line from a kill mid-write is cut off the file), skips them
+and appends the rest, so every row appears exactly once. ``row_id`` is the row's index in the
+loaded split, so it does not depend on ``--limit``/``--user-type``: a rerun with a larger
+``--limit`` extends the file. A rerun whose model, adapter, dataset, decoding or truncation
+differ from ``generate_config.json`` is refused (mixing them in one file would be meaningless).
+``gen_seconds`` is the wall time of the row's batch (its latency, not its share of throughput).
+
+Engines: ``--engine hf`` (default) runs ``model.generate`` on the training backend's model
+(``load_for_inference``: Unsloth's fast inference mode on the fast path). ``--engine vllm`` runs
+vLLM with the adapter as a LoRA request, when vLLM is installed.
+
+Testing hook: ``KITREC_FAST_GENERATE_PAUSE_S=x`` sleeps x seconds after each written batch, so an
+interruption test has a deterministic window in which the file is partly written.
+"""
+
+from kitrec_fast.eval.generate.cli import add_generate_parser
+from kitrec_fast.eval.generate.command import PAUSE_ENV, longest_prompt, prediction_record, run_generate
+from kitrec_fast.eval.generate.engines import Generated, HFEngine, VLLMEngine, cut_at_stop
+from kitrec_fast.eval.generate.options import (CONFIG_FILE, PREDICTIONS_FILE, GenerateError, GenerateOptions,
+                                               resolve_config)
+from kitrec_fast.eval.generate.resume import LOCK_FILE, check_fingerprint, output_lock, read_done
+from kitrec_fast.eval.generate.rows import EvalRow, RowBuilder, select_rows
+
+__all__ = ["CONFIG_FILE", "LOCK_FILE", "PAUSE_ENV", "PREDICTIONS_FILE", "EvalRow", "GenerateError",
+           "GenerateOptions", "Generated", "HFEngine", "RowBuilder", "VLLMEngine", "add_generate_parser",
+           "check_fingerprint", "cut_at_stop", "longest_prompt", "output_lock", "prediction_record", "read_done",
+           "resolve_config", "run_generate", "select_rows"]

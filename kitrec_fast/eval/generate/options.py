@@ -1,0 +1,92 @@
+"""What one ``eval generate`` is asked to do, checked before any work, and the run/model it names."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from kitrec_fast.errors import UserError
+
+PREDICTIONS_FILE = "predictions.jsonl"
+CONFIG_FILE = "generate_config.json"
+ENGINES = ("hf", "vllm")
+DEFAULT_BATCH = {"hf": 4, "vllm": 64}
+
+
+class GenerateError(UserError):
+    """A problem with the options, the run directory or the output directory of `eval generate`."""
+
+
+@dataclass
+class GenerateOptions:
+    dataset: str
+    output: Path
+    run_dir: Optional[Path] = None
+    model: Optional[str] = None
+    adapter: Optional[str] = None
+    backend: Optional[str] = None
+    engine: str = "hf"
+    split: str = "test"
+    limit: Optional[int] = None
+    user_types: list[str] = field(default_factory=list)
+    max_new_tokens: int = 2048
+    batch_size: Optional[int] = None  # None: DEFAULT_BATCH of the engine
+    # None (or 0): every candidate of the prompt, as the paper evaluates; N: the training cut to N
+    max_candidates: Optional[int] = None
+    max_prompt_tokens: Optional[int] = None
+    tokenizer: Optional[str] = None
+    on_bad_row: str = "error"
+    sort_by_length: bool = True
+
+    def __post_init__(self) -> None:
+        self.output = Path(self.output)
+        if self.engine not in ENGINES:
+            raise GenerateError(f"--engine: must be hf or vllm, got {self.engine!r}")
+        if self.max_new_tokens < 1:
+            raise GenerateError(f"--max-new-tokens: must be >= 1, got {self.max_new_tokens}")
+        if self.limit is not None and self.limit < 1:
+            raise GenerateError(f"--limit: must be >= 1, got {self.limit}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise GenerateError(f"--batch-size: must be >= 1, got {self.batch_size}")
+        if self.max_candidates is not None and self.max_candidates < 0:
+            raise GenerateError(f"--max-candidates: must be >= 1 (or left out to keep all), got {self.max_candidates}")
+        if self.max_candidates == 0:
+            self.max_candidates = None
+        if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
+            raise GenerateError(f"--max-prompt-tokens: must be >= 1, got {self.max_prompt_tokens}")
+        if self.on_bad_row not in ("error", "skip"):
+            raise GenerateError(f"--on-bad-row: must be error or skip, got {self.on_bad_row!r}")
+
+    @property
+    def effective_batch_size(self) -> int:
+        return self.batch_size or DEFAULT_BATCH[self.engine]
+
+
+def resolve_config(opts: GenerateOptions):
+    """``(RunConfig, adapter_dir or None)`` from ``--run`` and/or ``--model``/``--adapter``/``--backend``."""
+    from kitrec_fast.config import ModelConfig, RunConfig
+
+    if opts.run_dir is not None:
+        from kitrec_fast.artifacts import rundir
+
+        run_dir = Path(opts.run_dir)
+        if not (run_dir / rundir.RESOLVED_CONFIG).is_file():
+            raise GenerateError(f"--run: {run_dir} has no {rundir.RESOLVED_CONFIG} (is it a kitrec_fast run directory?)")
+        cfg = rundir.read_resolved_config(run_dir)
+        adapter = opts.adapter or str(run_dir / rundir.ADAPTER_DIR)
+    elif opts.model is not None:
+        cfg = RunConfig(model=ModelConfig(name=opts.model))
+        adapter = opts.adapter
+    else:
+        raise GenerateError("give --run RUN_DIR, or --model M (with --adapter A for a trained adapter)")
+    if opts.model is not None and opts.run_dir is not None:
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name=opts.model))
+    if opts.backend is not None and opts.backend != cfg.backend:
+        weights = "exact" if opts.backend == "peft" else cfg.model.weights
+        cfg = dataclasses.replace(cfg, backend=opts.backend, model=dataclasses.replace(cfg.model, weights=weights))
+    if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
+        raise GenerateError(f"--adapter: {adapter} has no adapter_config.json (did training finish? "
+                            "a run that was interrupted has checkpoints but no adapter/ yet)")
+    return cfg, adapter

@@ -1,0 +1,119 @@
+"""Resuming into an output directory: rows already written, one writer at a time, same settings."""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from kitrec_fast.eval.generate.options import CONFIG_FILE, PREDICTIONS_FILE, GenerateError
+
+LOCK_FILE = ".generate.lock"
+# Settings that change what a row's generation is; a rerun into the same directory must match them.
+FINGERPRINT_KEYS = ("model", "adapter", "backend", "engine", "dataset", "split", "max_new_tokens",
+                    "max_candidates", "max_prompt_tokens", "candidate_seed", "tokenizer")
+
+
+def read_done(path: Path) -> set[int]:
+    """Row ids already in ``path``; a torn last line (killed mid-write) is cut off the file.
+
+    Only the last line may be torn: writes are appended and fsync'ed batch by batch, so damage
+    anywhere else means the file was edited or two writers interleaved, and is an error.
+    """
+    if not path.is_file():
+        return set()
+    data = path.read_bytes()
+    done: set[int] = set()
+    offset = 0
+    lines = data.split(b"\n")
+    for i, line in enumerate(lines):
+        last = i == len(lines) - 1
+        if line.strip():
+            try:
+                record = json.loads(line)
+                row_id = int(record["row_id"])
+            except (ValueError, KeyError, TypeError):
+                # The last piece: either no newline yet (torn) or the final line is unreadable.
+                torn_tail = last or (i == len(lines) - 2 and not lines[-1].strip())
+                if not torn_tail:
+                    raise GenerateError(f"{path}: line {i + 1} is not a prediction record; the file is damaged "
+                                        "(remove the bad line or use a new --output)") from None
+                _truncate(path, offset)
+                return done
+            if last:
+                # Valid JSON but no newline: the writer died before finishing the line. Keep the
+                # record and complete the line so appends start on a fresh line.
+                with open(path, "ab") as fh:
+                    fh.write(b"\n")
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            if row_id in done:
+                raise GenerateError(f"{path}: row_id {row_id} appears twice (two writers?); use a new --output")
+            done.add(row_id)
+        offset += len(line) + 1
+    return done
+
+
+def _truncate(path: Path, size: int) -> None:
+    with open(path, "r+b") as fh:
+        fh.truncate(size)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+@contextmanager
+def output_lock(out_dir: Path) -> Iterator[None]:
+    """An exclusive flock on the output directory, removed when the holder is done.
+
+    The kernel drops the lock when the process dies (a stale file is then harmless: the next run
+    locks it again). Removing the file on a clean exit races with a second process that opened
+    it just before: that one may lock the removed file. So a lock only counts when the path still
+    names the locked file; otherwise the previous holder has just finished and the path is taken
+    again.
+    """
+    import fcntl
+
+    path = out_dir / LOCK_FILE
+    for _ in range(5):
+        fh = open(path, "a+")
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            raise GenerateError(f"--output: another `eval generate` is writing to {out_dir}") from None
+        if _same_file(fh.fileno(), path):
+            break
+        fh.close()  # locked a file the previous holder had just removed: take the path again
+    else:
+        raise GenerateError(f"--output: could not lock {path}; is another `eval generate` starting there?")
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # still locked: nobody can have locked the path in between
+        fh.close()
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return False
+    own = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
+
+
+def check_fingerprint(out_dir: Path, fingerprint: dict) -> None:
+    path = out_dir / CONFIG_FILE
+    if not path.is_file():
+        return
+    try:
+        old = json.loads(path.read_text()).get("fingerprint", {})
+    except ValueError:
+        return  # a config torn by a kill; it is rewritten below
+    diff = {k: (old.get(k), fingerprint.get(k)) for k in FINGERPRINT_KEYS if old.get(k) != fingerprint.get(k)}
+    if diff and (out_dir / PREDICTIONS_FILE).is_file():
+        lines = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+        raise GenerateError(f"--output {out_dir} holds generations made with other settings ({lines}); "
+                            "use a new --output directory")
