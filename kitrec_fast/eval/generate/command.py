@@ -124,7 +124,8 @@ def run_generate(opts: GenerateOptions, console=None, command: str = "") -> dict
         # will really send (100-candidate test prompts are longer than any training prompt), not
         # from the training data.max_length. The pass also finds bad rows before the model loads.
         longest = longest_prompt(builder, raw, pending, window)
-        config["prompts"] = {"longest_tokens": longest, "max_seq_length": longest + opts.max_new_tokens}
+        max_seq_length = longest + opts.max_new_tokens
+        config["prompts"] = {"longest_tokens": longest, "max_seq_length": max_seq_length}
         atomic_write_json(out_dir / CONFIG_FILE, config)
         if not longest:
             summary["skipped"] = builder.skipped
@@ -136,7 +137,7 @@ def run_generate(opts: GenerateOptions, console=None, command: str = "") -> dict
         t_load = time.perf_counter()
         if opts.engine == "hf":
             engine: Any = HFEngine(backend_module, cfg, adapter, stop_ids, pad_id, opts.max_new_tokens,
-                                   max_seq_length=longest + opts.max_new_tokens)
+                                   max_seq_length=max_seq_length)
         else:
             engine = VLLMEngine(cfg, resolve_model_path(cfg.model.name), tokenizer_name, adapter, stop_ids,
                                 opts.max_new_tokens)
