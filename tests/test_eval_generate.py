@@ -20,7 +20,6 @@ import pytest
 from kitrec_fast.errors import UserError
 from kitrec_fast.eval.generate import (LOCK_FILE, PAUSE_ENV, GenerateOptions, cut_at_stop, output_lock, read_done,
                                        run_generate, select_rows)
-from lora_runs import make_lora_run
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = 4
