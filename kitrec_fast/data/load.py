@@ -18,7 +18,7 @@ import gzip
 import io
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 EMBEDDED_PREFIX = "embedded:"
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample"
@@ -39,16 +39,42 @@ def embedded_path(name: str) -> Path:
 
 
 def load_raw(dataset: str, split: str = "train") -> list[dict[str, Any]]:
+    rows, _ = iter_raw(dataset, split)
+    return list(rows)
+
+
+def iter_raw(dataset: str, split: str = "train") -> tuple[Iterable[dict[str, Any]], int]:
+    """``(rows, count)`` where JSON-lines files and Hub datasets are read one row at a time.
+
+    Holding 12k raw KitREC rows as Python objects costs ~0.5 GB; streaming them lets the prepare
+    step keep only the rows in flight. ``count`` is known up front (a quick line count for JSON
+    lines), so progress and the spread of verified rows need no second pass over parsed rows.
+    """
     if dataset.startswith(EMBEDDED_PREFIX):
-        return read_local(embedded_path(dataset[len(EMBEDDED_PREFIX):]), split)
+        return _iter_local(embedded_path(dataset[len(EMBEDDED_PREFIX):]), split)
     path = Path(dataset).expanduser()
     if path.is_file():
-        return read_local(path, split)
+        return _iter_local(path, split)
     if dataset.lower().endswith(_LOCAL_SUFFIXES):
         raise DatasetLoadError(f"data.dataset (--dataset): file not found: {dataset}")
     import datasets
 
-    return datasets.load_dataset(dataset, split=split).to_list()
+    ds = datasets.load_dataset(dataset, split=split)  # memory-mapped Arrow: iterating reads row by row
+    return iter(ds), len(ds)
+
+
+def _iter_local(path: Path, split: str) -> tuple[Iterable[dict[str, Any]], int]:
+    if _is_jsonl(path):
+        with _open_binary(path) as f:
+            count = sum(1 for line in f if line.strip())
+        return _iter_jsonl(path), count
+    rows = read_local(path, split)
+    return rows, len(rows)
+
+
+def _is_jsonl(path: Path) -> bool:
+    name = path.name[:-3] if path.name.endswith(".gz") else path.name
+    return name.endswith(".jsonl")
 
 
 def _open_binary(path: Path):
@@ -77,15 +103,17 @@ def read_local(path: Path, split: str = "train") -> list[dict[str, Any]]:
             if isinstance(obj.get("data"), list):
                 return obj["data"]
             raise DatasetLoadError(f"data.dataset (--dataset): {path} holds an object without a {split!r} list")
-    # JSON lines are parsed one line at a time: decoding the whole file first would hold the text
-    # twice more (12k KitREC rows are ~300 MB of UTF-8, twice that as Python str)
-    rows = []
+    return list(_iter_jsonl(path))
+
+
+def _iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    # one line at a time: decoding the whole file first would hold the text twice more
+    # (12k KitREC rows are ~300 MB of UTF-8, twice that as Python str)
     with _open_binary(path) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                yield json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DatasetLoadError(f"data.dataset (--dataset): {path} line {lineno} is not JSON ({exc.msg})") from None
-    return rows

@@ -11,6 +11,10 @@ the training distribution. The kept negatives are chosen with ``candidate_seed``
 split seed, ``data.split_seed``). Rows failing validation or unable to fit are errors, or under
 ``on_bad_row=skip`` are dropped and listed in the report with index, user id and problem.
 
+Memory: rows stream through in blocks (see ``prepare``) and the tokenized rows go to a memory-mapped
+Arrow file, so 12k DualFT rows prepare in ~1 GB RSS instead of holding every raw row, parsed
+prompt and token array at once (5.4 GB before).
+
 Speed: every distinct text chunk of the untruncated renderings is tokenized in one batched call
 per block of rows (see ``kitrec_fast.render.chat``); truncation then only sums cached costs and
 re-measures assembled texts from the cache. ``verify_rows`` rows, spread evenly over the data, are
@@ -22,17 +26,18 @@ copy the chunk cache and the parsed rows.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import numpy as np
 
 from kitrec_fast.config import DataConfig
-from kitrec_fast.data.load import load_raw
+from kitrec_fast.data.load import iter_raw
 from kitrec_fast.data.schema import BadRowError, KitrecRow, normalize_row
 from kitrec_fast.data.split import stratified_split
 from kitrec_fast.render.chat import ChatRenderer, Rendered, RenderError, get_renderer
@@ -42,7 +47,7 @@ from kitrec_fast.truncate.truncate import TruncateOptions, TruncationRecord, tru
 SPLITS = ("train", "validation")
 META_COLUMNS = ("user_id", "user_type", "gt_item_id", "candidate_set", "target_domain")
 CUTTABLE = (CANDIDATES, *HISTORY_KINDS)
-WARM_BLOCK = 1024  # rows per batched tokenization call: large enough to keep both cores busy
+WARM_BLOCK = 256  # rows in flight: parse + tokenize + truncate; 256 keeps both cores busy with ~60 MB of rows
 
 
 @dataclass
@@ -85,69 +90,77 @@ def _body(renderer: ChatRenderer, row: KitrecRow) -> str:
         raise RenderError(f"row {row.index} (user_id={row.user_id!r}): {exc}") from exc
 
 
-def _validate_and_tokenize(raw: list[dict], cfg: DataConfig, renderer: ChatRenderer, skipped: list[dict],
-                           consume: bool) -> tuple[list[KitrecRow], list[int]]:
-    """Normalise every row and count its untruncated rendering; tokenization of block k runs in a
-    background thread while block k+1 is parsed. With ``consume``, ``raw`` entries and the prompt
-    strings are released as soon as the parsed prompt holds them (peak memory ~halves)."""
-    rows: list[KitrecRow] = []
-    partials: list = []
-    for start in range(0, len(raw), WARM_BLOCK):
-        block = []
-        for i in range(start, min(start + WARM_BLOCK, len(raw))):
-            try:
-                block.append(normalize_row(raw[i], i, require_target=True))
-                if consume:
-                    raw[i] = None
-            except BadRowError as exc:
-                if cfg.on_bad_row == "error":
-                    raise
-                skipped.append({"index": exc.index, "user_id": exc.user_id, "stage": "validate",
-                                "problem": exc.problem})
-        if renderer.chunked:
-            partials.extend(renderer.prefetch([_body(renderer, r) for r in block]))
-            # a section's last line is merged with the blank line after it in the rendering, so
-            # truncation's per-line costs would otherwise tokenize a few lines per row one by one
-            renderer.prefetch_lines(ln.text for r in block for b in r.parsed.blocks
-                                    if b.kind in CUTTABLE for ln in b.lines)
-            if consume:
-                for r in block:
-                    r.prompt = ""  # parsed.render() is the same text
-        rows.extend(block)
-    if renderer.chunked:
-        renderer.drain()
-        before = [renderer.pending_count(p) for p in partials]
-    else:
-        before = [renderer.count(_body(renderer, r)) for r in rows]
-    return rows, before
+def _blocks(raw: Iterable[dict], size: int) -> Iterator[list[tuple[int, dict]]]:
+    """``(position, raw row)`` pairs in blocks of ``size``; with an iterator nothing is read ahead."""
+    block: list[tuple[int, dict]] = []
+    for i, r in enumerate(raw):
+        block.append((i, r))
+        if len(block) == size:
+            yield block
+            block = []
+    if block:
+        yield block
 
 
-def _to_dataset(rendered: list[Rendered], rows: list[KitrecRow]):
-    import pyarrow as pa
-    from datasets import Dataset
-    from datasets.table import InMemoryTable
+@dataclass
+class _Kept:
+    """What the report and the split need of a row once its texts are gone."""
 
-    lengths = np.fromiter((r.length for r in rendered), dtype=np.int32, count=len(rendered))
-    offsets = np.zeros(len(rendered) + 1, dtype=np.int32)
-    np.cumsum(lengths, out=offsets[1:])
-    empty = np.zeros(0, dtype=np.int32)
-    ids = np.concatenate([r.input_ids for r in rendered]) if rendered else empty
-    # labels in one vectorised pass: -100 from each row's start through its prompt length
-    prompt_len = np.fromiter((r.prompt_length for r in rendered), dtype=np.int64, count=len(rendered))
-    masked = np.zeros(len(ids) + 1, dtype=np.int32)
-    np.add.at(masked, offsets[:-1], 1)
-    np.add.at(masked, offsets[:-1] + prompt_len, -1)
-    labels = np.where(np.cumsum(masked[:-1]) > 0, np.int32(-100), ids).astype(np.int32)
-    cols = {
-        "input_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(ids)),
-        "labels": pa.ListArray.from_arrays(pa.array(offsets), pa.array(labels)),
-        "length": pa.array(lengths),
-        "num_trained": pa.array([r.num_trained for r in rendered], type=pa.int32()),
-    }
-    for name in META_COLUMNS:
-        cols[name] = pa.array([getattr(r, name) for r in rows], type=pa.string())
-    cols["source_index"] = pa.array([r.index for r in rows], type=pa.int64())
-    return Dataset(InMemoryTable(pa.table(cols)))
+    user_type: str
+    user_id: str
+    length: int = -1  # -1: skipped at truncation, not written
+    num_trained: int = 0
+
+
+class _ArrowSink:
+    """Appends rendered rows to an Arrow file in blocks; the result is memory-mapped, not held in RAM.
+
+    12k rows at ~4.5k tokens are ~430 MB of ids+labels; building them as one in-memory table took
+    three transient copies (concatenated ids, labels, Arrow buffers) and was the peak of the whole
+    step. The file lives in a private temporary folder removed at exit.
+    """
+
+    def __init__(self):
+        import atexit
+        import shutil
+        import tempfile
+
+        import pyarrow as pa
+
+        self._dir = tempfile.mkdtemp(prefix="kitrec-prepare-")
+        atexit.register(shutil.rmtree, self._dir, True)
+        self.path = str(Path(self._dir) / "rows.arrow")
+        fields = [("input_ids", pa.list_(pa.int32())), ("labels", pa.list_(pa.int32())), ("length", pa.int32()),
+                  ("num_trained", pa.int32())]
+        fields += [(name, pa.string()) for name in META_COLUMNS] + [("source_index", pa.int64())]
+        self.schema = pa.schema(fields)
+        self._writer = pa.ipc.new_stream(self.path, self.schema)
+        self.rows = 0
+
+    def write(self, rendered: list[Rendered], rows: list[KitrecRow]) -> None:
+        import pyarrow as pa
+
+        if not rendered:
+            return
+        lengths = np.fromiter((r.length for r in rendered), dtype=np.int32, count=len(rendered))
+        offsets = np.zeros(len(rendered) + 1, dtype=np.int32)
+        np.cumsum(lengths, out=offsets[1:])
+        ids = np.concatenate([r.input_ids for r in rendered]).astype(np.int32, copy=False)
+        labels = np.concatenate([r.labels for r in rendered])
+        cols = [pa.ListArray.from_arrays(pa.array(offsets), pa.array(ids)),
+                pa.ListArray.from_arrays(pa.array(offsets), pa.array(labels)),
+                pa.array(lengths), pa.array([r.num_trained for r in rendered], type=pa.int32())]
+        cols += [pa.array([getattr(r, name) for r in rows], type=pa.string()) for name in META_COLUMNS]
+        cols.append(pa.array([r.index for r in rows], type=pa.int64()))
+        self._writer.write_batch(pa.record_batch(cols, schema=self.schema))
+        self.rows += len(rendered)
+
+    def finish(self):
+        """The written rows as a memory-mapped ``datasets.Dataset`` (input order)."""
+        from datasets import Dataset
+
+        self._writer.close()
+        return Dataset.from_file(self.path, in_memory=False) if self.rows else None
 
 
 def prepare(cfg: DataConfig, tokenizer: Any, *, rows: Optional[list[dict]] = None,
@@ -156,74 +169,108 @@ def prepare(cfg: DataConfig, tokenizer: Any, *, rows: Optional[list[dict]] = Non
     """Build the tokenized train/validation datasets described by ``cfg``.
 
     ``rows`` replaces loading ``cfg.dataset`` (tests, notebooks); ``progress(stage, done, total)``
-    is called now and then for a progress display.
+    is called after every block of rows.
+
+    Rows stream through in blocks of ``WARM_BLOCK``: parse -> tokenize the untruncated rendering
+    (in a background thread, overlapping the truncation of the previous block) -> truncate ->
+    render -> append to an Arrow file. Truncation does not depend on the split, so the split is
+    drawn at the end from the rows' user types and ids, exactly as if all rows were held.
     """
     t0 = time.perf_counter()
-    timings: dict[str, float] = {}
-
-    def tick(name: str, since: float) -> float:
-        now = time.perf_counter()
-        timings[name] = round(now - since, 3)
-        return now
-
-    raw = load_raw(cfg.dataset, cfg.dataset_split) if rows is None else rows
+    raw, total = iter_raw(cfg.dataset, cfg.dataset_split) if rows is None else (rows, len(rows))
     if cfg.limit is not None:
-        raw = raw[: cfg.limit]
-    t = tick("load", t0)
+        raw, total = itertools.islice(raw, cfg.limit), min(total, cfg.limit)
     skipped: list[dict] = []
     renderer = get_renderer(tokenizer)
-    valid, tokens_before = _validate_and_tokenize(raw, cfg, renderer, skipped, consume=rows is None)
-    n_loaded = len(raw)
-    if rows is None:
-        del raw  # the rows keep what they need; the raw dicts (and unused columns) can go
-    t = tick("validate_tokenize", t)
-    train_idx, val_idx = stratified_split([r.user_type for r in valid], [r.user_id for r in valid],
-                                          cfg.val_fraction, cfg.split_seed)
-
     opts = TruncateOptions(max_length=cfg.max_length, max_candidates=cfg.max_candidates,
                            min_candidates=cfg.min_candidates, history_recent=cfg.history_recent,
                            seed=cfg.split_seed if candidate_seed is None else candidate_seed)
-    total = len(valid)
+    kept: list[_Kept] = []  # one per valid row, input order
+    records: list[TruncationRecord] = []
+    sink = _ArrowSink()
     verify_at = set(np.linspace(0, total - 1, num=min(verify_rows, total), dtype=int).tolist()) if total else set()
     verified = 0
-    out_rows: dict[str, list[KitrecRow]] = {s: [] for s in SPLITS}
-    out_rendered: dict[str, list[Rendered]] = {s: [] for s in SPLITS}
-    records: list[TruncationRecord] = []
-    done = 0
-    for split, idxs in (("train", train_idx), ("validation", val_idx)):
-        for j in idxs:
-            row = valid[j]
+    n_loaded = 0
+
+    def finish_block(block: list[KitrecRow], partials: Optional[list]) -> None:
+        nonlocal verified
+        out_rows, out_rendered = [], []
+        for k, row in enumerate(block):
+            before = renderer.pending_count(partials[k]) if partials is not None else renderer.count(_body(renderer, row))
+            info = _Kept(row.user_type, row.user_id)
+            kept.append(info)
             measure = _Measure(renderer, row)
             try:
                 tr = truncate_prompt(row.parsed, gt_item_id=row.gt_item_id, user_id=row.user_id, measure=measure,
                                      line_costs=renderer.line_costs, options=opts, index=row.index,
-                                     tokens_before=tokens_before[j])
+                                     tokens_before=before)
             except BadRowError as exc:
                 if cfg.on_bad_row == "error":
                     raise
                 skipped.append({"index": exc.index, "user_id": exc.user_id, "stage": "truncate", "problem": exc.problem})
                 continue
-            rendered = measure.rendered if measure.prompt is tr.prompt else measure.renderer.render(tr.prompt, row.target)
-            if done in verify_at:
+            rendered = measure.rendered if measure.prompt is tr.prompt else renderer.render(tr.prompt, row.target)
+            if len(kept) - 1 in verify_at:
                 _verify(renderer, tr.prompt, row, rendered)
                 verified += 1
-            # the texts are no longer needed: free them as we go (12k prompts are ~400 MB of str)
+            info.length, info.num_trained = rendered.length, rendered.num_trained
             row.parsed, row.prompt, row.target = None, "", ""
-            out_rows[split].append(row)
-            out_rendered[split].append(rendered)
+            out_rows.append(row)
+            out_rendered.append(rendered)
             records.append(tr.record)
-            done += 1
-            if progress is not None and done % 500 == 0:
-                progress("render", done, total)
-    t = tick("truncate_render", t)
+        sink.write(out_rendered, out_rows)
 
-    datasets_ = {s: _to_dataset(out_rendered[s], out_rows[s]) for s in SPLITS}
-    t = tick("arrow", t)
-    report = _report(cfg, tokenizer, n_loaded, valid, train_idx, val_idx, out_rows, out_rendered, records, skipped,
-                     renderer, verified, opts)
-    timings["total"] = round(time.perf_counter() - t0, 3)
-    report["seconds"] = timings
-    return PreparedData(datasets_["train"], datasets_["validation"], report)
+    pending: Optional[tuple[list[KitrecRow], Optional[list]]] = None
+    for raw_block in _blocks(raw, WARM_BLOCK):
+        n_loaded += len(raw_block)
+        block: list[KitrecRow] = []
+        for i, r in raw_block:
+            try:
+                block.append(normalize_row(r, i, require_target=True))
+            except BadRowError as exc:
+                if cfg.on_bad_row == "error":
+                    raise
+                skipped.append({"index": exc.index, "user_id": exc.user_id, "stage": "validate",
+                                "problem": exc.problem})
+        del raw_block
+        partials = None
+        if renderer.chunked:
+            partials = renderer.prefetch([_body(renderer, r) for r in block])
+            # a section's last line is merged with the blank line after it in the rendering, so
+            # truncation's per-line costs would otherwise tokenize a few lines per row one by one
+            renderer.prefetch_lines(ln.text for r in block for b in r.parsed.blocks
+                                    if b.kind in CUTTABLE for ln in b.lines)
+            for r in block:
+                r.prompt = ""  # parsed.render() is the same text
+        if pending is not None:
+            finish_block(*pending)  # runs while this block is being tokenized
+        if renderer.chunked:
+            renderer.drain()
+        pending = (block, partials)
+        if progress is not None:
+            progress("prepare", n_loaded, total)
+    if pending is not None:
+        finish_block(*pending)
+    seconds_rows = time.perf_counter() - t0
+
+    train_idx, val_idx = stratified_split([k.user_type for k in kept], [k.user_id for k in kept],
+                                          cfg.val_fraction, cfg.split_seed)
+    written = np.cumsum([k.length >= 0 for k in kept]) - 1  # valid row -> its position in the Arrow file
+    data = sink.finish()
+    splits = {}
+    for name, idxs in (("train", train_idx), ("validation", val_idx)):
+        positions = [int(written[j]) for j in idxs if kept[j].length >= 0]
+        splits[name] = data.select(positions, keep_in_memory=True) if data is not None and positions else \
+            _empty_split(sink.schema)
+    report = _report(cfg, tokenizer, n_loaded, kept, train_idx, val_idx, records, skipped, renderer, verified, opts)
+    report["seconds"] = {"rows": round(seconds_rows, 3), "total": round(time.perf_counter() - t0, 3)}
+    return PreparedData(splits["train"], splits["validation"], report)
+
+
+def _empty_split(schema):
+    from datasets import Dataset, Features
+
+    return Dataset.from_dict({n: [] for n in schema.names}, features=Features.from_arrow_schema(schema))
 
 
 def _verify(renderer: ChatRenderer, prompt: str, row: KitrecRow, rendered: Rendered) -> None:
@@ -233,16 +280,20 @@ def _verify(renderer: ChatRenderer, prompt: str, row: KitrecRow, rendered: Rende
                           f"whole-text tokenization ({len(rendered.input_ids)} vs {len(whole)} tokens)")
 
 
-def _report(cfg, tokenizer, n_loaded, valid, train_idx, val_idx, out_rows, out_rendered, records, skipped,
-            renderer, verified, opts) -> dict:
+def _report(cfg, tokenizer, n_loaded, kept, train_idx, val_idx, records, skipped, renderer, verified,
+            opts) -> dict:
     per_type: dict[str, dict] = defaultdict(lambda: {s: {"in": 0, "out": 0} for s in SPLITS})
+    out_count = {s: 0 for s in SPLITS}
+    lengths_after, trained = [], []
     for split, idxs in (("train", train_idx), ("validation", val_idx)):
         for j in idxs:
-            per_type[valid[j].user_type][split]["in"] += 1
-        for r in out_rows[split]:
-            per_type[r.user_type][split]["out"] += 1
-    lengths_after = [r.length for s in SPLITS for r in out_rendered[s]]
-    trained = [r.num_trained for s in SPLITS for r in out_rendered[s]]
+            k = kept[j]
+            per_type[k.user_type][split]["in"] += 1
+            if k.length >= 0:
+                per_type[k.user_type][split]["out"] += 1
+                out_count[split] += 1
+                lengths_after.append(k.length)
+                trained.append(k.num_trained)
     dropped = Counter()
     for rec in records:
         dropped.update(rec.history_dropped)
@@ -253,10 +304,10 @@ def _report(cfg, tokenizer, n_loaded, valid, train_idx, val_idx, out_rows, out_r
         "candidate_seed": opts.seed,
         "rows": {
             "loaded": n_loaded,
-            "valid": len(valid),
+            "valid": len(kept),
             "skipped": len(skipped),
-            "train": {"in": len(train_idx), "out": len(out_rows["train"])},
-            "validation": {"in": len(val_idx), "out": len(out_rows["validation"])},
+            "train": {"in": len(train_idx), "out": out_count["train"]},
+            "validation": {"in": len(val_idx), "out": out_count["validation"]},
         },
         "per_user_type": {k: per_type[k] for k in sorted(per_type)},
         "truncation": {
