@@ -1,6 +1,6 @@
 import pytest
 
-from kitrec_fast.data.schema import BadRowError
+from kitrec_fast.badrow import BadRowError
 from kitrec_fast.render.chat import get_renderer
 from kitrec_fast.truncate.sections import parse_prompt
 from kitrec_fast.truncate.truncate import TruncateOptions, truncate_prompt
@@ -111,7 +111,7 @@ def test_row_that_cannot_fit(qwen3_tokenizer):
     with pytest.raises(BadRowError) as info:
         _run(qwen3_tokenizer, prompt, gt_id, target, user_id="UBIG", max_length=1500)
     assert info.value.index == 5 and info.value.user_id == "UBIG"
-    assert "row 5" in str(info.value) and "UBIG" in str(info.value) and "max_length=1500" in str(info.value)
+    assert "row 6 (1-based" in str(info.value) and "UBIG" in str(info.value) and "max_length=1500" in str(info.value)
 
 
 def test_few_candidates_left_alone(qwen3_tokenizer):
