@@ -86,3 +86,17 @@ def test_save_and_load_with_an_empty_validation_split(qwen3_tokenizer, synth_row
     loaded = load_prepared(save_prepared(prepared, tmp_path / "p"))
     assert len(loaded.train) == 4 and len(loaded.validation) == 0
     assert loaded.validation.features == loaded.train.features
+
+
+def test_prepare_documented_training_rows_with_nested_metadata(qwen3_tokenizer):
+    from kitrec_documented import eval_row, training_row_nested
+
+    rows = [training_row_nested(f"AMETA{i}") for i in range(4)]
+    prepared = prepare(DataConfig(dataset="unused", val_fraction=0.25), qwen3_tokenizer, rows=rows, verify_rows=4)
+    got = sorted(list(prepared.train["user_id"]) + list(prepared.validation["user_id"]))
+    assert got == [f"AMETA{i}" for i in range(4)]
+    assert set(prepared.train["target_domain"]) == {"Movies & TV"} and set(prepared.train["candidate_set"]) == {"B"}
+    _check_rows(qwen3_tokenizer, prepared.train, 5120)
+    # an evaluation row has no target: training refuses it, naming the 1-based row
+    with pytest.raises(BadRowError, match=r"row 5 \(1-based.*user_id='AEVAL1'.*'output'"):
+        prepare(DataConfig(dataset="unused"), qwen3_tokenizer, rows=rows + [eval_row("json_list")])
