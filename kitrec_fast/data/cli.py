@@ -36,6 +36,9 @@ def add_parser(subparsers: Any) -> None:
     s.add_argument("--domain", choices=("music", "movies"), default="music")
     s.add_argument("--kind", choices=("dualft", "singleft"), default="dualft")
     s.add_argument("--split", choices=("train", "val", "test"), default="train")
+    s.add_argument("--layout", choices=("plain", "template", "mixed"), default="plain",
+                   help="val/test rows: training-style prompts with flat fields, the documented evaluation "
+                        "template with nested metadata, or a per-row mix of every documented form")
     s.add_argument("--output", required=True, help="output .jsonl (or .jsonl.gz)")
     s.set_defaults(func=cmd_synth)
 
@@ -113,8 +116,13 @@ def print_summary(console: Any, report: dict, seconds: float, out: Any) -> None:
 def cmd_synth(args: argparse.Namespace) -> int:
     from kitrec_fast.data.synth import generate_rows, write_jsonl
 
-    path = write_jsonl(args.output, generate_rows(args.rows, seed=args.seed, domain=args.domain,
-                                                  kind=args.kind, split=args.split))
+    try:
+        rows = generate_rows(args.rows, seed=args.seed, domain=args.domain, kind=args.kind, split=args.split,
+                             layout=args.layout)
+    except ValueError as exc:  # e.g. --rows -1, --layout template with --split train
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    path = write_jsonl(args.output, rows)
     print(f"wrote {args.rows} rows to {path}")
     return 0
 
