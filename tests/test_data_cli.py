@@ -115,3 +115,11 @@ def test_prepare_replaces_its_output_folder_whole(tmp_path, capsys):
     capsys.readouterr()
     assert _prepare(small, other) == 1
     assert "holds other files" in capsys.readouterr().out and (other / "keep.txt").read_text() == "mine"
+
+
+def test_num_proc_is_not_an_option():
+    # it never did anything (tokenization is batched in one process); a recipe that sets it is told so
+    from kitrec_fast.config import ConfigError, config_from_dict
+
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['num_proc'\]"):
+        config_from_dict({"data": {"dataset": "embedded:dualft_music", "num_proc": 4}})
