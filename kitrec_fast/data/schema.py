@@ -27,7 +27,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from kitrec_fast.badrow import SKIP_HINT, BadRowError  # noqa: F401  (re-exported for callers of this module)
+from kitrec_fast.badrow import BadRowError  # noqa: F401  (also imported from here by kitrec_fast.eval)
 from kitrec_fast.truncate.sections import ParsedPrompt, PromptFormatError, parse_prompt
 
 _KNOWN = {"instruction", "input", "output", "user_id", "user_type", "gt_item_id", "gt_title", "gt_rating",
