@@ -113,3 +113,20 @@ def test_training_prompt_helper_is_the_documented_training_layout():
     prompt, gt, cands = training_prompt(tgt="Music")
     p = parse_prompt(prompt)
     assert p.candidate_ids == cands and gt in cands and "(Target Domain)" in p.target_history.header
+
+
+@pytest.mark.parametrize("gt_form", ["list", "json_list", "dict"])
+def test_documented_rows_survive_parquet_and_jsonl_files(tmp_path, gt_form):
+    # Hub copies arrive through Arrow: nested metadata becomes a struct, a ground-truth list a list of structs
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from kitrec_fast.data.load import load_raw
+
+    rows = [eval_row(gt_form, user_id=f"AFILE{i}") for i in range(3)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "rows.parquet")
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for name in ("rows.parquet", "rows.jsonl"):
+        loaded = load_raw(str(tmp_path / name))
+        got = [normalize_row(r, i, require_target=False) for i, r in enumerate(loaded)]
+        assert [(r.user_id, r.gt_item_id, r.gt_rating) for r in got] == [(f"AFILE{i}", "C00000037", 4.0) for i in range(3)]
