@@ -123,3 +123,15 @@ def test_num_proc_is_not_an_option():
 
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['num_proc'\]"):
         config_from_dict({"data": {"dataset": "embedded:dualft_music", "num_proc": 4}})
+
+
+def test_skipped_rows_are_listed_with_the_same_numbering(tmp_path, capsys):
+    from kitrec_prompts import make_row
+
+    rows = [make_row(user_id=f"U{i}", words=4) for i in range(3)]
+    rows[1]["gt_item_id"] = "NOPE0000"
+    data = _jsonl(tmp_path / "rows.jsonl", rows)
+    assert _prepare(data, tmp_path / "o", "--on-bad-row", "skip") == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "skipped row 2 (1-based; the file line for JSONL), user_id='U1' (validate)" in printed
+    assert json.loads((tmp_path / "o" / "report.json").read_text())["skipped"][0]["row"] == 2

@@ -7,6 +7,7 @@ import sys
 import time
 from typing import Any
 
+from kitrec_fast.badrow import row_label
 from kitrec_fast.config import ConfigError, DataConfig
 from kitrec_fast.console import make_console
 from kitrec_fast.errors import UserError
@@ -110,7 +111,8 @@ def print_summary(console: Any, report: dict, seconds: float, out: Any) -> None:
                   f"max_candidates); history cut: {tr['rows_history_cut']} rows, lines dropped "
                   f"{tr['history_lines_dropped']}; skipped: {rows['skipped']} {report['skipped_by_stage']}")
     for s in report["skipped"][:10]:
-        console.print(f"  [yellow]skipped[/yellow] row {s['row']} (user_id={s['user_id']!r}, {s['stage']}): {s['problem']}")
+        console.print(f"  [yellow]skipped[/yellow] {row_label(s['row'] - 1)}, user_id={s['user_id']!r} "
+                      f"({s['stage']}): {s['problem']}")
 
 
 def cmd_synth(args: argparse.Namespace) -> int:

@@ -197,7 +197,7 @@ def prepare(cfg: DataConfig, tokenizer: Any, *, rows: Optional[list[dict]] = Non
     if not valid:
         first = skipped[0]
         raise EmptyDatasetError(f"data.dataset (--dataset): none of the {n_loaded} rows of {cfg.dataset} is valid "
-                                f"(first: row {first['row']}, user_id={first['user_id']!r}: {first['problem']})")
+                                f"(first: {row_label(first['row'] - 1)}, user_id={first['user_id']!r}: {first['problem']})")
     t = tick("validate_tokenize", t)
     train_idx, val_idx = stratified_split([r.user_type for r in valid], [r.user_id for r in valid],
                                           cfg.val_fraction, cfg.split_seed)
