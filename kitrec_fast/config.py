@@ -48,7 +48,6 @@ class DataConfig:
     on_bad_row: Literal["error", "skip"] = field(default="error", metadata={
         "help": "A row that fails validation or cannot fit: stop with an error, or skip it and report it."})
     limit: Optional[int] = field(default=None, metadata={"help": "Use only the first N rows (debugging)."})
-    num_proc: int = field(default=1, metadata={"help": "Worker processes for tokenization."})
 
     def __post_init__(self):
         _check(bool(self.dataset), "data.dataset", "must not be empty")
@@ -60,7 +59,6 @@ class DataConfig:
         _choice(self.history_recent, "data.history_recent", ("last", "first"))
         _choice(self.on_bad_row, "data.on_bad_row", ("error", "skip"))
         _check(self.limit is None or self.limit > 0, "data.limit", f"must be positive, got {self.limit}")
-        _check(self.num_proc >= 1, "data.num_proc", f"must be >= 1, got {self.num_proc}")
 
 
 @dataclass

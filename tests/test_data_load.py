@@ -31,7 +31,7 @@ def test_errors_name_the_option(tmp_path):
         load_raw(str(tmp_path / "missing.jsonl"))
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"a": 1}\n{oops\n')
-    with pytest.raises(DatasetLoadError, match="line 2"):
+    with pytest.raises(DatasetLoadError, match=r"row 2 \(1-based; the file line for JSONL\) is not valid JSON"):
         load_raw(str(bad))
     with pytest.raises(DatasetLoadError, match="embedded sample 'nope'"):
         load_raw("embedded:nope")

@@ -5,7 +5,7 @@ import pytest
 
 from kitrec_fast.config import DataConfig
 from kitrec_fast.data.pipeline import load_prepared, prepare, save_prepared
-from kitrec_fast.data.schema import BadRowError
+from kitrec_fast.badrow import BadRowError
 from kitrec_prompts import make_row
 
 synth = pytest.importorskip("kitrec_fast.data.synth")
@@ -66,14 +66,14 @@ def test_bad_rows_error_or_skip(qwen3_tokenizer):
     rows = [make_row(user_id=f"U{i}", user_type=("a", "b")[i % 2], words=4) for i in range(10)]
     rows[3]["gt_item_id"] = "NOPE0000"
     rows[6] = make_row(user_id="UHUGE", user_type="a", target="<think>\n" + "word " * 6000 + "\n</think>\n{}")
-    with pytest.raises(BadRowError, match=r"row 3 \(user_id='U3'\)"):
+    with pytest.raises(BadRowError, match=r"row 4 \(1-based; the file line for JSONL\), user_id='U3'"):
         prepare(DataConfig(dataset="unused"), qwen3_tokenizer, rows=rows)
     prepared = prepare(DataConfig(dataset="unused", on_bad_row="skip", val_fraction=0.2), qwen3_tokenizer, rows=rows)
     rep = prepared.report
-    skipped = {s["index"]: s for s in rep["skipped"]}
-    assert set(skipped) == {3, 6}
-    assert skipped[3]["user_id"] == "U3" and skipped[3]["stage"] == "validate" and "not among" in skipped[3]["problem"]
-    assert skipped[6]["user_id"] == "UHUGE" and skipped[6]["stage"] == "truncate"
+    skipped = {s["row"]: s for s in rep["skipped"]}
+    assert set(skipped) == {4, 7}  # 1-based, as in error messages
+    assert skipped[4]["user_id"] == "U3" and skipped[4]["stage"] == "validate" and "not among" in skipped[4]["problem"]
+    assert skipped[7]["user_id"] == "UHUGE" and skipped[7]["stage"] == "truncate"
     assert rep["rows"]["valid"] == 9 and len(prepared.train) + len(prepared.validation) == 8
     assert 3 not in prepared.train["source_index"] and 6 not in prepared.train["source_index"]
 
@@ -86,3 +86,17 @@ def test_save_and_load_with_an_empty_validation_split(qwen3_tokenizer, synth_row
     loaded = load_prepared(save_prepared(prepared, tmp_path / "p"))
     assert len(loaded.train) == 4 and len(loaded.validation) == 0
     assert loaded.validation.features == loaded.train.features
+
+
+def test_prepare_documented_training_rows_with_nested_metadata(qwen3_tokenizer):
+    from kitrec_documented import eval_row, training_row_nested
+
+    rows = [training_row_nested(f"AMETA{i}") for i in range(4)]
+    prepared = prepare(DataConfig(dataset="unused", val_fraction=0.25), qwen3_tokenizer, rows=rows, verify_rows=4)
+    got = sorted(list(prepared.train["user_id"]) + list(prepared.validation["user_id"]))
+    assert got == [f"AMETA{i}" for i in range(4)]
+    assert set(prepared.train["target_domain"]) == {"Movies & TV"} and set(prepared.train["candidate_set"]) == {"B"}
+    _check_rows(qwen3_tokenizer, prepared.train, 5120)
+    # an evaluation row has no target: training refuses it, naming the 1-based row
+    with pytest.raises(BadRowError, match=r"row 5 \(1-based.*user_id='AEVAL1'.*'output'"):
+        prepare(DataConfig(dataset="unused"), qwen3_tokenizer, rows=rows + [eval_row("json_list")])

@@ -35,7 +35,7 @@ def _bad(mutate, require_target=True):
         normalize_row(raw, 7, require_target=require_target)
     err = info.value
     assert err.index == 7
-    assert "row 7" in str(err) and err.problem in str(err)
+    assert "row 8 (1-based" in str(err) and err.problem in str(err)
     return err
 
 

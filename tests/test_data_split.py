@@ -1,6 +1,7 @@
 from collections import Counter
 
-from kitrec_fast.data.split import stable_key, stratified_split, val_count
+from kitrec_fast.data.split import stratified_split, val_count
+from kitrec_fast.stable_key import stable_key
 
 TYPES = ["overlapping_books_music", "cold_start_2core_music", "cold_start_3core_music", "cold_start_4core_music"]
 

@@ -1,6 +1,6 @@
 import pytest
 
-from kitrec_fast.data.schema import BadRowError
+from kitrec_fast.badrow import BadRowError
 from kitrec_fast.render.chat import get_renderer
 from kitrec_fast.truncate.sections import parse_prompt
 from kitrec_fast.truncate.truncate import TruncateOptions, truncate_prompt
@@ -111,10 +111,79 @@ def test_row_that_cannot_fit(qwen3_tokenizer):
     with pytest.raises(BadRowError) as info:
         _run(qwen3_tokenizer, prompt, gt_id, target, user_id="UBIG", max_length=1500)
     assert info.value.index == 5 and info.value.user_id == "UBIG"
-    assert "row 5" in str(info.value) and "UBIG" in str(info.value) and "max_length=1500" in str(info.value)
+    assert "row 6 (1-based" in str(info.value) and "UBIG" in str(info.value) and "max_length=1500" in str(info.value)
 
 
 def test_few_candidates_left_alone(qwen3_tokenizer):
     prompt, gt_id, cands = make_prompt(n_candidates=12, words=4)
     out = _run(qwen3_tokenizer, prompt, gt_id, make_target(gt_id), max_length=20000)
     assert out.prompt == prompt and out.parsed.candidate_ids == cands and not out.record.header_rewritten
+
+
+# -- the evaluation template's layout (suffix-less headers, Format lines, bracketed candidates) ------
+
+def _gen_length(tok, prompt):
+    """Generation-prompt length by HF's whole-text path (what evaluation budgets)."""
+    text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+    return len(tok(text, add_special_tokens=False)["input_ids"])
+
+
+def _line_tokens(tok, text):
+    return len(tok(text, add_special_tokens=False)["input_ids"])
+
+
+@pytest.mark.parametrize("n_source,n_target,drops,expected", [
+    # hand-simulated: the section with more item lines loses its oldest line; the source on a tie
+    (4, 6, 3, {"source_history": 1, "target_history": 2}),
+    (4, 6, 5, {"source_history": 2, "target_history": 3}),
+    (5, 5, 1, {"source_history": 1, "target_history": 0}),
+    (5, 5, 2, {"source_history": 1, "target_history": 1}),
+    (6, 2, 3, {"source_history": 3, "target_history": 0}),
+])
+def test_history_balancing_on_suffixless_template_prompt(qwen3_tokenizer, n_source, n_target, drops, expected):
+    from kitrec_documented import template_prompt
+
+    tok = qwen3_tokenizer
+    prompt, gt_id, cands = template_prompt(n_source=n_source, n_target=n_target, target_first=False)
+    parsed = parse_prompt(prompt)
+    src_lines = [ln.text for ln in parsed.source_history.lines if ln.is_item]
+    tgt_lines = [ln.text for ln in parsed.target_history.lines if ln.is_item]
+    gone = src_lines[: expected["source_history"]] + tgt_lines[: expected["target_history"]]
+    budget = _gen_length(tok, prompt) - sum(_line_tokens(tok, t) for t in gone)
+    r = get_renderer(tok)
+    out = truncate_prompt(parsed, gt_item_id=gt_id, user_id="U1", index=0,
+                          measure=lambda p: r.count(r.generation_text(p)), line_costs=r.line_costs,
+                          options=TruncateOptions(max_length=budget, max_candidates=100, min_candidates=100))
+    assert out.record.history_dropped == expected
+    assert out.record.tokens_after == _gen_length(tok, out.prompt) <= budget
+    kept_src = [ln.text for ln in out.parsed.source_history.lines if ln.is_item]
+    assert kept_src == src_lines[expected["source_history"]:]  # oldest (first) lines went
+    assert out.parsed.candidate_ids == cands and "(Total 100):" in out.prompt
+
+
+def test_eval_time_truncation_trims_suffixless_history_keeps_all_candidates(qwen3_tokenizer):
+    from kitrec_documented import FORMAT_LINE, template_prompt
+
+    tok = qwen3_tokenizer
+    prompt, gt_id, cands = template_prompt(n_source=20, n_target=10, words=25, tgt="Movies & TV")
+    r = get_renderer(tok)
+    budget = _gen_length(tok, prompt) - 600
+    out = truncate_prompt(parse_prompt(prompt), gt_item_id=gt_id, user_id="U1", index=0,
+                          measure=lambda p: r.count(r.generation_text(p)), line_costs=r.line_costs,
+                          options=TruncateOptions(max_length=budget, max_candidates=100, min_candidates=100))
+    assert out.record.tokens_after == _gen_length(tok, out.prompt) <= budget
+    assert out.record.history_lines_dropped > 0 and out.parsed.candidate_ids == cands
+    assert out.prompt.count(FORMAT_LINE) == 2 and "\n[\n" in out.prompt and "\n]\n" in out.prompt
+
+
+def test_candidate_cut_on_template_prompt_keeps_brackets_and_indent(qwen3_tokenizer):
+    from kitrec_documented import template_prompt
+
+    prompt, gt_id, cands = template_prompt(gt_pos=99)
+    out = _run(qwen3_tokenizer, prompt, gt_id, make_target(gt_id), max_length=100000)
+    kept = out.parsed.candidate_ids
+    assert len(kept) == 50 and kept[-1] == gt_id and kept == [c for c in cands if c in set(kept)]
+    assert "## List of Available Candidate Items (Total 50):\n" in out.prompt
+    body = out.prompt.split("(Total 50):\n", 1)[1]
+    lines = body.split("\n")
+    assert lines[1] == "[" and lines[52] == "]" and all(ln.startswith("  ") for ln in lines[2:52])

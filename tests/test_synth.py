@@ -279,9 +279,51 @@ def test_write_jsonl_plain_and_gz(tmp_path: Path) -> None:
 
 
 def test_argument_validation() -> None:
-    for bad in (dict(domain="books"), dict(kind="x"), dict(split="dev"), dict(candidate_set="C")):
+    for bad in (dict(domain="books"), dict(kind="x"), dict(split="dev"), dict(candidate_set="C"),
+                dict(split="test", layout="fancy"), dict(split="train", layout="template")):
         with pytest.raises(ValueError):
             generate_rows(1, **bad)
+
+
+def test_template_layout_is_the_documented_evaluation_form() -> None:
+    rows = generate_rows(15, seed=6, domain="movies", split="test", layout="template")
+    for row in rows:
+        assert set(row) == {"instruction", "input", "output", "ground_truth", "metadata"} and row["output"] == ""
+        truth = json.loads(row["ground_truth"])
+        assert isinstance(truth, list) and len(truth) == 1 and truth[0]["item_id"] == row["metadata"]["gt_item_id"]
+        assert row["metadata"]["target_domain"] == "Movies & TV" and row["metadata"]["user_type"] in TEST_USER_TYPES["movies"]
+        p = row["input"]
+        heads = ["## Input Parameters\n- Source Domain: Books\n- Target Domain: Movies & TV\n",
+                 "### User's Books History:\n", "### User's Movies & TV History:\n",
+                 "## List of Available Candidate Items (Total 100):\n", "## Reasoning Guidelines", "## Your Task"]
+        pos = [p.index(h) for h in heads]
+        assert pos == sorted(pos) and "(Source Domain)" not in p and "(Target Domain)" not in p
+        assert p.count("\n(Format: - {title}") == 2
+        body = p[pos[3]:].split("\n")
+        assert body[2] == "[" and body[103] == "]"
+        ids = [m.group(1) or m.group(2) for ln in body[3:103]
+               if (m := re.fullmatch(r"  (?:\(ID: ([A-Z0-9]+)\) .+|\[Item: ([A-Z0-9]+)\] \| Unknown \| Rating: \d\.\d)", ln))]
+        assert len(ids) == 100 and ids.count(truth[0]["item_id"]) == 1
+
+
+def test_mixed_layout_covers_every_form_and_keeps_each_row() -> None:
+    from kitrec_fast.data.schema import normalize_row
+
+    mixed = generate_rows(60, seed=8, domain="music", split="val", layout="mixed")
+    plain = generate_rows(60, seed=8, domain="music", split="val")
+    forms = set()
+    for i, (m, p) in enumerate(zip(mixed, plain)):
+        row, ref = normalize_row(m, i, require_target=False), normalize_row(p, i, require_target=False)
+        assert (row.user_id, row.user_type, row.gt_item_id, row.gt_rating) == \
+            (ref.user_id, ref.user_type, ref.gt_item_id, ref.gt_rating)
+        assert row.parsed.candidate_ids == ref.parsed.candidate_ids and len(row.parsed.candidate_ids) == 100
+        assert len(row.parsed.source_history.items) == len(ref.parsed.source_history.items)
+        gt = m.get("ground_truth")
+        form = "fields" if gt is None else type(gt).__name__ + (
+            "_of_list" if isinstance(gt, str) and gt.startswith("[") else "")
+        forms.add(("(Source Domain)" in m["input"], "metadata" in m and "user_id" not in m, form))
+    assert {f[0] for f in forms} == {True, False} and {f[1] for f in forms} == {True, False}
+    assert {f[2] for f in forms} == {"dict", "str", "list", "str_of_list", "fields"}
 
 
 def test_shipped_samples_match_regeneration(tmp_path: Path) -> None:
@@ -297,8 +339,15 @@ def test_shipped_samples_match_regeneration(tmp_path: Path) -> None:
             f"{path.name} is stale: run python -m kitrec_fast.data.synth --regenerate-samples")
     assert total < 4_000_000
     assert len(read_jsonl(SAMPLE_DIR / "dualft_music.jsonl.gz")) == 200
-    assert Counter(r["user_type"] for r in read_jsonl(SAMPLE_DIR / "test_movies.jsonl.gz")) == {
-        t: 10 for t in TEST_USER_TYPES["movies"]}
+    from kitrec_fast.data.schema import normalize_row
+
+    test_rows = read_jsonl(SAMPLE_DIR / "test_movies.jsonl.gz")
+    parsed = [normalize_row(r, i, require_target=False) for i, r in enumerate(test_rows)]
+    assert Counter(r.user_type for r in parsed) == {t: 10 for t in TEST_USER_TYPES["movies"]}
+    assert {len(r.parsed.candidate_ids) for r in parsed} == {100}
+    # the embedded test sample mixes the documented forms
+    assert any("metadata" in r and "user_id" not in r for r in test_rows)
+    assert any("### User's Movies & TV History:\n" in r["input"] for r in test_rows)
 
 
 def test_generation_speed() -> None:

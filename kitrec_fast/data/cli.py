@@ -7,8 +7,10 @@ import sys
 import time
 from typing import Any
 
+from kitrec_fast.badrow import row_label
 from kitrec_fast.config import ConfigError, DataConfig
 from kitrec_fast.console import make_console
+from kitrec_fast.errors import UserError
 
 
 def add_parser(subparsers: Any) -> None:
@@ -35,12 +37,16 @@ def add_parser(subparsers: Any) -> None:
     s.add_argument("--domain", choices=("music", "movies"), default="music")
     s.add_argument("--kind", choices=("dualft", "singleft"), default="dualft")
     s.add_argument("--split", choices=("train", "val", "test"), default="train")
+    s.add_argument("--layout", choices=("plain", "template", "mixed"), default="plain",
+                   help="val/test rows: training-style prompts with flat fields, the documented evaluation "
+                        "template with nested metadata, or a per-row mix of every documented form")
     s.add_argument("--output", required=True, help="output .jsonl (or .jsonl.gz)")
     s.set_defaults(func=cmd_synth)
 
     i = sub.add_parser("inspect", help="Show one rendered sample with its trained span, and a length histogram.")
     _common(i)
-    i.add_argument("--index", type=int, default=0, help="row (in file order) to show")
+    i.add_argument("--row", type=int, default=1,
+                   help="row to show, counted from 1 (the file line in a .jsonl file), as error messages count")
     i.add_argument("--max-length", type=int, default=5120)
     i.add_argument("--limit", type=int, default=256, help="rows rendered for the histogram")
     i.set_defaults(func=cmd_inspect)
@@ -67,13 +73,13 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 2
-    tok = load_tokenizer(args.tokenizer)
     try:
+        tok = load_tokenizer(args.tokenizer)
         prepared = prepare(cfg, tok)
-    except ValueError as exc:  # BadRowError, RenderError, DatasetLoadError: messages name row and option
+        out = save_prepared(prepared, args.output)
+    except (UserError, ValueError) as exc:  # BadRowError, DatasetLoadError, RenderError...: messages name row/option
         console.print(f"[red]error:[/red] {exc}")
         return 1
-    out = save_prepared(prepared, args.output)
     print_summary(console, prepared.report, time.perf_counter() - t0, out)
     return 0
 
@@ -105,14 +111,20 @@ def print_summary(console: Any, report: dict, seconds: float, out: Any) -> None:
                   f"max_candidates); history cut: {tr['rows_history_cut']} rows, lines dropped "
                   f"{tr['history_lines_dropped']}; skipped: {rows['skipped']} {report['skipped_by_stage']}")
     for s in report["skipped"][:10]:
-        console.print(f"  [yellow]skipped[/yellow] row {s['index']} (user_id={s['user_id']!r}, {s['stage']}): {s['problem']}")
+        console.print(f"  [yellow]skipped[/yellow] {row_label(s['row'] - 1)}, user_id={s['user_id']!r} "
+                      f"({s['stage']}): {s['problem']}")
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
     from kitrec_fast.data.synth import generate_rows, write_jsonl
 
-    path = write_jsonl(args.output, generate_rows(args.rows, seed=args.seed, domain=args.domain,
-                                                  kind=args.kind, split=args.split))
+    try:
+        rows = generate_rows(args.rows, seed=args.seed, domain=args.domain, kind=args.kind, split=args.split,
+                             layout=args.layout)
+    except ValueError as exc:  # e.g. --rows -1, --layout template with --split train
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    path = write_jsonl(args.output, rows)
     print(f"wrote {args.rows} rows to {path}")
     return 0
 
@@ -125,22 +137,25 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from kitrec_fast.render.tokenizer import load_tokenizer
 
     console = make_console()
-    limit = max(args.limit, args.index + 1)
+    if args.row < 1:
+        console.print(f"[red]error:[/red] --row: rows are counted from 1, got {args.row}")
+        return 2
+    limit = max(args.limit, args.row)
     cfg = DataConfig(dataset=args.dataset, dataset_split=args.dataset_split, tokenizer=args.tokenizer,
                      val_fraction=0.0, max_length=args.max_length, on_bad_row="skip", limit=limit)
     try:
         tok = load_tokenizer(args.tokenizer)
         prepared = prepare(cfg, tok, verify_rows=0)
-    except ValueError as exc:  # DatasetLoadError, TokenizerError, RenderError: messages name the option
+    except (UserError, ValueError) as exc:  # DatasetLoadError, TokenizerError, RenderError: messages name the option
         console.print(f"[red]error:[/red] {exc}")
         return 2
     ds = prepared.train
-    hits = [k for k, src in enumerate(ds["source_index"]) if src == args.index]
+    hits = [k for k, src in enumerate(ds["source_index"]) if src == args.row - 1]
     if not hits:
         loaded = prepared.report["rows"]["loaded"]
-        skipped = [s for s in prepared.report["skipped"] if s.get("index") == args.index]
+        skipped = [s for s in prepared.report["skipped"] if s.get("row") == args.row]
         why = f"it was skipped: {skipped[0].get('problem')}" if skipped else f"the dataset has {loaded} rows"
-        console.print(f"[red]error:[/red] cannot show row {args.index}; {why}")
+        console.print(f"[red]error:[/red] cannot show row {args.row}; {why}")
         return 2
     ex = ds[hits[0]]
     ids, labels = ex["input_ids"], ex["labels"]
@@ -150,7 +165,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if not console.is_terminal:  # no colour when piped: mark where the trained span starts
         text.append("\n>>> trained span (labels) starts here >>>\n")
     text.append(tok.decode(ids[start:]), style="bold green")
-    console.rule(f"row {args.index}  user {ex['user_id']}  ({ex['user_type']})  {ex['length']} tokens, "
+    console.rule(f"row {args.row}  user {ex['user_id']}  ({ex['user_type']})  {ex['length']} tokens, "
                  f"{ex['num_trained']} trained (green)")
     console.print(text)
     lengths = np.asarray(ds["length"])

@@ -10,6 +10,10 @@
 
 Local files are parsed directly rather than through ``datasets``: this skips the Arrow cache
 under ``~/.cache/huggingface`` and keeps nested ``ground_truth``/``metadata`` values as they are.
+
+Rows are numbered in messages by their 1-based position (``kitrec_fast.badrow.row_label``). In a
+JSON Lines file that is the file line: a blank line inside the file is therefore an error (it
+would shift every later row's number); blank lines at the end are ignored.
 """
 
 from __future__ import annotations
@@ -20,12 +24,15 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from kitrec_fast.badrow import row_label
+from kitrec_fast.errors import UserError
+
 EMBEDDED_PREFIX = "embedded:"
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample"
 _LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".jsonl.gz", ".json.gz", ".parquet.gz")
 
 
-class DatasetLoadError(ValueError):
+class DatasetLoadError(UserError):
     """The dataset option names nothing readable; the message names the option and the path."""
 
 
@@ -109,11 +116,21 @@ def read_local(path: Path, split: str = "train") -> list[dict[str, Any]]:
 def _iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
     # one line at a time: decoding the whole file first would hold the text twice more
     # (12k KitREC rows are ~300 MB of UTF-8, twice that as Python str)
+    blank_at = None  # the first blank line of a run; an error only if a row follows it
     with _open_binary(path) as f:
-        for lineno, line in enumerate(f, 1):
+        for index, line in enumerate(f):
             if not line.strip():
+                blank_at = index if blank_at is None else blank_at
                 continue
+            if blank_at is not None:
+                raise DatasetLoadError(f"data.dataset (--dataset): {path} {row_label(blank_at)} is blank; a JSON "
+                                       "Lines file holds one row per line (blank lines only at the end)")
             try:
                 yield json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DatasetLoadError(f"data.dataset (--dataset): {path} line {lineno} is not JSON ({exc.msg})") from None
+                # exc.msg alone drops the position ("Invalid control character at"); its line is always 1 here
+                raise DatasetLoadError(f"data.dataset (--dataset): {path} {row_label(index)} is not valid JSON: "
+                                       f"{exc.msg}: column {exc.colno} (char {exc.pos})") from None
+            except UnicodeDecodeError as exc:
+                raise DatasetLoadError(f"data.dataset (--dataset): {path} {row_label(index)} is not UTF-8 text "
+                                       f"({exc.reason} at byte {exc.start})") from None

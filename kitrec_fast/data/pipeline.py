@@ -9,7 +9,7 @@ Sequences are not padded (the collator pads with ``<|endoftext|>`` and -100 labe
 Validation rows are truncated and rendered exactly like training rows, so eval_loss measures
 the training distribution. The kept negatives are chosen with ``candidate_seed`` (default: the
 split seed, ``data.split_seed``). Rows failing validation or unable to fit are errors, or under
-``on_bad_row=skip`` are dropped and listed in the report with index, user id and problem.
+``on_bad_row=skip`` are dropped and listed in the report with row number, user id and problem.
 
 Memory: rows stream through in blocks (see ``prepare``) and the tokenized rows go to a memory-mapped
 Arrow file, so 12k DualFT rows prepare in ~1 GB RSS instead of holding every raw row, parsed
@@ -18,9 +18,13 @@ prompt and token array at once (5.4 GB before).
 Speed: every distinct text chunk of the untruncated renderings is tokenized in one batched call
 per block of rows (see ``kitrec_fast.render.chat``); truncation then only sums cached costs and
 re-measures assembled texts from the cache. ``verify_rows`` rows, spread evenly over the data, are
-re-tokenized as whole texts and must match the chunked ids token for token. ``data.num_proc`` is
-not used: the Rust tokenizer already spreads each batch over all cores, and forking workers would
+re-tokenized as whole texts and must match the chunked ids token for token. There are no worker
+processes: the Rust tokenizer already spreads each batch over all cores, and forking workers would
 copy the chunk cache and the parsed rows.
+
+Rows are named in messages and in the report's ``skipped`` list by their 1-based position in the
+loaded data (the file line for JSON Lines, see ``kitrec_fast.badrow``); the ``source_index``
+column keeps the 0-based position. A dataset without rows, or without one valid row, is an error.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import shutil
+import tempfile
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -36,9 +42,12 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 
 import numpy as np
 
+from kitrec_fast.badrow import BadRowError, row_label
 from kitrec_fast.config import DataConfig
 from kitrec_fast.data.load import iter_raw
-from kitrec_fast.data.schema import BadRowError, KitrecRow, normalize_row
+from kitrec_fast.data.schema import KitrecRow, normalize_row
+from kitrec_fast.errors import UserError
+from kitrec_fast.fsio import atomic_write_text
 from kitrec_fast.data.split import stratified_split
 from kitrec_fast.render.chat import ChatRenderer, Rendered, RenderError, get_renderer
 from kitrec_fast.truncate.sections import CANDIDATES, HISTORY_KINDS
@@ -78,7 +87,7 @@ class _Measure:
         try:
             self.rendered = self.renderer.render(prompt, self.row.target)
         except RenderError as exc:
-            raise RenderError(f"row {self.row.index} (user_id={self.row.user_id!r}): {exc}") from exc
+            raise RenderError(f"{row_label(self.row.index)}, user_id={self.row.user_id!r}: {exc}") from exc
         self.prompt = prompt
         return self.rendered.length
 
@@ -87,7 +96,15 @@ def _body(renderer: ChatRenderer, row: KitrecRow) -> str:
     try:
         return renderer.body_text(row.prompt, row.target)
     except RenderError as exc:
-        raise RenderError(f"row {row.index} (user_id={row.user_id!r}): {exc}") from exc
+        raise RenderError(f"{row_label(row.index)}, user_id={row.user_id!r}: {exc}") from exc
+
+
+class EmptyDatasetError(UserError):
+    """The dataset has no rows, or no row survived validation."""
+
+
+def _skip_entry(exc: BadRowError, stage: str) -> dict:
+    return {"row": exc.index + 1, "user_id": exc.user_id, "stage": stage, "problem": exc.problem}
 
 
 def _blocks(raw: Iterable[dict], size: int) -> Iterator[list[tuple[int, dict]]]:
@@ -180,6 +197,8 @@ def prepare(cfg: DataConfig, tokenizer: Any, *, rows: Optional[list[dict]] = Non
     raw, total = iter_raw(cfg.dataset, cfg.dataset_split) if rows is None else (rows, len(rows))
     if cfg.limit is not None:
         raw, total = itertools.islice(raw, cfg.limit), min(total, cfg.limit)
+    if not total:
+        raise EmptyDatasetError(f"data.dataset (--dataset): {cfg.dataset} (split {cfg.dataset_split!r}) has no rows")
     skipped: list[dict] = []
     renderer = get_renderer(tokenizer)
     opts = TruncateOptions(max_length=cfg.max_length, max_candidates=cfg.max_candidates,
@@ -207,7 +226,7 @@ def prepare(cfg: DataConfig, tokenizer: Any, *, rows: Optional[list[dict]] = Non
             except BadRowError as exc:
                 if cfg.on_bad_row == "error":
                     raise
-                skipped.append({"index": exc.index, "user_id": exc.user_id, "stage": "truncate", "problem": exc.problem})
+                skipped.append(_skip_entry(exc, "truncate"))
                 continue
             rendered = measure.rendered if measure.prompt is tr.prompt else renderer.render(tr.prompt, row.target)
             if len(kept) - 1 in verify_at:
@@ -230,8 +249,7 @@ def prepare(cfg: DataConfig, tokenizer: Any, *, rows: Optional[list[dict]] = Non
             except BadRowError as exc:
                 if cfg.on_bad_row == "error":
                     raise
-                skipped.append({"index": exc.index, "user_id": exc.user_id, "stage": "validate",
-                                "problem": exc.problem})
+                skipped.append(_skip_entry(exc, "validate"))
         del raw_block
         partials = None
         if renderer.chunked:
@@ -252,6 +270,10 @@ def prepare(cfg: DataConfig, tokenizer: Any, *, rows: Optional[list[dict]] = Non
     if pending is not None:
         finish_block(*pending)
     seconds_rows = time.perf_counter() - t0
+    if not kept:
+        first = skipped[0]
+        raise EmptyDatasetError(f"data.dataset (--dataset): none of the {n_loaded} rows of {cfg.dataset} is valid "
+                                f"(first: {row_label(first['row'] - 1)}, user_id={first['user_id']!r}: {first['problem']})")
 
     train_idx, val_idx = stratified_split([k.user_type for k in kept], [k.user_id for k in kept],
                                           cfg.val_fraction, cfg.split_seed)
@@ -276,7 +298,7 @@ def _empty_split(schema):
 def _verify(renderer: ChatRenderer, prompt: str, row: KitrecRow, rendered: Rendered) -> None:
     whole = renderer.full_encode(renderer.body_text(prompt, row.target))
     if not np.array_equal(whole, rendered.input_ids):
-        raise RenderError(f"row {row.index} (user_id={row.user_id!r}): chunked tokenization differs from "
+        raise RenderError(f"{row_label(row.index)}, user_id={row.user_id!r}: chunked tokenization differs from "
                           f"whole-text tokenization ({len(rendered.input_ids)} vs {len(whole)} tokens)")
 
 
@@ -337,18 +359,51 @@ _EMPTY_MARKER = "EMPTY.json"
 
 
 def save_prepared(prepared: PreparedData, out_dir: str | Path) -> Path:
+    """Write train/, validation/ and report.json to ``out_dir``, replacing a previous prepared folder whole.
+
+    Everything is written into a fresh sibling folder first and then swapped in, so ``out_dir``
+    never holds the report of one run next to the data of another (also after a crash). A folder
+    that is neither empty nor a prepared folder is refused rather than deleted.
+    """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for name, split in (("train", prepared.train), ("validation", prepared.validation)):
-        if len(split) == 0:
-            # datasets 4.x writes an empty split that load_from_disk cannot read back (no arrow
-            # table), so an empty split is a marker; load_prepared rebuilds it with the schema.
-            (out / name).mkdir(parents=True, exist_ok=True)
-            (out / name / _EMPTY_MARKER).write_text(json.dumps({"columns": split.column_names}) + "\n")
-            continue
-        split.save_to_disk(str(out / name))
-    (out / "report.json").write_text(json.dumps(prepared.report, indent=2, ensure_ascii=False) + "\n")
+    if out.exists():
+        _check_replaceable(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.new-"))
+    try:
+        for name, split in (("train", prepared.train), ("validation", prepared.validation)):
+            if len(split) == 0:
+                # datasets 4.x writes an empty split that load_from_disk cannot read back (no arrow
+                # table), so an empty split is a marker; load_prepared rebuilds it with the schema.
+                (tmp / name).mkdir()
+                (tmp / name / _EMPTY_MARKER).write_text(json.dumps({"columns": split.column_names}) + "\n")
+                continue
+            split.save_to_disk(str(tmp / name))
+        atomic_write_text(tmp / "report.json", json.dumps(prepared.report, indent=2, ensure_ascii=False) + "\n")
+        tmp.chmod(0o755)  # mkdtemp makes it 0700
+        old = None
+        if out.exists():
+            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+            out.rename(old / out.name)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
     return out
+
+
+_PREPARED_ENTRIES = {"train", "validation", "report.json"}
+
+
+def _check_replaceable(out: Path) -> None:
+    if not out.is_dir():
+        raise UserError(f"--output {out}: exists and is not a directory")
+    entries = {p.name for p in out.iterdir()}
+    if entries and not (entries <= _PREPARED_ENTRIES and "report.json" in entries):
+        raise UserError(f"--output {out}: the folder holds other files ({', '.join(sorted(entries)[:5])}); "
+                        "prepared data replaces its output folder whole, so name a new or a prepared folder")
 
 
 def load_prepared(path: str | Path) -> PreparedData:

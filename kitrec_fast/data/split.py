@@ -10,16 +10,11 @@ back in the original row order.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections import defaultdict
 from typing import Sequence
 
-
-def stable_key(*parts: object) -> int:
-    """A 64-bit integer from ``parts`` that never changes between processes (unlike ``hash()``)."""
-    data = "\x1f".join(str(p) for p in parts).encode("utf-8")
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
+from kitrec_fast.stable_key import stable_key
 
 
 def val_count(n: int, val_fraction: float) -> int:

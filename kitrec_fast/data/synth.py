@@ -20,6 +20,17 @@ Design notes (what the real data does not document, decided here):
   whatever ``kind`` is. Val rows keep a training-style ``output`` (one JSON object) even though
   their prompt asks for a top-10 array, as the evaluator accepts a single object as a list of one.
 * ``thinking_length`` is the character count of the reasoning between ``<think>`` and ``</think>``.
+
+Layouts of val/test rows (``layout``): ``plain`` writes them in the training prompt's layout with
+flat fields. ``template`` writes the documented evaluation forms: the evaluation template's
+prompt layout (history headers without the ``(Source Domain)`` suffix, a ``(Format: ...)`` line
+after each history list, the ``(Total 100):`` candidate header and a note line, candidates as
+indented ``(ID: X)`` lines between lone ``[`` / ``]`` lines; ``Movies & TV`` as the target domain
+name) in a row ``{instruction, input, output: "", ground_truth: JSON string of a one-element list,
+metadata}``. ``mixed`` draws, per row, the prompt layout (plain or template), the row form (flat
+fields or nested ``metadata``) and the ground-truth form (dict, JSON string, list of one, JSON
+string of a list, or only the ``gt_*`` fields), from a stream of its own: the user, candidates
+and target of a row are the same in every layout.
 """
 
 from __future__ import annotations
@@ -41,10 +52,12 @@ GENERATOR_VERSION = "kitrec_fast.synth/v1"
 DOMAINS = ("music", "movies")
 KINDS = ("dualft", "singleft")
 SPLITS = ("train", "val", "test")
+LAYOUTS = ("plain", "template", "mixed")
 CANDIDATE_SETS = ("A", "B")
 N_CANDIDATES = 100
 SOURCE_DOMAIN = "Books"
 TARGET_DOMAIN = {"music": "Music", "movies": "Movies"}
+TEMPLATE_TARGET_DOMAIN = {"music": "Music", "movies": "Movies & TV"}  # the evaluation template's names
 NO_HISTORY_LINE = "(No interactions in this domain yet)"
 
 USER_TYPES: dict[tuple[str, str], list[str]] = {
@@ -71,8 +84,8 @@ SAMPLE_SPECS: list[tuple[str, dict[str, Any]]] = [
     ("dualft_movies.jsonl.gz", dict(n=120, domain="movies", kind="dualft", split="train")),
     ("singleft_music.jsonl.gz", dict(n=120, domain="music", kind="singleft", split="train")),
     ("singleft_movies.jsonl.gz", dict(n=120, domain="movies", kind="singleft", split="train")),
-    ("test_music.jsonl.gz", dict(n=50, domain="music", kind="dualft", split="test")),
-    ("test_movies.jsonl.gz", dict(n=50, domain="movies", kind="dualft", split="test")),
+    ("test_music.jsonl.gz", dict(n=50, domain="music", kind="dualft", split="test", layout="mixed")),
+    ("test_movies.jsonl.gz", dict(n=50, domain="movies", kind="dualft", split="test", layout="mixed")),
 ]
 
 # ----------------------------------------------------------------------------------------------
@@ -431,14 +444,36 @@ Every item_id must be copied exactly from the candidate list above; do not inven
 
 
 @lru_cache(maxsize=None)
-def _fixed_sections(domain: str, evaluation: bool) -> tuple[str, str]:
-    tgt = TARGET_DOMAIN[domain]
+def _fixed_sections(domain: str, evaluation: bool, template: bool = False) -> tuple[str, str]:
+    tgt = (TEMPLATE_TARGET_DOMAIN if template else TARGET_DOMAIN)[domain]
     head = (f"# Expert Cross-Domain Recommendation System\n\n{_PREAMBLE.format(src=SOURCE_DOMAIN, tgt=tgt)}\n\n"
             f"## Input Parameters\n- Source Domain: {SOURCE_DOMAIN}\n- Target Domain: {tgt}\n\n"
             f"## User Interaction History\n\n")
+    if template:
+        head = head.replace("## User Interaction History\n\n", "## User Interaction History\n" + _TEMPLATE_HISTORY_NOTE)
     parts = [_REASONING_GUIDELINES, _CONFIDENCE_GUIDELINES, _YOUR_TASK if evaluation else _OUTPUT_FORMAT]
     tail = "\n\n".join(p.format(src=SOURCE_DOMAIN, tgt=tgt) for p in parts)
     return head, tail
+
+
+_TEMPLATE_HISTORY_NOTE = "Every past item lists its title, categories, the user's own rating and a short summary.\n\n"
+_TEMPLATE_FORMAT_LINE = "(Format: - {title} | {categories} | Rating: {rating} | {summary})"
+_TEMPLATE_CANDIDATE_NOTE = "Every candidate lists its title, categories, average rating and a short summary."
+
+
+def _build_template_prompt(domain: str, book_lines: list[str], target_lines: list[str],
+                           candidate_lines: list[str]) -> str:
+    """The evaluation template's layout (see the module docstring), with this module's wording."""
+    head, tail = _fixed_sections(domain, True, True)
+    tgt = TEMPLATE_TARGET_DOMAIN[domain]
+    return "".join((
+        head,
+        f"### User's {SOURCE_DOMAIN} History:\n", "\n".join(book_lines), "\n", _TEMPLATE_FORMAT_LINE, "\n\n",
+        f"### User's {tgt} History:\n", "\n".join(target_lines) + "\n" if target_lines else NO_HISTORY_LINE + "\n",
+        _TEMPLATE_FORMAT_LINE, "\n\n",
+        f"## List of Available Candidate Items (Total {N_CANDIDATES}):\n", _TEMPLATE_CANDIDATE_NOTE, "\n[\n",
+        "\n".join("  " + ln for ln in candidate_lines), "\n]\n\n", tail,
+    ))
 
 
 def _build_prompt(domain: str, evaluation: bool, book_lines: list[str], target_lines: list[str],
@@ -594,7 +629,21 @@ def _user_id(rng: random.Random) -> str:
     return "A" + "".join(rng.choice(_ALNUM) for _ in range(n))
 
 
-def _one_row(i: int, seed: int, domain: str, kind: str, split: str, candidate_set: str) -> dict[str, Any]:
+_GT_FORMS = ("dict", "json", "list", "json_list", "fields")
+
+
+def _eval_forms(layout: str, base: str, urng_form: str) -> tuple[bool, bool, str]:
+    """(template prompt?, nested metadata?, ground-truth form) of a val/test row."""
+    if layout == "plain":
+        return False, False, {"none": "fields"}.get(urng_form, urng_form)
+    if layout == "template":
+        return True, True, "json_list"
+    lrng = random.Random(base + "|layout")
+    return lrng.random() < 0.5, lrng.random() < 0.5, lrng.choice(_GT_FORMS)
+
+
+def _one_row(i: int, seed: int, domain: str, kind: str, split: str, candidate_set: str,
+             layout: str = "plain") -> dict[str, Any]:
     types = TEST_USER_TYPES[domain] if split == "test" else USER_TYPES[(kind, domain)]
     user_type = types[i % len(types)]
     kind_key = "any" if split == "test" else kind
@@ -645,7 +694,14 @@ def _one_row(i: int, seed: int, domain: str, kind: str, split: str, candidate_se
     candidate_lines = [it.line for it in candidates]
 
     evaluation = split != "train"
-    prompt = _build_prompt(domain, evaluation, book_lines, target_lines, candidate_lines)
+    template, nested, gt_form = _eval_forms(layout, base, gt_form) if evaluation else (False, False, gt_form)
+    if template:
+        tgt = TEMPLATE_TARGET_DOMAIN[domain]
+        prompt = _build_template_prompt(
+            domain, [it.history_line(r, True) for it, r in zip(book_items, b_ratings)],
+            [it.history_line(r, True) for it, r in zip(target_items, t_ratings)], candidate_lines)
+    else:
+        prompt = _build_prompt(domain, evaluation, book_lines, target_lines, candidate_lines)
 
     known_books = [it for it in book_items if it.known] or books.known[:3]
     liked_books = [it for it, r in zip(book_items, b_ratings) if it.known and r >= 4] or known_books
@@ -681,22 +737,38 @@ def _one_row(i: int, seed: int, domain: str, kind: str, split: str, candidate_se
         return row
     label = f"Cross-domain recommendation ({SOURCE_DOMAIN} -> {tgt}): rank the top-10 of {N_CANDIDATES} candidates."
     row = {"instruction": label, "input": prompt}
+    truth = {"item_id": gt.item_id, "title": gt.title, "rating": gt_rating}
+    if nested:
+        # the documented val/test form: no target text, row fields in metadata, the truth separate
+        row["output"] = ""
+        row["ground_truth"] = _truth_form(truth, "json_list" if gt_form == "fields" else gt_form)
+        row["metadata"] = {**common, "user_category": group, "candidate_count": N_CANDIDATES}
+        return row
     if split == "val":
         row["output"] = output
     row.update(common)
     row.update({"gt_title": gt.title, "gt_rating": gt_rating, "candidate_count": N_CANDIDATES})
     if split == "val":
         row.update({"confidence_score": conf, "thinking_length": thinking_length})
-    truth = {"item_id": gt.item_id, "title": gt.title, "rating": gt_rating}
-    if gt_form == "dict":
-        row["ground_truth"] = truth
-    elif gt_form == "json":
-        row["ground_truth"] = json.dumps(truth, ensure_ascii=False)
+    if gt_form != "fields":
+        row["ground_truth"] = _truth_form(truth, gt_form)
     return row
 
 
+def _truth_form(truth: dict, form: str) -> Any:
+    if form == "dict":
+        return truth
+    if form == "json":
+        return json.dumps(truth, ensure_ascii=False)
+    if form == "list":
+        return [truth]
+    if form == "json_list":
+        return json.dumps([truth], ensure_ascii=False)
+    raise ValueError(f"unknown ground-truth form {form!r}")
+
+
 def generate_rows(n: int, seed: int = 0, domain: str = "music", kind: str = "dualft", split: str = "train",
-                  candidate_set: str = "A") -> list[dict]:
+                  candidate_set: str = "A", layout: str = "plain") -> list[dict]:
     """``n`` synthetic KitREC rows; identical output for identical arguments on every machine.
 
     User types cycle round-robin (``USER_TYPES[(kind, domain)]``, or ``TEST_USER_TYPES[domain]`` for
@@ -710,9 +782,13 @@ def generate_rows(n: int, seed: int = 0, domain: str = "music", kind: str = "dua
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if candidate_set not in CANDIDATE_SETS:
         raise ValueError(f"candidate_set must be one of {CANDIDATE_SETS}, got {candidate_set!r}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if layout != "plain" and split == "train":
+        raise ValueError(f"layout {layout!r} describes val/test rows; training rows use the plain layout")
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
-    return [_one_row(i, seed, domain, kind, split, candidate_set) for i in range(n)]
+    return [_one_row(i, seed, domain, kind, split, candidate_set, layout) for i in range(n)]
 
 
 def _jsonl_bytes(rows: Iterable[dict]) -> bytes:
@@ -764,6 +840,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--kind", choices=KINDS, default="dualft")
     p.add_argument("--split", choices=SPLITS, default="train")
     p.add_argument("--candidate-set", choices=CANDIDATE_SETS, default="A")
+    p.add_argument("--layout", choices=LAYOUTS, default="plain", help="val/test row layout (see the module docstring)")
     a = p.parse_args(argv)
     t0 = time.perf_counter()
     if a.regenerate_samples:
@@ -772,7 +849,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     else:
         if not a.out:
             p.error("--out is required unless --regenerate-samples")
-        rows = generate_rows(a.n, a.seed, a.domain, a.kind, a.split, a.candidate_set)
+        rows = generate_rows(a.n, a.seed, a.domain, a.kind, a.split, a.candidate_set, a.layout)
         print(f"{write_jsonl(a.out, rows)}: {len(rows)} rows")
     print(f"done in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
     return 0

@@ -12,13 +12,15 @@ import copy
 import re
 from typing import Any
 
+from kitrec_fast.errors import UserError
+
 OFFLINE_QWEN3 = "offline:qwen3"
 PAD_TOKEN = "<|endoftext|>"
 _OFFLINE: Any = None
 _FORBIDDEN_PAD = re.compile(r"<\|(?:im_|vision|image|video|box|quad|object_ref)", re.IGNORECASE)
 
 
-class TokenizerError(ValueError):
+class TokenizerError(UserError):
     """The tokenizer cannot be used for KitREC rendering; the message names the option."""
 
 

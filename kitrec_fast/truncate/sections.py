@@ -6,13 +6,19 @@ candidate list, and the task (everything from the first ``#`` header after the c
 Blocks are recognised only by their headers:
 
 * ``### User's Books History (Source Domain):`` / ``### User's Music History (Target Domain):``
-  (any domain name: Movies & TV works the same way);
-* ``## List of Available Candidate Items (100 items):`` or ``... (Total 100)`` (test prompts).
+  (any domain name: Movies & TV works the same way), or the same without the suffix, as the
+  evaluation template writes them (``### User's Books History:``). A suffix-less header is the
+  source or target history by its domain name, matched against ``- Source Domain: X`` /
+  ``- Target Domain: Y`` in the preamble (``## Input Parameters``); when the preamble names
+  neither, the first such section is the source and the second the target (the documented order);
+* ``## List of Available Candidate Items (100 items):`` or ``... (Total 100):`` (test prompts).
 
 Inside a history or candidate block, a line is an *item line* when it carries an id,
 ``(ID: X) ...`` or ``[Item: X] | Unknown | ...`` (anywhere in the line, optionally after a list
 marker), or when it is a list item ``- Title | ...`` / ``1. Title | ...`` (an item without an id).
-Every other line (blank lines, notes) is fixed text that truncation never removes. A ``#``
+Every other line is fixed text that truncation never removes: blank lines, notes, the
+``(Format: - {title} | ...)`` line the evaluation template puts after each history list, and
+the lone ``[`` / ``]`` lines it wraps the (indented) candidate lines in. A ``#``
 header inside the history region that is not one of the known ones starts a fixed ``text``
 block, so its lines are never mistaken for droppable items.
 
@@ -33,8 +39,9 @@ PREAMBLE, SOURCE, TARGET, CANDIDATES, TEXT, TASK = (
 HISTORY_KINDS = (SOURCE, TARGET)
 
 _HISTORY_HEADER = re.compile(
-    r"^\s*#{1,6}\s*User'?s\s+(?P<domain>.+?)\s+History\s*\((?P<side>Source|Target)\s+Domain\)",
+    r"^\s*#{1,6}\s*User'?s\s+(?P<domain>.+?)\s+History\s*(?:\((?P<side>Source|Target)\s+Domain\)|:?\s*$)",
     re.IGNORECASE)
+_DOMAIN_PARAM = re.compile(r"^\s*[-*]\s*(?P<side>Source|Target)\s+Domain\s*:\s*(?P<name>.+?)\s*$", re.IGNORECASE)
 _CANDIDATE_HEADER = re.compile(r"^\s*#{1,6}\s*List of Available Candidate Items\b", re.IGNORECASE)
 _HEADER_COUNT = re.compile(r"\((?P<n>\d+)(?P<unit>\s+items?\))|\((?P<total>Total\s+)(?P<tn>\d+)\)", re.IGNORECASE)
 _ID = re.compile(r"\(ID:\s*(?P<a>[A-Za-z0-9]+)\s*\)|\[Item:\s*(?P<b>[A-Za-z0-9]+)\s*\]")
@@ -146,10 +153,15 @@ def rewrite_header_count(header: str, count: int) -> str:
     return _HEADER_COUNT.sub(sub, header, count=1)
 
 
+def _domain_key(name: str) -> str:
+    return " ".join(name.split()).casefold()
+
+
 def parse_prompt(text: str) -> ParsedPrompt:
     """Split ``text`` into blocks; raises PromptFormatError when there is no candidate section."""
     blocks: list[Block] = []
     kind, header, lines = PREAMBLE, "", []
+    domains: dict[str, str] = {}  # casefolded domain name -> SOURCE / TARGET, from the preamble
 
     def close() -> None:
         if header or lines or kind == PREAMBLE:
@@ -161,12 +173,17 @@ def parse_prompt(text: str) -> ParsedPrompt:
             continue
         stripped = raw.lstrip()
         if not stripped.startswith("#"):
+            if kind == PREAMBLE and "Domain" in raw:
+                param = _DOMAIN_PARAM.match(raw)
+                if param:
+                    domains.setdefault(_domain_key(param.group("name")),
+                                       SOURCE if param.group("side").lower() == "source" else TARGET)
             lines.append(raw)
             continue
         hist = _HISTORY_HEADER.match(raw)
         if hist:
             close()
-            kind, header, lines = (SOURCE if hist.group("side").lower() == "source" else TARGET), raw, []
+            kind, header, lines = _history_side(hist, domains, blocks), raw, []
         elif _CANDIDATE_HEADER.match(raw):
             close()
             kind, header, lines = CANDIDATES, raw, []
@@ -188,6 +205,17 @@ def parse_prompt(text: str) -> ParsedPrompt:
         if kinds.count(k) > 1:
             raise PromptFormatError(f"prompt has more than one {k.replace('_', ' ')} section")
     return ParsedPrompt(tuple(blocks))
+
+
+def _history_side(hist: re.Match, domains: dict[str, str], blocks: list[Block]) -> str:
+    side = hist.group("side")
+    if side:
+        return SOURCE if side.lower() == "source" else TARGET
+    named = domains.get(_domain_key(hist.group("domain")))
+    if named is not None:
+        return named
+    # the preamble does not name this domain: the documented order, source history first
+    return TARGET if any(b.kind == SOURCE for b in blocks) else SOURCE
 
 
 def _lines(kind: str, raw_lines: Iterable[str]) -> list[Line]:

@@ -34,8 +34,8 @@ from typing import Callable, Literal, Optional, Sequence
 
 import numpy as np
 
-from kitrec_fast.data.schema import BadRowError
-from kitrec_fast.data.split import stable_key
+from kitrec_fast.badrow import BadRowError
+from kitrec_fast.stable_key import stable_key
 from kitrec_fast.truncate.sections import (CANDIDATES, HISTORY_KINDS, SOURCE, TARGET, Block, ParsedPrompt,
                                            rewrite_header_count)
 
