@@ -84,6 +84,9 @@ def test_select_rows_filters_by_type_then_limits():
     assert select_rows(raw, [], None) == [0, 1, 2, 3, 4]
     assert select_rows(raw, ["a", "c"], 3) == [0, 2, 3]
     assert select_rows(raw, [], 2) == [0, 1]
+    # val/test copies keep user_type inside a nested metadata dict
+    nested = [{"metadata": {"user_type": t}} for t in ("a", "b", "a")] + [{"user_type": "a"}]
+    assert select_rows(nested, ["a"], None) == [0, 2, 3]
 
 
 def test_cut_at_stop_counts_the_stop_token():

@@ -24,9 +24,10 @@ class EvalRow:
 
 def select_rows(raw: Sequence[dict], user_types: Sequence[str], limit: Optional[int]) -> list[int]:
     """Indices of the rows to evaluate: user-type filter first, then the first ``limit``."""
+    from kitrec_fast.data.schema import row_user_type  # test rows may keep it in a nested metadata dict
+
     wanted = set(user_types)
-    idx = [i for i, r in enumerate(raw)
-           if not wanted or (isinstance(r, dict) and str(r.get("user_type") or "").strip() in wanted)]
+    idx = [i for i, r in enumerate(raw) if not wanted or row_user_type(r) in wanted]
     return idx[:limit] if limit is not None else idx
 
 
