@@ -75,13 +75,40 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         return 2
     try:
         tok = load_tokenizer(args.tokenizer)
-        prepared = prepare(cfg, tok)
+        with rows_progress(console) as progress:
+            prepared = prepare(cfg, tok, progress=progress)
         out = save_prepared(prepared, args.output)
     except (UserError, ValueError) as exc:  # BadRowError, DatasetLoadError, RenderError...: messages name row/option
         console.print(f"[red]error:[/red] {exc}")
         return 1
     print_summary(console, prepared.report, time.perf_counter() - t0, out)
     return 0
+
+
+class rows_progress:
+    """A rows / rows-per-second bar fed by ``prepare(progress=...)``; silent when output is not a terminal."""
+
+    def __init__(self, console: Any):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._progress = Progress(TextColumn("preparing rows"), BarColumn(), MofNCompleteColumn(),
+                                  TextColumn("{task.fields[rate]} rows/s"), TimeElapsedColumn(),
+                                  console=console, transient=True, disable=not console.is_terminal)
+        self._task = None
+        self._t0 = time.perf_counter()
+
+    def __enter__(self):
+        self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._progress.__exit__(*exc)
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if self._task is None:
+            self._task = self._progress.add_task(stage, total=total or None, rate="-")
+        rate = done / max(time.perf_counter() - self._t0, 1e-9)
+        self._progress.update(self._task, completed=done, rate=f"{rate:,.0f}")
 
 
 def print_summary(console: Any, report: dict, seconds: float, out: Any) -> None:
@@ -107,9 +134,18 @@ def print_summary(console: Any, report: dict, seconds: float, out: Any) -> None:
         tok.add_row(name, *(f"{d.get(k, 0):.0f}" for k in ("p50", "p90", "p95", "p99", "max")))
     console.print(tok)
     tr = report["truncation"]
-    console.print(f"candidates cut: {tr['rows_candidates_cut']} rows ({tr['rows_candidates_below_max']} below "
-                  f"max_candidates); history cut: {tr['rows_history_cut']} rows, lines dropped "
-                  f"{tr['history_lines_dropped']}; skipped: {rows['skipped']} {report['skipped_by_stage']}")
+    cuts = Table(title="truncation and skipped rows")
+    cuts.add_column("what")
+    cuts.add_column("count", justify="right")
+    cuts.add_row("candidates cut", str(tr["rows_candidates_cut"]))
+    cuts.add_row("  of which below max_candidates", str(tr["rows_candidates_below_max"]))
+    cuts.add_row("history cut", str(tr["rows_history_cut"]))
+    for section, lines in tr["history_lines_dropped"].items():
+        cuts.add_row(f"  {section} lines dropped", str(lines))
+    cuts.add_row("skipped", str(rows["skipped"]))
+    for stage, n in report["skipped_by_stage"].items():
+        cuts.add_row(f"  at {stage}", str(n))
+    console.print(cuts)
     for s in report["skipped"][:10]:
         console.print(f"  [yellow]skipped[/yellow] {row_label(s['row'] - 1)}, user_id={s['user_id']!r} "
                       f"({s['stage']}): {s['problem']}")
