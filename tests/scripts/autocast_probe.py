@@ -13,11 +13,14 @@ from smoke_trainer import build
 
 
 def main() -> None:
-    backend = sys.argv[1]
-    # fp32 weights (no 4-bit): the LoRA matrices are fp32, so only autocast can make their matmuls bf16.
-    cfg, trainer = build(backend, ["model.load_in_4bit=false", "train.max_steps=1", "train.neftune_alpha=null",
-                                   *sys.argv[2:]], with_eval=False,
-                         extra_args={"use_cpu": True, "bf16": True})
+    backend, rest = sys.argv[1], sys.argv[2:]
+    if rest[:1] == ["--gpu"]:
+        # the recipe as it runs on a GPU (4-bit, the trainer's own bf16 choice)
+        cfg, trainer = build(backend, ["train.max_steps=1", *rest[1:]], with_eval=False)
+    else:
+        # fp32 weights (no 4-bit): the LoRA matrices are fp32, so only autocast can make their matmuls bf16.
+        cfg, trainer = build(backend, ["model.load_in_4bit=false", "train.max_steps=1", "train.neftune_alpha=null",
+                                       *rest], with_eval=False, extra_args={"use_cpu": True, "bf16": True})
     import torch
 
     from kitrec_fast.backends import runtime_facts
@@ -30,7 +33,8 @@ def main() -> None:
     state = {"in_loss": False}
 
     def layer_hook(module, args, output):
-        seen["layer_autocast"].append(torch.is_autocast_enabled("cpu"))
+        hidden = output[0] if isinstance(output, (tuple, list)) else output  # Unsloth's layers return tuples
+        seen["layer_autocast"].append(torch.is_autocast_enabled(hidden.device.type))
         seen["in_compute_loss"].append(state["in_loss"])
 
     def lora_hook(module, args, output):
@@ -52,7 +56,8 @@ def main() -> None:
     print(json.dumps({**seen, "bf16": bool(trainer.args.bf16), "lora_weight": str(lora_a.weight.dtype).replace("torch.", ""),
                       "loss_path": trainer.kitrec_loss_path, "steps": trainer.state.global_step,
                       "losses": [r["loss"] for r in trainer.state.log_history if "loss" in r],
-                      "facts": runtime_facts(model, trainer)}))
+                      "facts": runtime_facts(model, trainer), "num_layers": len(decoder.layers),
+                      "lora_dropout": cfg.lora.dropout}))
 
 
 if __name__ == "__main__":
