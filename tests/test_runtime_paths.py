@@ -60,3 +60,20 @@ def test_fused_lora_kernel_counter_matches_unsloths_own_patching():
     # fp32 base weights: Unsloth falls back to PEFT's forwards everywhere
     assert fp32["kernels"]["total"] == 0 and fp32["modules"] == 0
     assert full2["facts"]["fused_lora_kernels"] == 6 and full2["facts"]["fused_lora_modules"] == 4
+
+
+@pytest.mark.slow
+def test_data_parallel_gradients_equal_the_whole_batch_gradient():
+    # torchrun, 2 CPU ranks (gloo), one row each: after DDP's gradient averaging the LoRA gradients
+    # must be those of the two-row batch's mean loss. Without the Trainer's x world_size (which a
+    # compute_loss override must apply itself) they come out half as large.
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 400),
+           str(ROOT / "tests/scripts/ddp_grad.py"), *FAST]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["world_size"] == 2 and out["ddp"] == "DistributedDataParallel" and out["loss_path"] == "chunked"
+    assert out["params"] > 0 and out["n_items"] > 0
+    assert out["grad_ratio"] == pytest.approx(1.0, rel=1e-4)
+    assert out["max_rel_grad_diff"] < 1e-4
