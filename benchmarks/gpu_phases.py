@@ -259,7 +259,7 @@ def run_plan(plan: Plan, work: Path, out: Path, meta: dict, env: dict) -> int:
         log = work / "logs" / f"{step.name}.log"
         if step.background:
             background[step.name] = (step, _start(step, argv, log, env), time.monotonic())
-            step.status = "running"
+            step.status, step.note = "running", "background: wall time = until waited for"
             continue
         if step.wait_for in background:
             bstep, proc, started = background.pop(step.wait_for)

@@ -39,7 +39,8 @@ if [ ${#DRY[@]} -eq 0 ]; then
   source "$REPO/tests/gpu/install_wheels.sh"
   export UNSLOTH_COMPILE_LOCATION=/tmp/unsloth_compiled_cache KITREC_FAST_CACHE=/tmp/kitrec_cache
 else
-  PY="${PYTHON:-$(command -v python)}"
+  # the project's environment (scripts/setup.sh) when there is one
+  if [ -x "$REPO/.venv/bin/python" ]; then PY="${PYTHON:-$REPO/.venv/bin/python}"; else PY="${PYTHON:-python3}"; fi
 fi
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 UNSLOTH_DISABLE_STATISTICS=1 TOKENIZERS_PARALLELISM=false
