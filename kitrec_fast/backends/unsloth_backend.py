@@ -82,12 +82,12 @@ def runtime_extras(model) -> dict:
     try:
         from unsloth.utils.attention_dispatch import select_attention_backend
 
-        dense = select_attention_backend(False)
+        # In training Unsloth drops a right-padding mask (unsloth/models/llama.py,
+        # LlamaModel_fast_forward: causal attention never lets a trailing pad reach a real token), so
+        # its attention (unsloth/models/qwen3.py) runs the dispatcher's pick: flash, xformers or sdpa.
+        facts["attn_implementation"] = select_attention_backend(False)
     except ImportError:
-        dense = None
-    # Unsloth's attention (unsloth/models/qwen3.py) takes PyTorch SDPA whenever a padding mask is
-    # passed (the project's padded batches) and its dispatcher's pick (flash / xformers / sdpa) otherwise.
-    facts["attn_implementation"] = "sdpa" if dense in (None, "sdpa") else f"sdpa (padded) / {dense} (unpadded)"
+        pass
     return facts
 
 
