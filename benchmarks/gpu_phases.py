@@ -39,6 +39,7 @@ MAX_ARCHIVE_BYTES = 15 * 2**20
 MAX_LOG_BYTES = 2 * 2**20  # a log larger than this is cut to its last 2 MiB in the archive
 ARCH_DIR = "/tmp/kitrec-qwen3-14b-arch"
 PARITY_LAYERS = 2
+INPUTS = {"build-model"}  # steps whose failure leaves a later step nothing to run on
 
 
 @dataclass
@@ -47,8 +48,9 @@ class Step:
     est_s: float  # expected GPU wall time (not measured yet; see benchmarks/README.md)
     argv: list[str]
     what: str
-    background: bool = False  # started now, waited for by the step named in ``wait_for``
-    wait_for: str | None = None
+    background: bool = False  # started now, runs alongside; a later step lists it in ``wait_for``
+    wait_for: tuple[str, ...] = ()
+    env: dict = field(default_factory=dict)  # added to the environment of this step's process
     status: str = "pending"
     wall_s: float | None = None
     rc: int | None = None
@@ -69,7 +71,7 @@ class Plan:
             if s.background:
                 done_at[s.name] = t + s.est_s
                 continue
-            t = max(t, done_at.get(s.wait_for, 0.0)) + s.est_s
+            t = max([t] + [done_at.get(name, 0.0) for name in s.wait_for]) + s.est_s
         return t
 
 
@@ -89,29 +91,35 @@ def build_plan(phase: int, work: Path, dry: bool, budget_s: float | None = None)
     else:
         common = ["--preset", "gpu", "--model", "arch", "--arch-dir", arch, "--arch-device", "cuda"]
     if phase == 1:
+        # The checks (GPU tests, parity) do not time anything, so they run alongside the model build;
+        # the headline pair, which is timed, waits for all of them and has the GPU to itself.
         plan = Plan(1, budget_s or 345.0)
         build = [py, str(HERE / "build_arch_model.py"), "--out", arch, "--device", "cuda"]
+        parity = [py, str(HERE / "parity.py"), "run", "--out", str(work / "parity"),
+                  "--model", model if dry else parity_model]
+        parity += ["--steps", "1", "--seq-len", "256"] if dry else ["--steps", "3", "--seq-len", "1024"]
+        if not dry:  # its own 2-layer model first (own shards: the full build is not there yet)
+            parity = ["sh", "-c", shlex.join([py, str(HERE / "build_arch_model.py"), "--out", parity_model,
+                                              "--layers", str(PARITY_LAYERS), "--device", "cuda"])
+                      + " && " + shlex.join(parity)]
+        # concurrent Unsloth processes each get their own generated-code folder
+        own_cache = (lambda name: {} if dry else {"UNSLOTH_COMPILE_LOCATION": f"/tmp/unsloth_compiled_cache-{name}"})
         plan.steps = [
-            Step("build-model", 75, ["true"] if dry else build,
-                 "architecture-only Qwen3-14B (random bf16 weights, 29.5 GB) in the background", background=True),
             Step("preflight", 15, [py, str(HERE / "preflight.py")], "GPU, libraries (unsloth first), compiler"),
-            Step("gpu-tests", 90, [py, "-m", "pytest", "-q", "-s", str(REPO / "tests/gpu"),
+            Step("build-model", 75, ["true"] if dry else build,
+                 "architecture-only Qwen3-14B (random bf16 weights, 29.5 GB)", background=True),
+            Step("gpu-tests", 115, [py, "-m", "pytest", "-q", "-s", str(REPO / "tests/gpu"),
                                     "--junitxml", str(work / "gpu-tests.xml")],
-                 "tests/gpu: both backends train on the GPU; fused kernels, autocast, runtime facts"),
-            Step("parity", 60, [py, str(HERE / "parity.py"), "run", "--out", str(work / "parity"),
-                                "--model", model if dry else parity_model]
-                 + (["--steps", "1", "--seq-len", "256", "--jobs", "2"] if dry else ["--steps", "3", "--seq-len", "1024"]),
-                 f"loss parity from one saved adapter, {PARITY_LAYERS}-layer Qwen3-14B geometry"),
+                 "tests/gpu: both backends train on the GPU; fused kernels, autocast, runtime facts",
+                 background=True, env=own_cache("tests")),
+            Step("parity", 105, parity, f"loss parity from one saved adapter, {PARITY_LAYERS}-layer Qwen3-14B geometry",
+                 background=True, env=own_cache("parity")),
             Step("headline", 150, harness + common + ["--out", str(work / "headline"), "--budget-s", "{left}",
                                                       "--timeout-s", "{left}"]
                  + ([] if dry else ["--phases", "headline", "--warmup", "1", "--timed", "2"]),
-                 "fast path vs baseline, 2 x 5,120 tokens, 40 layers, smoothing on", wait_for="build-model"),
+                 "fast path vs baseline, 2 x 5,120 tokens, 40 layers, smoothing on",
+                 wait_for=("build-model", "gpu-tests", "parity")),
         ]
-        if not dry:
-            # the parity model: the first layers of the full build (symlinks), made once it exists
-            link = [py, str(HERE / "build_arch_model.py"), "--out", parity_model, "--layers", str(PARITY_LAYERS),
-                    "--device", "cuda"]
-            plan.steps.insert(3, Step("build-parity-model", 10, link, f"{PARITY_LAYERS}-layer model (own shards)"))
         return plan
     if phase == 2:
         plan = Plan(2, budget_s or 540.0)
@@ -258,19 +266,32 @@ def run_plan(plan: Plan, work: Path, out: Path, meta: dict, env: dict) -> int:
         argv = [a.replace("{left}", str(int(max(left() - 5, 1)))) for a in step.argv]
         log = work / "logs" / f"{step.name}.log"
         if step.background:
-            background[step.name] = (step, _start(step, argv, log, env), time.monotonic())
-            step.status, step.note = "running", "background: wall time = until waited for"
+            background[step.name] = (step, _start(step, argv, log, {**env, **step.env}), time.monotonic())
+            step.status, step.note = "running", "alongside; wall time = until waited for"
             continue
-        if step.wait_for in background:
-            bstep, proc, started = background.pop(step.wait_for)
-            rc = _wait(proc, left())
-            bstep.rc, bstep.wall_s = rc, time.monotonic() - started
-            bstep.status = "ok" if rc == 0 else ("timeout" if rc is None else "failed")
-            if rc != 0:
-                step.status, step.note = "skipped", f"{bstep.name} {bstep.status}"
-                failed = True
+        waited = [background.pop(name) for name in step.wait_for if name in background]
+        pending = list(waited)
+        while pending:  # re-pack as each one ends, so a run stopped meanwhile keeps what finished
+            for item in list(pending):
+                bstep, proc, started = item
+                rc = proc.poll()
+                if rc is None and left() > 0:
+                    continue
+                if rc is None:
+                    rc = _wait(proc, 0)
+                bstep.rc, bstep.wall_s = rc, time.monotonic() - started
+                bstep.status = "ok" if rc == 0 else ("timeout" if rc is None else "failed")
+                failed |= rc != 0
+                pending.remove(item)
                 finish()
-                continue
+            if pending:
+                time.sleep(0.5)
+        # only a missing input stops a step; a failed check is reported and the timed pair still runs
+        lost = [b.name for b, _, _ in waited if b.name in INPUTS and b.status != "ok"]
+        if lost:
+            step.status, step.note = "skipped", f"{lost[0]} did not finish"
+            finish()
+            continue
         if left() < min(step.est_s, 30):
             step.status, step.note = "skipped", f"budget: {left():.0f} s left, needs ~{step.est_s:.0f} s"
             finish()
@@ -278,7 +299,7 @@ def run_plan(plan: Plan, work: Path, out: Path, meta: dict, env: dict) -> int:
         started = time.monotonic()
         print(f"[phase {plan.phase}] {step.name} (est {step.est_s:.0f} s, {left():.0f} s left)", file=sys.stderr,
               flush=True)
-        rc = _wait(_start(step, argv, log, env), left())
+        rc = _wait(_start(step, argv, log, {**env, **step.env}), left())
         step.rc, step.wall_s = rc, time.monotonic() - started
         step.status = "ok" if rc == 0 else ("timeout" if rc is None else "failed")
         failed |= rc != 0
@@ -314,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = build_plan(args.phase, work, args.cpu_dry_run, args.budget_s)
     if args.plan:
         for s in plan.steps:
-            print(f"{s.name:20s} ~{s.est_s:4.0f} s  {'(background) ' if s.background else ''}{s.what}")
+            print(f"{s.name:20s} ~{s.est_s:4.0f} s  {'(alongside) ' if s.background else ''}{s.what}")
         print(f"critical path ~{plan.estimate_s:.0f} s of a {plan.budget_s:.0f} s budget")
         return 0
     if not args.out:
