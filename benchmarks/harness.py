@@ -493,8 +493,11 @@ def main(argv: list[str] | None = None) -> int:
     meta["wall_s"] = time.perf_counter() - t_run
     (out / "run.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
 
+    sys.path.insert(0, str(HERE))
+    import scrub
+
+    scrub.scrub_dir(out)  # results that get committed must not name this machine's paths
     if not args.no_report:
-        sys.path.insert(0, str(HERE))
         import report
 
         report.write_report(out)

@@ -217,6 +217,25 @@ class BatchRecorder:
         return batch
 
 
+def load_initial_adapter(loaded, adapter_dir: str) -> None:
+    """Overwrite the backend's freshly drawn LoRA weights with a saved adapter's (parity runs).
+
+    Both backends then start from the very same A and B matrices instead of each drawing its own.
+    Every LoRA weight of the model must be in the file, and every tensor of the file must land.
+    """
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    state = load_file(str(Path(adapter_dir) / "adapter_model.safetensors"))
+    result = set_peft_model_state_dict(loaded.model, state)
+    unexpected = list(getattr(result, "unexpected_keys", []) or [])
+    missing = [k for k in (getattr(result, "missing_keys", []) or []) if "lora_" in k]
+    if unexpected or missing:
+        raise RuntimeError(f"initial adapter does not match the model: missing {missing[:4]}, "
+                           f"unexpected {unexpected[:4]}")
+    loaded.init_adapter = str(adapter_dir)
+
+
 def _sequential_sampler(trainer) -> None:
     """Train in dataset order (the harness already fixed it identically for both backends)."""
     from torch.utils.data import SequentialSampler
@@ -346,11 +365,15 @@ def _settings(cfg, loaded, trainer) -> dict[str, Any]:
 
     from kitrec_fast.train.trainer import loss_path
 
+    from kitrec_fast.backends import runtime_facts
+
     model = loaded.model
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    attn = getattr(base.config, "_attn_implementation", None) or loaded.notes.get("attn_implementation")
+    # What really ran (attention kernel, activation dtype and autocast seen by the first step, LM
+    # head dtype, fused kernels, compile): a baseline that differs in more than the backend shows here.
+    facts = runtime_facts(model, trainer)
+    attn = facts["attn_implementation"] or loaded.notes.get("attn_implementation")
     trainable, total = loaded.trainable_parameters()
-    return {
+    return {**facts,
         "backend": loaded.backend, "weights": loaded.weights, "compute_dtype": loaded.compute_dtype,
         "load_in_4bit": cfg.model.load_in_4bit, "quant_type": cfg.model.quant_type,
         "double_quant": cfg.model.double_quant, "attn_implementation": attn,
@@ -364,6 +387,7 @@ def _settings(cfg, loaded, trainer) -> dict[str, Any]:
         "trainable_params": trainable, "total_params": total, "seed": cfg.train.seed,
         "batch_size": cfg.train.per_device_batch_size, "max_seq_length": cfg.data.max_length,
         "unsloth_version": loaded.notes.get("unsloth_version"),
+        "init_adapter": bool(getattr(loaded, "init_adapter", None)),
     }
 
 
@@ -441,6 +465,8 @@ def _run_throughput(spec, cfg, backend, torch, row) -> None:
     cap = _apply_mem_cap(torch, spec.get("mem_cap_gib"), float(spec.get("context_reserve_gib", 0.5)))
     t0 = time.perf_counter()
     loaded = backend.load_model(cfg)
+    if spec.get("init_adapter"):
+        load_initial_adapter(loaded, spec["init_adapter"])
     row["timing_load_s"] = time.perf_counter() - t0
     mem_load = _memory(torch)
     if torch.cuda.is_available():

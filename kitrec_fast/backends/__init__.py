@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib
 
+from kitrec_fast.backends.common import runtime_facts  # noqa: F401  (imports nothing heavy)
+
 BACKENDS = {
     "unsloth": "kitrec_fast.backends.unsloth_backend",
     "peft": "kitrec_fast.backends.peft_backend",

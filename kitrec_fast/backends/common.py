@@ -61,3 +61,45 @@ def gradient_checkpointing_mode(setting: str, backend: str) -> str:
     if setting == "unsloth" and backend != "unsloth":
         raise ValueError("train.gradient_checkpointing: 'unsloth' needs --backend unsloth; use 'standard'")
     return setting
+
+
+def _dtype_name(dtype) -> str | None:
+    return None if dtype is None else str(dtype).replace("torch.", "")
+
+
+def runtime_facts(model, trainer=None) -> dict:
+    """What a run really computes with, for environment.json and benchmark rows (both backends).
+
+    ``attn_implementation`` (the attention kernel family), ``lm_head_dtype`` (the dtype the chunked
+    loss multiplies in), ``compile`` (Unsloth's per-block torch.compile), ``fused_lora_kernels`` /
+    ``fused_lora_modules`` (None on the baseline), ``world_size``, and -- once ``trainer`` has run a
+    training step -- what the first step observed: ``autocast``, ``activation_dtype`` (the autocast
+    dtype when autocast was on, else the dtype of the decoder's output) and ``final_hidden_dtype``
+    (what the decoder hands the LM head).
+    Without an observation ``activation_dtype`` is None: it is never guessed.
+    """
+    import sys
+
+    from accelerate.utils import extract_model_from_parallel
+
+    unwrapped = extract_model_from_parallel(model)
+    base = unwrapped.get_base_model() if hasattr(unwrapped, "get_base_model") else unwrapped
+    config = getattr(base, "config", None)
+    head = getattr(base, "lm_head", None)
+    facts = {
+        "attn_implementation": getattr(config, "_attn_implementation", None),
+        "lm_head_dtype": _dtype_name(getattr(getattr(head, "weight", None), "dtype", None)),
+        "compile": False, "fused_lora_kernels": None, "fused_lora_modules": None,
+        "world_size": int(trainer.args.world_size) if trainer is not None else int(os.environ.get("WORLD_SIZE", "1")),
+        "autocast": None, "activation_dtype": None, "final_hidden_dtype": None,
+    }
+    fast = sys.modules.get("kitrec_fast.backends.unsloth_backend")
+    if fast is not None:
+        extras = fast.runtime_extras(unwrapped)
+        facts.update({k: v for k, v in extras.items() if not (k == "attn_implementation" and v is None)})
+    seen = getattr(trainer, "kitrec_observed", None) or {}
+    if seen:
+        facts["autocast"] = seen["autocast"]
+        facts["activation_dtype"] = seen["autocast_dtype"] if seen["autocast"] else seen["hidden_dtype"]
+        facts["final_hidden_dtype"] = seen["hidden_dtype"]
+    return facts

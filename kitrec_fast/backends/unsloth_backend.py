@@ -7,6 +7,7 @@ and trl globally, so it must be imported before them and never in a baseline pro
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
 
@@ -20,26 +21,74 @@ NAME = "unsloth"
 UNSLOTH_VERSION = getattr(unsloth, "__version__", "?")
 
 
-def count_fused_lora_modules(model) -> int:
-    """Modules running Unsloth's fused LoRA autograd kernels (QKV, O and MLP per layer).
+def _gpu_model_stack():
+    """``unsloth.models.llama`` when this process loaded Unsloth's GPU model stack, else None.
 
-    Unsloth installs them only on a real GPU: its CPU fallback keeps peft's forwards, so this is 0
-    on CPU and 3 x num_layers on a GPU when dropout/bias allow fusing.
+    Only that stack installs fused LoRA kernels (``FastLlamaModel.patch_peft_model``); Unsloth's CPU
+    fallback trains with stock transformers + PEFT and never imports it. Importing it here just to
+    count would load (and patch with) the whole GPU stack in a CPU process.
     """
-    try:
-        from unsloth.models.llama import _fused_lora_modules
+    return sys.modules.get("unsloth.models.llama")
 
-        return len(_fused_lora_modules(model))
-    except ImportError:  # private helper moved: count the patched forwards ourselves
-        from unsloth.kernels import apply_lora_mlp_swiglu, apply_lora_o, apply_lora_qkv
 
-        n = 0
+def count_fused_lora_kernels(model) -> dict[str, int]:
+    """Fused LoRA autograd kernels Unsloth installed, per kind: ``{"qkv", "o", "mlp", "total"}``.
+
+    Per decoder layer Unsloth can fuse three: Q/K/V together (``self_attn.apply_qkv``), O
+    (``self_attn.apply_o``) and the gate/up/down MLP (the MLP module's forward), so a fully fused
+    model has ``total == 3 * num_layers``. Unsloth's own ``_fused_lora_modules`` counts *modules*
+    (the attention module once for QKV and O, the MLP once: 2 per layer), see
+    :func:`count_fused_lora_modules`. All zero on the CPU fallback.
+    """
+    counts = {"qkv": 0, "o": 0, "mlp": 0}
+    llama = _gpu_model_stack()
+    if llama is not None:
+        from unsloth.kernels import apply_lora_o, apply_lora_qkv
+
+        mlp_kernels = tuple(getattr(llama, "_FUSED_LORA_MLPS", ()))
         for module in model.modules():
-            if getattr(module, "apply_qkv", None) is apply_lora_qkv or getattr(module, "apply_o", None) is apply_lora_o:
-                n += 1
-            elif getattr(module.__dict__.get("forward"), "__func__", None) is apply_lora_mlp_swiglu:
-                n += 1
-        return n
+            counts["qkv"] += getattr(module, "apply_qkv", None) is apply_lora_qkv
+            counts["o"] += getattr(module, "apply_o", None) is apply_lora_o
+            for name in ("forward", "_unsloth_forward"):  # _unsloth_forward: under Unsloth's tiled MLP
+                func = getattr(module.__dict__.get(name), "__func__", None)
+                if getattr(func, "func", func) in mlp_kernels:  # .func: a functools.partial kernel
+                    counts["mlp"] += 1
+                    break
+    return {**counts, "total": counts["qkv"] + counts["o"] + counts["mlp"]}
+
+
+def count_fused_lora_modules(model) -> int:
+    """Unsloth's own count (``_fused_lora_modules``): 2 per fully fused layer (attention, MLP)."""
+    llama = _gpu_model_stack()
+    if llama is None:
+        return 0
+    return len(llama._fused_lora_modules(model))
+
+
+def runtime_extras(model) -> dict:
+    """Fast-path facts for ``backends.runtime_facts``: fused kernels and modules, per-block compile,
+    the attention kernel Unsloth's dispatcher picks."""
+    kernels = count_fused_lora_kernels(model)
+    facts = {"fused_lora_kernels": kernels["total"], "fused_lora_kernels_by_kind": kernels,
+             "fused_lora_modules": count_fused_lora_modules(model), "compile": False,
+             "attn_implementation": None}
+    llama = _gpu_model_stack()
+    if llama is None:
+        return facts
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    layers = getattr(getattr(base, "model", None), "layers", None) or []
+    # patch_block_compile marks the decoder layer class's forward when it wraps it in torch.compile.
+    facts["compile"] = bool(layers) and bool(getattr(type(layers[0]).forward, "_unsloth_block_compiled", False))
+    try:
+        from unsloth.utils.attention_dispatch import select_attention_backend
+
+        # In training Unsloth drops a right-padding mask (unsloth/models/llama.py,
+        # LlamaModel_fast_forward: causal attention never lets a trailing pad reach a real token), so
+        # its attention (unsloth/models/qwen3.py) runs the dispatcher's pick: flash, xformers or sdpa.
+        facts["attn_implementation"] = select_attention_backend(False)
+    except ImportError:
+        pass
+    return facts
 
 
 def _from_pretrained(cfg, max_seq_length: int):
@@ -82,6 +131,7 @@ def load_model(cfg) -> LoadedModel:
         max_seq_length=cfg.data.max_length,
     )
     fused = count_fused_lora_modules(model)
+    kernels = count_fused_lora_kernels(model)["total"]
     quant = getattr(model.config, "quantization_config", None)
     quant = quant.to_dict() if hasattr(quant, "to_dict") else quant
     return LoadedModel(
@@ -91,7 +141,7 @@ def load_model(cfg) -> LoadedModel:
         weights=weights,
         compute_dtype=str(dtype).replace("torch.", ""),
         fused_lora_modules=fused,
-        notes={"unsloth_version": UNSLOTH_VERSION, "gradient_checkpointing": mode,
+        notes={"unsloth_version": UNSLOTH_VERSION, "gradient_checkpointing": mode, "fused_lora_kernels": kernels,
                "quantization_config": quant, "num_layers": model.config.num_hidden_layers},
     )
 

@@ -113,7 +113,7 @@ def run_training(cfg: RunConfig, command: str | None = None, console=None) -> Ru
     rundir.write_resolved_config(run_dir, cfg, command)
 
     # The backend first: on the fast path unsloth must patch transformers/trl before they load.
-    from kitrec_fast.backends import get_backend
+    from kitrec_fast.backends import get_backend, runtime_facts
 
     backend = get_backend(cfg.backend)
     check_trainer_names(cfg)
@@ -143,7 +143,8 @@ def run_training(cfg: RunConfig, command: str | None = None, console=None) -> Ru
     env = rundir.environment_record({"weights": loaded.weights, "requested_model": loaded.requested,
                                      "backend": loaded.backend, "compute_dtype": loaded.compute_dtype,
                                      "fused_lora_modules": loaded.fused_lora_modules,
-                                     "trainable_params": trainable, "total_params": total, **loaded.notes})
+                                     "trainable_params": trainable, "total_params": total, **loaded.notes,
+                                     **runtime_facts(loaded.model)})
     (run_dir / rundir.ENVIRONMENT).write_text(json.dumps(env, indent=2, default=str))
 
     from kitrec_fast.train.callbacks import CheckpointOnSignal, MetricsLogger, RichProgress

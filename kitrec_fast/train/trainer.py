@@ -6,6 +6,9 @@ imported first (it patches both), so this module may be imported at any time.
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 from kitrec_fast.config import RunConfig
 from kitrec_fast.train.collator import KitrecCollator
 
@@ -20,11 +23,13 @@ def loss_path(cfg: RunConfig, on_cuda: bool) -> str:
     return "library" if (on_cuda or cfg.backend == "unsloth") else "chunked"
 
 
-def build_sft_config(cfg: RunConfig, output_dir: str, has_eval: bool, bf16: bool, fp16: bool):
+def build_sft_config(cfg: RunConfig, output_dir: str, has_eval: bool, bf16: bool, fp16: bool,
+                     extra: dict | None = None):
+    """The SFTConfig of a run; ``extra`` adds TrainingArguments (e.g. ``use_cpu``) or overrides one."""
     from trl import SFTConfig
 
     t = cfg.train
-    return SFTConfig(
+    kwargs = dict(
         output_dir=output_dir,
         per_device_train_batch_size=t.per_device_batch_size,
         per_device_eval_batch_size=t.per_device_batch_size,
@@ -67,15 +72,89 @@ def build_sft_config(cfg: RunConfig, output_dir: str, has_eval: bool, bf16: bool
         save_only_model=False,
         disable_tqdm=True,
     )
+    kwargs.update(extra or {})
+    return SFTConfig(**kwargs)
 
 
 def _decoder_and_head(model):
-    """The causal LM's decoder stack and LM head under any peft wrapping."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    """The causal LM's decoder stack and LM head under any peft/DDP/compile wrapping."""
+    from accelerate.utils import extract_model_from_parallel
+
+    base = extract_model_from_parallel(model)
+    base = base.get_base_model() if hasattr(base, "get_base_model") else base
     return base.model, base.lm_head
 
 
-def make_trainer(cfg: RunConfig, model, tokenizer, train_ds, eval_ds, output_dir: str, callbacks: list):
+# Unsloth's fast CausalLM forward returns the final hidden states (as ``.logits``) instead of
+# running the LM head when this is "1" (unsloth/models/llama.py, ``_CausalLM_fast_forward``); it
+# also makes the final norm keep its own output buffer, as the caller now owns that tensor. Stock
+# transformers forwards ignore it.
+_UNSLOTH_HIDDEN = "UNSLOTH_RETURN_HIDDEN_STATES"
+
+
+@contextlib.contextmanager
+def final_hidden_states(model):
+    """Capture the decoder's final (normed) hidden states during one forward of the top-level model.
+
+    Why the top-level forward and not the decoder directly: accelerate applies mixed-precision
+    autocast by wrapping only the prepared model's ``forward``, and DistributedDataParallel
+    synchronises gradients only for work done through its own ``forward``; calling the inner
+    decoder skips both (the baseline then trains in fp32). Why a forward hook on the decoder: it
+    sees exactly the tensor the LM head would consume, on both the stock transformers forward and
+    Unsloth's fast one, without changing the model. The caller passes ``logits_to_keep=1`` so the
+    stock forward runs the head on one position only ([B, 1, V] instead of [B, T, V]); on
+    Unsloth's forward the environment switch above skips the head entirely. (Returning the states
+    through ``output_hidden_states`` instead would have accelerate convert every layer's output to
+    fp32 on the way out.)
+    """
+    decoder, _ = _decoder_and_head(model)
+    box: dict = {}
+
+    def hook(module, args, output):
+        import torch
+
+        hidden = box["hidden"] = output[0]  # BaseModelOutputWithPast or a tuple: last_hidden_state first
+        # What the run really computes in: autocast (if any) as the decoder ran, and the dtype of the
+        # states it handed on (the residual stream: fp32 when the norms/embeddings were upcast).
+        box["autocast"] = torch.is_autocast_enabled(hidden.device.type)
+        box["autocast_dtype"] = str(torch.get_autocast_dtype(hidden.device.type)).replace("torch.", "")
+        box["hidden_dtype"] = str(hidden.dtype).replace("torch.", "")
+
+    handle = decoder.register_forward_hook(hook)
+    prior = os.environ.get(_UNSLOTH_HIDDEN)
+    os.environ[_UNSLOTH_HIDDEN] = "1"
+    try:
+        yield box
+    finally:
+        handle.remove()
+        if prior is None:
+            os.environ.pop(_UNSLOTH_HIDDEN, None)
+        else:
+            os.environ[_UNSLOTH_HIDDEN] = prior
+
+
+def data_parallel_loss_scale(trainer, num_items_in_batch) -> int:
+    """The factor Trainer.compute_loss multiplies the loss by under data parallelism (transformers 5.17).
+
+    With ``average_tokens_across_devices`` the Trainer gathers ``num_items_in_batch`` over all ranks,
+    so each rank's loss is its token sum over the *global* count; DDP then averages gradients over
+    ranks, which would divide by the world size once more. The Trainer undoes that by multiplying by
+    the number of processes, and so must a ``compute_loss`` that replaces it. 1 on a single process.
+    """
+    args = trainer.args
+    if not args.average_tokens_across_devices or num_items_in_batch is None:
+        return 1
+    scale = trainer.accelerator.num_processes
+    pc = getattr(trainer.accelerator, "parallelism_config", None)
+    if pc is not None:
+        scale //= pc.tp_size
+    return scale if args.n_gpu <= 1 else args.n_gpu
+
+
+def make_trainer(cfg: RunConfig, model, tokenizer, train_ds, eval_ds, output_dir: str, callbacks: list,
+                 extra_args: dict | None = None):
+    """The project's SFTTrainer; ``extra_args`` are added to its TrainingArguments (tests use
+    ``use_cpu``/``bf16`` to get CPU autocast)."""
     import torch
     from trl import SFTTrainer
 
@@ -86,7 +165,8 @@ def make_trainer(cfg: RunConfig, model, tokenizer, train_ds, eval_ds, output_dir
     on_cuda = torch.cuda.is_available()
     dtype = resolve_dtype(cfg.model.compute_dtype)
     bf16, fp16 = on_cuda and dtype == torch.bfloat16, on_cuda and dtype == torch.float16
-    args = build_sft_config(cfg, output_dir, has_eval=eval_ds is not None and len(eval_ds) > 0, bf16=bf16, fp16=fp16)
+    args = build_sft_config(cfg, output_dir, has_eval=eval_ds is not None and len(eval_ds) > 0, bf16=bf16, fp16=fp16,
+                            extra=extra_args)
     path = loss_path(cfg, on_cuda)
     eps = cfg.train.label_smoothing
     chunk = cfg.train.loss_chunk_size
@@ -106,9 +186,15 @@ def make_trainer(cfg: RunConfig, model, tokenizer, train_ds, eval_ds, output_dir
                 out = model(**inputs, use_cache=False, num_items_in_batch=num_items_in_batch)
                 loss, nll = out.loss, out.loss.detach()
             else:
-                decoder, head = _decoder_and_head(model)
+                _, head = _decoder_and_head(model)
                 model_inputs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "position_ids")}
-                hidden = decoder(**model_inputs, use_cache=False).last_hidden_state
+                with final_hidden_states(model) as captured:
+                    model(**model_inputs, use_cache=False, logits_to_keep=1)
+                hidden = captured.get("hidden")
+                if hidden is None:
+                    raise RuntimeError("the model's forward never ran its decoder; cannot compute the chunked loss")
+                if mode == "train" and not self.kitrec_observed:
+                    self.kitrec_observed.update({k: captured[k] for k in ("autocast", "autocast_dtype", "hidden_dtype")})
                 loss, nll = causal_lm_loss(hidden, head.weight, labels, label_smoothing=eps,
                                            num_items_in_batch=num_items_in_batch, chunk_size=chunk,
                                            lm_head_bias=getattr(head, "bias", None))
@@ -116,6 +202,10 @@ def make_trainer(cfg: RunConfig, model, tokenizer, train_ds, eval_ds, output_dir
                     # Log nll per token of this micro-batch, not its share of the accumulated batch.
                     n_here = int((labels[..., 1:] != -100).sum())
                     nll = nll * (float(num_items_in_batch) / max(n_here, 1))
+            # Both paths normalise by the token count gathered over all ranks (see the helper).
+            scale = data_parallel_loss_scale(self, num_items_in_batch)
+            if scale != 1:
+                loss = loss * scale
             self._metrics[mode]["nll"].append(float(nll))
             if mode == "train":
                 self._total_train_tokens += int(inputs["input_ids"].numel() if "attention_mask" not in inputs
@@ -142,4 +232,6 @@ def make_trainer(cfg: RunConfig, model, tokenizer, train_ds, eval_ds, output_dir
     # dividing by the number of accumulation steps.
     trainer.model_accepts_loss_kwargs = True
     trainer.kitrec_loss_path = path
+    # Filled by the first training forward (see final_hidden_states); read by backends.runtime_facts.
+    trainer.kitrec_observed = {}
     return trainer

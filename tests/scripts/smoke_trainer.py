@@ -6,7 +6,7 @@ import argparse
 import tempfile
 
 
-def build(backend: str, overrides: list[str], with_eval: bool = True):
+def build(backend: str, overrides: list[str], with_eval: bool = True, extra_args: dict | None = None):
     """``(cfg, trainer)`` for ``dualft_music --smoke --backend BACKEND KEY=VALUE...``."""
     from kitrec_fast.backends import get_backend
 
@@ -23,5 +23,5 @@ def build(backend: str, overrides: list[str], with_eval: bool = True):
     data = prepare(cfg.data, tok)
     model = mod.load_model(cfg).model
     trainer = make_trainer(cfg, model, tok, data.train, data.validation if with_eval else None,
-                           tempfile.mkdtemp(), [])
+                           tempfile.mkdtemp(), [], extra_args=extra_args)
     return cfg, trainer
