@@ -41,18 +41,30 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _is_recipe_name(tok: str) -> bool:
+    from kitrec_fast.recipes import FAMILIES
+
+    base, sep, s = tok.rpartition("_set")
+    return tok in FAMILIES or (bool(sep) and base in FAMILIES and s.upper() in ("A", "B"))
+
+
 def split_overrides(argv: list[str], parser: argparse.ArgumentParser) -> tuple[list[str], list[str]]:
-    """``KEY=VALUE`` tokens are overrides wherever they stand (never values of --sets/--backends);
-    a token right after a single-value option (``--output a=b``) stays that option's value."""
+    """``KEY=VALUE`` tokens are overrides and recipe names are recipes wherever they stand (never
+    values of --sets/--backends); a token right after a single-value option (``--output a=b``)
+    stays that option's value. Returns (argv for the parser, overrides)."""
     takes_one = {s for a in parser._actions if a.nargs is None and a.option_strings for s in a.option_strings}
-    rest, overrides = [], []
+    recipes, rest, overrides = [], [], []
     for i, tok in enumerate(argv):
         after_option = i > 0 and argv[i - 1] in takes_one
-        if "=" in tok and not tok.startswith("-") and not after_option:
+        if tok.startswith("-") or after_option:
+            rest.append(tok)
+        elif "=" in tok:
             overrides.append(tok)
+        elif _is_recipe_name(tok):
+            recipes.append(tok)
         else:
             rest.append(tok)
-    return rest, overrides
+    return recipes + rest, overrides
 
 
 def make_spec(args, overrides: list[str]):
