@@ -163,6 +163,11 @@ def run_grid(argv: list[str]) -> int:
                       f"{spec.output / 'grid_state.json'} (kitrec-fast grid --status --output {spec.output})")
         write_state(spec.output, state)
         state = GridRunner(spec, state, console).run()
+    except KeyboardInterrupt:
+        write_state(spec.output, state)
+        console.print("[yellow]interrupted[/]: running jobs stop with their Ray workers; rerun the same command "
+                      "to continue (training resumes from its newest checkpoint)")
+        return 130
     finally:
         import ray
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -33,7 +34,10 @@ def connect(address: str | None, timeout: float = CONNECT_TIMEOUT_S) -> bool:
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS") or None
-    kwargs = {"log_to_driver": False, "include_dashboard": False} if address is None else {"log_to_driver": False}
+    # job output goes to per-stage log files; Ray's own notices would break up the live table
+    kwargs = {"log_to_driver": False, "logging_level": logging.ERROR}
+    if address is None:
+        kwargs["include_dashboard"] = False
     if address is None:
         ray.init(**kwargs)
         return False

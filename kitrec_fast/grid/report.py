@@ -96,6 +96,7 @@ def plot(entries: list[dict], path: Path) -> None:
         vals = [e["metrics"][k] if e["metrics"][k] is not None else 0.0 for e in entries]
         ax1.bar(x + (i - (len(shown) - 1) / 2) * width, vals, width, label=k)
     ax1.set_xticks(x, names, rotation=30, ha="right", fontsize=8)
+    ax1.set_ylim(0, 1)
     ax1.set_ylabel("score (overall)")
     ax1.set_title("test metrics")
     ax1.legend(fontsize=8)
