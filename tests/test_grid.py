@@ -21,7 +21,7 @@ from kitrec_fast.grid.spec import eval_user_types  # noqa: E402
 
 JOB_A = "singleft_music_seta-peft"
 JOB_B = "singleft_music_setb-peft"
-MAX_STEPS = 6
+MAX_STEPS = 4
 LIMIT_PER_TYPE = 2
 # Tiny rows, short prompts and one row per step keep each CPU training process small; the
 # overrides sit between the options on purpose (they must never be taken as sets or backends).

@@ -149,8 +149,10 @@ def run_grid(argv: list[str]) -> int:
         console.print(f"[green]grid {spec.output} is finished[/] ({len(spec.jobs())} jobs done); nothing to do. "
                       f"Report: {paths['md']}")
         return 0
+    from kitrec_fast.grid.cluster import check_address, check_gpus, check_shared_output, connect
+
+    check_address(args.address)  # seconds, where validating the jobs' options takes longer
     validate_jobs(todo)
-    from kitrec_fast.grid.cluster import check_gpus, check_shared_output, connect
 
     joined = connect(args.address)
     try:

@@ -27,6 +27,12 @@ def _probe_tcp(address: str, timeout: float) -> None:
                         "check the head node's address and port (ray status on the head prints it)") from None
 
 
+def check_address(address: str | None, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is not None:
+        _probe_tcp(address, timeout)
+
+
 def connect(address: str | None, timeout: float = CONNECT_TIMEOUT_S) -> bool:
     """Join the cluster at ``address`` (or RAY_ADDRESS), else start a local one on this machine.
 
