@@ -253,3 +253,21 @@ def test_gpu_grid_on_a_cluster_without_gpus_is_refused(tmp_path):
     assert "has no GPUs" in result.stderr and "--smoke" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     assert not (out / "runs").exists()
+
+
+def test_rerun_with_other_settings_into_the_same_output_is_refused(tmp_path):
+    from kitrec_fast.grid.spec import GridError, GridSpec
+    from kitrec_fast.grid.state import merge_state, read_state, write_state
+
+    first = GridSpec(output=tmp_path, families=("singleft_music",), sets=("A",), smoke=True,
+                     overrides=("train.max_steps=4",))
+    write_state(tmp_path, merge_state(first, None, "first"))
+    # more jobs with the same settings join the grid
+    more = GridSpec(output=tmp_path, families=("singleft_music",), sets=("A", "B"), smoke=True,
+                    overrides=("train.max_steps=4",))
+    assert set(merge_state(more, read_state(tmp_path), "more")["jobs"]) == {
+        "singleft_music_seta-unsloth", "singleft_music_setb-unsloth"}
+    changed = GridSpec(output=tmp_path, families=("singleft_music",), sets=("A",), smoke=True,
+                       overrides=("train.max_steps=8",))
+    with pytest.raises(GridError, match=r"overrides: \['train.max_steps=4'\] there, \['train.max_steps=8'\] now"):
+        merge_state(changed, read_state(tmp_path), "changed")

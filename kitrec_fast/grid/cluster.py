@@ -105,6 +105,7 @@ def check_shared_output(output: Path) -> None:
             bad.append(f"{result['node']} ({ip})")
     for p in probe_dir.iterdir():
         p.unlink(missing_ok=True)
+    probe_dir.rmdir()
     if bad:
         raise GridError(f"--output {output}: not shared with node(s) {', '.join(bad)}. On a cluster the output "
                         "folder must be on storage every node mounts at the same path (NFS, a cluster file "

@@ -107,6 +107,9 @@ class GridRunner:
             result = ray.get(ref)
             rc, why = result["rc"], f"exit status {result['rc']}"
             record["stage_seconds"][stage] = round(record["stage_seconds"].get(stage, 0) + result["seconds"], 1)
+        except ray.exceptions.RayTaskError as exc:  # the task itself raised (e.g. the command cannot start)
+            rc, why = None, f"task error on its node: {str(exc.cause)[:300]}"
+            record["stage_seconds"][stage] = round(record["stage_seconds"].get(stage, 0) + time.time() - started, 1)
         except ray.exceptions.RayError as exc:  # the worker or its node died
             rc, why = None, f"worker lost ({type(exc).__name__})"
             record["stage_seconds"][stage] = round(record["stage_seconds"].get(stage, 0) + time.time() - started, 1)
