@@ -175,7 +175,7 @@ def run_grid(argv: list[str]) -> int:
 
         ray.shutdown()
     paths = write_report(spec, state)
-    failed = [k for k, r in state["jobs"].items() if r["state"] != "done"]
+    failed = [j.id for j in spec.jobs() if state["jobs"][j.id]["state"] != "done"]
     console.print(f"report: {paths['json']}, {paths['md']}, {paths['png']}")
     if failed:
         console.print(f"[red]{len(failed)} job(s) failed[/]: {', '.join(failed)}; rerun the same command to retry them")
