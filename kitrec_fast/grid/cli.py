@@ -91,7 +91,7 @@ def make_spec(args, overrides: list[str]):
 
 def _dry_run(job) -> str | None:
     """The recipe command's own --dry-run: the one place that knows every key and value rule."""
-    proc = subprocess.run(job.train_command(dry_run=True), capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, *job.train_command(dry_run=True)], capture_output=True, text=True)
     if proc.returncode == 0:
         return None
     text = (proc.stderr + "\n" + proc.stdout).strip().splitlines()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -123,7 +122,7 @@ class Job:
 
     def train_command(self, dry_run: bool = False) -> list[str]:
         """The recipe's own command; rerunning it resumes from the newest checkpoint."""
-        cmd = [sys.executable, "-m", f"kitrec_fast.recipes.{self.family}", "--set", self.set_name,
+        cmd = ["-m", f"kitrec_fast.recipes.{self.family}", "--set", self.set_name,
                "--backend", self.backend, "--output-dir", str(self.run_dir)]
         if self.spec.smoke:
             cmd.append("--smoke")
@@ -134,7 +133,7 @@ class Job:
     def generate_commands(self) -> list[list[str]]:
         """``eval generate`` into one predictions file; with a per-type limit, one call per type
         (its ``--limit`` counts all selected rows). Each call resumes: no row is written twice."""
-        base = [sys.executable, "-m", "kitrec_fast", "eval", "generate", "--run", str(self.run_dir),
+        base = ["-m", "kitrec_fast", "eval", "generate", "--run", str(self.run_dir),
                 "--dataset", test_dataset(self.family, self.set_name, self.spec.smoke), "--split", "test",
                 "--output", str(self.eval_dir)]
         if self.spec.eval_max_new_tokens is not None:
@@ -145,10 +144,11 @@ class Job:
         return [base + ["--user-type", t, "--limit", str(self.spec.eval_limit_per_type)] for t in types]
 
     def score_command(self) -> list[str]:
-        return [sys.executable, "-m", "kitrec_fast", "eval", "score",
+        return ["-m", "kitrec_fast", "eval", "score",
                 "--predictions", str(self.eval_dir / "predictions.jsonl"), "--output", str(self.score_dir)]
 
     def commands(self, stage: str) -> list[list[str]]:
+        """Python arguments of the stage's commands; the node that runs them supplies its interpreter."""
         if stage == "train":
             return [self.train_command()]
         if stage == "generate":

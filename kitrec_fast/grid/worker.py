@@ -25,7 +25,7 @@ def _die_with_parent() -> None:
 
 
 def run_commands(commands: list[list[str]], log_path: str, proc_path: str, env: dict[str, str]) -> dict:
-    """Run ``commands`` one after the other; stop at the first that fails.
+    """Run ``commands`` (Python arguments) one after the other; stop at the first that fails.
 
     Returns ``{"rc", "seconds", "node"}``; ``rc`` < 0 means the process was killed by a signal.
     ``proc_path`` tells the grid (and a person) which node and process ids run the stage."""
@@ -34,7 +34,8 @@ def run_commands(commands: list[list[str]], log_path: str, proc_path: str, env: 
     node = socket.gethostname()
     t0 = time.time()
     rc = 0
-    for cmd in commands:
+    for args in commands:
+        cmd = [sys.executable, *args]  # this node's interpreter: nodes may install Python elsewhere
         with log.open("ab") as fh:
             fh.write(("$ " + " ".join(cmd) + "\n").encode())
             fh.flush()
