@@ -16,6 +16,7 @@ _FAMILIES = {
     "export": "kitrec_fast.artifacts.cli",
     "push": "kitrec_fast.artifacts.cli",
     "eval": "kitrec_fast.eval.cli",
+    "grid": "kitrec_fast.grid.cli",
 }
 
 

@@ -1,0 +1,173 @@
+"""The grid's scheduling loop: each job's stages as Ray tasks, bounded retries, live progress.
+
+A stage is retried when its worker died (Ray reports the task lost: node loss, preemption, an
+OOM kill of the worker) or its process was killed by a signal; the retry reruns the same
+command, which resumes (training from its newest checkpoint, generation after the rows already
+written). A stage that exits with an error of its own (bad data, a refused config) is not
+retried: the same command would fail the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from kitrec_fast.grid.progress import generate_progress, jobs_table, train_progress
+from kitrec_fast.grid.spec import STAGES, GridSpec, Job
+from kitrec_fast.grid.state import write_state
+
+# Forwarded to every job process: on a joined cluster the workers do not inherit this shell's.
+ENV_PREFIXES = ("HF_", "KITREC_FAST_", "UNSLOTH_", "TOKENIZERS_PARALLELISM", "TRANSFORMERS_", "WANDB_")
+POLL_S = 1.0
+LOG_TAIL_LINES = 15
+
+
+def forwarded_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIXES)}
+
+
+def train_finished(run_dir: Path) -> bool:
+    """The run directory's own mark of a finished run: summary.json (not interrupted) and the adapter."""
+    summary = Path(run_dir) / "summary.json"
+    if not summary.is_file() or not (Path(run_dir) / "adapter" / "adapter_config.json").is_file():
+        return False
+    try:
+        return not json.loads(summary.read_text()).get("interrupted")
+    except ValueError:
+        return False
+
+
+def log_tail(path: Path, n: int = LOG_TAIL_LINES) -> str:
+    if not path.is_file():
+        return ""
+    lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    return "\n".join(lines[-n:])
+
+
+class GridRunner:
+    def __init__(self, spec: GridSpec, state: dict, console):
+        self.spec, self.state, self.console = spec, state, console
+        self.jobs = {j.id: j for j in spec.jobs()}
+        self.running: dict = {}  # ObjectRef -> (job id, stage, attempt, proc file, start time)
+        self.env = forwarded_env()
+
+    # -- stage bookkeeping -------------------------------------------------------------------
+    def _record(self, job_id: str) -> dict:
+        return self.state["jobs"][job_id]
+
+    def _next_stage(self, job_id: str) -> str | None:
+        record = self._record(job_id)
+        for stage in STAGES:
+            if stage not in record["stages_done"]:
+                if stage == "train" and train_finished(self.jobs[job_id].run_dir):
+                    record["stages_done"].append("train")  # finished before this state file knew it
+                    continue
+                return stage
+        return None
+
+    def _resources(self, stage: str) -> dict:
+        if stage == "score" or self.spec.smoke:
+            return {"num_cpus": 1, "num_gpus": 0}
+        return {"num_cpus": 1, "num_gpus": 1}
+
+    def _submit(self, job_id: str) -> None:
+        import ray
+
+        from kitrec_fast.grid.worker import run_commands
+
+        job: Job = self.jobs[job_id]
+        record = self._record(job_id)
+        stage = self._next_stage(job_id)
+        if stage is None:
+            # the table's last word on a finished job is its training: final step and loss
+            final = train_progress(job.run_dir, since=None)
+            record.update(state="done", eta_s=None, step=final["step"], total=final["total"] or final["step"],
+                          loss=final["loss"], pids={})
+            return
+        attempt = record["attempts"].get(stage, 0) + 1
+        record["attempts"][stage] = attempt
+        log = job.log_path(stage, attempt)
+        proc = log.with_suffix(".proc.json")
+        proc.unlink(missing_ok=True)
+        task = ray.remote(run_commands).options(max_retries=0, **self._resources(stage))
+        ref = task.remote(job.commands(stage), str(log), str(proc), self.env)
+        self.running[ref] = (job_id, stage, attempt, proc, time.time())
+        record.update(state="queued", log=str(log), pids={}, eta_s=None)
+
+    # -- outcome of a stage ------------------------------------------------------------------
+    def _finish(self, ref) -> None:
+        import ray
+
+        job_id, stage, attempt, proc, started = self.running.pop(ref)
+        record = self._record(job_id)
+        log = Path(record["log"])
+        try:
+            result = ray.get(ref)
+            rc, why = result["rc"], f"exit status {result['rc']}"
+            record["stage_seconds"][stage] = round(record["stage_seconds"].get(stage, 0) + result["seconds"], 1)
+        except ray.exceptions.RayTaskError as exc:  # the task itself raised (e.g. the command cannot start)
+            rc, why = None, f"task error on its node: {str(exc.cause)[:300]}"
+            record["stage_seconds"][stage] = round(record["stage_seconds"].get(stage, 0) + time.time() - started, 1)
+        except ray.exceptions.RayError as exc:  # the worker or its node died
+            rc, why = None, f"worker lost ({type(exc).__name__})"
+            record["stage_seconds"][stage] = round(record["stage_seconds"].get(stage, 0) + time.time() - started, 1)
+        if rc == 0:
+            record["stages_done"].append(stage)
+            self._say(f"[green]{job_id}[/] {stage} done")
+            self._submit(job_id)
+            return
+        retryable = rc is None or rc < 0
+        if retryable and attempt <= self.spec.max_retries:
+            self._say(f"[yellow]{job_id}[/] {stage} attempt {attempt} failed: {why}; retrying "
+                      f"({attempt}/{self.spec.max_retries} retries), resuming where it stopped")
+            self._submit(job_id)
+            return
+        reason = why if retryable else f"{why}, not retried (the same command would fail again)"
+        record.update(state="failed", eta_s=None,
+                      error=f"{stage} failed after {attempt} attempt(s): {reason}; log {log}")
+        self._say(f"[red]{job_id}[/] {record['error']}\n{log_tail(log)}")
+
+    def _say(self, text: str) -> None:
+        self.console.print(text)
+
+    # -- progress ----------------------------------------------------------------------------
+    def _poll_progress(self) -> None:
+        for job_id, stage, _, proc, started in self.running.values():
+            record = self._record(job_id)
+            if proc.is_file():
+                try:
+                    info = json.loads(proc.read_text())
+                except ValueError:
+                    info = None
+                if info:
+                    record.update(state=stage, node=info["node"],
+                                  pids={"worker": info["worker_pid"], "process": info["pid"]})
+            if record["state"] == "train":
+                record.update(train_progress(self.jobs[job_id].run_dir, since=started))
+            elif record["state"] == "generate":
+                record.update(generate_progress(self.jobs[job_id].eval_dir))
+
+    def run(self) -> dict:
+        """Run every job to done or failed; returns the final state."""
+        import ray
+        from rich.live import Live
+
+        for job_id in self.jobs:
+            if self._record(job_id)["state"] != "done":
+                self._submit(job_id)
+        write_state(self.spec.output, self.state)
+        with Live(jobs_table(self.state), console=self.console, refresh_per_second=1,
+                  auto_refresh=False) as live:
+            while self.running:
+                ready, _ = ray.wait(list(self.running), num_returns=1, timeout=POLL_S)
+                for ref in ready:
+                    self._finish(ref)
+                self._poll_progress()
+                write_state(self.spec.output, self.state)
+                live.update(jobs_table(self.state), refresh=True)
+        self.console.print()
+        self.state["finished"] = all(r["state"] == "done" for r in self.state["jobs"].values())
+        write_state(self.spec.output, self.state)
+        return self.state

@@ -1,0 +1,273 @@
+"""``kitrec-fast grid`` on a real local Ray cluster (2 CPUs): a 2-job smoke grid with evaluation
+survives a SIGKILLed training worker, and bad input is refused before any job starts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ray")
+
+from kitrec_fast.grid.cli import build_parser, make_spec, split_overrides  # noqa: E402
+from kitrec_fast.grid.spec import eval_user_types  # noqa: E402
+
+JOB_A = "singleft_music_seta-peft"
+JOB_B = "singleft_music_setb-peft"
+MAX_STEPS = 4
+LIMIT_PER_TYPE = 2
+# Tiny rows, short prompts and one row per step keep each CPU training process small; the
+# overrides sit between the options on purpose (they must never be taken as sets or backends).
+GRID_ARGS = ["singleft_music", "--sets", "A", "B", "data.limit=12", "--backends", "peft", "--smoke",
+             "data.max_length=2048", "data.max_candidates=10", "data.min_candidates=5",
+             "train.per_device_batch_size=1", f"train.max_steps={MAX_STEPS}",
+             "--eval-limit-per-type", str(LIMIT_PER_TYPE), "--eval-max-new-tokens", "8"]
+# Clusters started by ray.init turn on token authentication; drivers joining them must use it too.
+RAY_ENV = {"RAY_AUTH_MODE": "token"}
+
+
+def _env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return {**env, **RAY_ENV, **extra}
+
+
+def _grid(args: list[str], env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kitrec_fast", "grid", *args], capture_output=True, text=True,
+                          env=env or _env(), timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def ray_address():
+    """One local Ray cluster (2 CPUs) for the module, held by a small driver process that shuts it
+    down when its stdin closes (only processes this fixture started are stopped)."""
+    code = ("import sys, ray\n"
+            "ctx = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)\n"
+            "print(ctx.address_info['gcs_address'], flush=True)\n"
+            "sys.stdin.read()\n"
+            "ray.shutdown()\n")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True, env=_env())
+    try:
+        address = holder.stdout.readline().strip()
+        assert address, "the Ray holder process did not start a cluster"
+        yield address
+    finally:
+        holder.stdin.close()
+        try:
+            holder.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            holder.kill()
+
+
+def _read_state(out: Path) -> dict | None:
+    try:
+        return json.loads((out / "grid_state.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _checkpoints(run_dir: Path) -> list[int]:
+    return sorted(int(p.parent.name.split("-")[1]) for p in run_dir.glob("checkpoint-*/trainer_state.json"))
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            return any(line.split()[1:2] == ["Z"] for line in fh if line.startswith("State:"))
+    except FileNotFoundError:
+        return True
+
+
+@pytest.fixture(scope="module")
+def killed_grid(ray_address, tmp_path_factory):
+    """Run the grid; once job A's training wrote its first checkpoint, freeze its process and
+    SIGKILL the Ray worker that runs it. Returns what the tests below check."""
+    out = tmp_path_factory.mktemp("grid")
+    args = GRID_ARGS + ["--output", str(out), "--address", ray_address]
+    proc = subprocess.Popen([sys.executable, "-m", "kitrec_fast", "grid", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=_env())
+    run_a = out / "runs" / JOB_A
+    child = None
+    try:
+        deadline = time.time() + 300
+        while True:
+            assert proc.poll() is None, f"grid ended before the kill:\n{proc.stdout.read()}"
+            assert time.time() < deadline, "job A never reached a checkpoint"
+            state = _read_state(out)
+            rec = (state or {}).get("jobs", {}).get(JOB_A, {})
+            if rec.get("state") == "train" and rec.get("pids") and _checkpoints(run_a):
+                break
+            time.sleep(0.05)
+        child, worker = rec["pids"]["process"], rec["pids"]["worker"]
+        # Freeze the trainer first so the kill lands right after a known checkpoint.
+        os.kill(child, signal.SIGSTOP)
+        killed_at = max(_checkpoints(run_a))
+        os.kill(worker, signal.SIGKILL)
+        for _ in range(100):
+            if _gone(child):
+                break
+            time.sleep(0.1)
+        orphan = not _gone(child)
+        output, _ = proc.communicate(timeout=420)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if child is not None and not _gone(child):
+            os.kill(child, signal.SIGKILL)
+    return {"out": out, "args": args, "rc": proc.returncode, "output": output, "killed_at": killed_at,
+            "orphan": orphan}
+
+
+@pytest.mark.slow
+def test_killed_worker_is_retried_and_resumes_from_checkpoint(killed_grid):
+    out, output = killed_grid["out"], killed_grid["output"]
+    assert killed_grid["rc"] == 0, output
+    assert not killed_grid["orphan"], "the training process outlived its killed Ray worker"
+    state = _read_state(out)
+    assert state["finished"] is True
+    a, b = state["jobs"][JOB_A], state["jobs"][JOB_B]
+    assert (a["state"], b["state"]) == ("done", "done")
+    assert a["attempts"]["train"] == 2 and b["attempts"]["train"] == 1
+    assert "retrying" in output
+    # the second attempt is the same command, resumed from the checkpoint that existed at the kill
+    second = (out / "logs" / JOB_A / "train.2.log").read_text()
+    assert f"checkpoint-{killed_grid['killed_at']}" in second
+    for job in (JOB_A, JOB_B):
+        rows = [json.loads(x) for x in (out / "runs" / job / "metrics.jsonl").read_text().splitlines() if x.strip()]
+        steps = [r["step"] for r in rows if "loss" in r and "eval_loss" not in r]
+        assert steps == list(range(1, MAX_STEPS + 1)), f"{job}: training steps logged {steps}"
+        assert json.loads((out / "runs" / job / "summary.json").read_text())["global_step"] == MAX_STEPS
+
+
+@pytest.mark.slow
+def test_each_prediction_row_once_and_report_lists_both_jobs(killed_grid):
+    out = killed_grid["out"]
+    for job in (JOB_A, JOB_B):
+        preds = [json.loads(x) for x in (out / "eval" / job / "predictions.jsonl").read_text().splitlines()
+                 if x.strip()]
+        ids = [p["row_id"] for p in preds]
+        assert len(ids) == len(set(ids)) == LIMIT_PER_TYPE
+        assert {p["user_type"] for p in preds} == {"source_only_music"}
+        assert (out / "eval" / job / "score" / "report.json").is_file()
+    report = json.loads((out / "grid_report.json").read_text())
+    entries = {e["job"]: e for e in report["jobs"]}
+    assert set(entries) == {JOB_A, JOB_B}
+    for job, e in entries.items():
+        summary = json.loads((out / "runs" / job / "summary.json").read_text())
+        score = json.loads((out / "eval" / job / "score" / "report.json").read_text())
+        assert (e["recipe"], e["backend"], e["state"]) == (job.rsplit("-", 1)[0], "peft", "done")
+        assert e["run_dir"] == str(out / "runs" / job)
+        assert e["eval_loss"] == summary["best_eval_loss"]
+        assert e["eval_rows"] == LIMIT_PER_TYPE
+        for k in ("hit@1", "hit@5", "hit@10", "mrr", "ndcg@10"):
+            assert e["metrics"][k] == score["overall"]["metrics"][k]
+            assert 0.0 <= e["metrics"][k] <= 1.0
+        assert e["peak_memory_mib"] > 0 and e["train_wall_seconds"] > 0
+    md = (out / "grid_report.md").read_text()
+    assert JOB_A in md and JOB_B in md
+    assert (out / "grid_report.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_rerun_of_finished_grid_does_nothing(killed_grid):
+    out = killed_grid["out"]
+    assert killed_grid["rc"] == 0
+    before = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*") if p.is_file()}
+    logs = sorted(p.name for p in (out / "logs").rglob("*.log"))
+    result = _grid(killed_grid["args"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "finished" in result.stdout and "nothing to do" in result.stdout
+    assert sorted(p.name for p in (out / "logs").rglob("*.log")) == logs
+    assert {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*") if p.is_file()} == before
+
+
+def test_status_reads_the_state_file(killed_grid):
+    result = _grid(["--status", "--output", str(killed_grid["out"])])
+    assert result.returncode == 0, result.stderr
+    assert JOB_A in result.stdout and "done" in result.stdout
+
+
+# -- command line and bad input -----------------------------------------------------------------
+
+def test_overrides_are_never_swallowed_by_list_options():
+    parser = build_parser()
+    argv = ["--sets", "a", "B", "train.max_steps=3", "singleft_music", "--backends", "peft", "unsloth",
+            "data.limit=5", "--output", "out=1", "dualft_movies_setb"]
+    rest, overrides = split_overrides(argv, parser)
+    args = parser.parse_intermixed_args(rest)
+    spec = make_spec(args, overrides)
+    assert overrides == ["train.max_steps=3", "data.limit=5"]
+    assert spec.sets == ("A", "B") and spec.backends == ("peft", "unsloth")
+    assert spec.output.name == "out=1"
+    assert [j.id for j in spec.jobs()] == [
+        "singleft_music_seta-peft", "singleft_music_seta-unsloth", "singleft_music_setb-peft",
+        "singleft_music_setb-unsloth", "dualft_movies_setb-peft", "dualft_movies_setb-unsloth"]
+
+
+def test_each_model_is_evaluated_on_the_user_types_of_its_domain():
+    # SPEC: DualFT = overlapping + cold-start 2/3/4-core of the target domain; SingleFT = source-only
+    assert eval_user_types("dualft_music") == ["overlapping_books_music", "cold_start_2core_music",
+                                               "cold_start_3core_music", "cold_start_4core_music"]
+    assert eval_user_types("dualft_movies") == ["overlapping_books_movies", "cold_start_2core_movies",
+                                                "cold_start_3core_movies", "cold_start_4core_movies"]
+    assert eval_user_types("singleft_music") == ["source_only_music"]
+    assert eval_user_types("singleft_movies") == ["source_only_movies"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["dualft_musik", "--smoke"], "unknown recipe 'dualft_musik'"),
+    (["--sets", "A", "C", "--smoke"], "--sets: unknown set 'C'"),
+    (["singleft_music", "--sets", "A", "--smoke", "--backends", "peft", "train.bogus_key=1"], "train.bogus_key"),
+    (["singleft_music", "--sets", "A", "--smoke", "--backends", "peft", "--address", "PORT"], "no Ray cluster answers"),
+])
+def test_bad_input_is_refused_before_any_job(tmp_path, args, message):
+    out = tmp_path / "grid"
+    args = [f"127.0.0.1:{_free_port()}" if a == "PORT" else a for a in args]
+    result = _grid(args + ["--output", str(out)], timeout=60)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not (out / "grid_state.json").exists() and not (out / "runs").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine's cluster has a GPU")
+def test_gpu_grid_on_a_cluster_without_gpus_is_refused(tmp_path):
+    # no --address: the grid starts its own local cluster, which has no GPU on this machine
+    out = tmp_path / "grid"
+    result = _grid(["singleft_music", "--sets", "A", "--backends", "peft", "--output", str(out)], timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "has no GPUs" in result.stderr and "--smoke" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not (out / "runs").exists()
+
+
+def test_rerun_with_other_settings_into_the_same_output_is_refused(tmp_path):
+    from kitrec_fast.grid.spec import GridError, GridSpec
+    from kitrec_fast.grid.state import merge_state, read_state, write_state
+
+    first = GridSpec(output=tmp_path, families=("singleft_music",), sets=("A",), smoke=True,
+                     overrides=("train.max_steps=4",))
+    write_state(tmp_path, merge_state(first, None, "first"))
+    # more jobs with the same settings join the grid
+    more = GridSpec(output=tmp_path, families=("singleft_music",), sets=("A", "B"), smoke=True,
+                    overrides=("train.max_steps=4",))
+    assert set(merge_state(more, read_state(tmp_path), "more")["jobs"]) == {
+        "singleft_music_seta-unsloth", "singleft_music_setb-unsloth"}
+    changed = GridSpec(output=tmp_path, families=("singleft_music",), sets=("A",), smoke=True,
+                       overrides=("train.max_steps=8",))
+    with pytest.raises(GridError, match=r"overrides: \['train.max_steps=4'\] there, \['train.max_steps=8'\] now"):
+        merge_state(changed, read_state(tmp_path), "changed")
