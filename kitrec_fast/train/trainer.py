@@ -6,6 +6,8 @@ imported first (it patches both), so this module may be imported at any time.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from kitrec_fast.config import RunConfig
 from kitrec_fast.train.collator import KitrecCollator
 
@@ -58,7 +60,10 @@ def build_sft_config(cfg: RunConfig, output_dir: str, has_eval: bool, bf16: bool
         gradient_checkpointing=False,
         bf16=bf16,
         fp16=fp16,
-        report_to="none",
+        # Trackers: files under the run directory unless set elsewhere (kitrec_fast/train/tracking.py).
+        report_to=cfg.train.report_to,
+        run_name=Path(output_dir).name,
+        project="kitrec_fast",
         remove_unused_columns=False,
         dataset_kwargs={"skip_prepare_dataset": True},
         max_length=None,
@@ -125,6 +130,10 @@ def make_trainer(cfg: RunConfig, model, tokenizer, train_ds, eval_ds, output_dir
                 return loss, {"loss": loss}
             return loss
 
+        def log(self, logs, *args, **kwargs):
+            # Into the Trainer's own log event, so every report_to tracker receives them too.
+            super().log(self.kitrec_metrics.add_to(logs), *args, **kwargs)
+
     trainer = KitrecSFTTrainer(
         model=model,
         args=args,
@@ -138,6 +147,10 @@ def make_trainer(cfg: RunConfig, model, tokenizer, train_ds, eval_ds, output_dir
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)
+    from kitrec_fast.train.tracking import ProjectMetrics
+
+    trainer.kitrec_metrics = ProjectMetrics(lambda: trainer._total_train_tokens)
+    trainer.add_callback(trainer.kitrec_metrics)
     # The loss is already normalised by the accumulated token count; stop the Trainer from also
     # dividing by the number of accumulation steps.
     trainer.model_accepts_loss_kwargs = True
