@@ -74,6 +74,11 @@ def test_setup_tracking_puts_files_in_the_run_dir_unless_the_user_chose(tmp_path
     assert rec["tensorboard"]["logging_dir"] == str(run / "tb") == os.environ["TENSORBOARD_LOGGING_DIR"]
     assert rec["mlflow"]["tracking_uri"] == f"sqlite:///{run / 'mlflow.db'}" == os.environ["MLFLOW_TRACKING_URI"]
     assert rec["wandb"]["dir"] == str(run / "wandb") and os.environ["WANDB_DIR"] == str(run)
+    # a second run in the same process (a notebook) gets its own directories
+    rec = setup_tracking(["tensorboard", "mlflow", "wandb"], tmp_path / "r1b")
+    assert rec["tensorboard"]["logging_dir"] == str(tmp_path / "r1b" / "tb")
+    assert rec["mlflow"]["tracking_uri"] == f"sqlite:///{tmp_path / 'r1b' / 'mlflow.db'}"
+    assert rec["wandb"]["dir"] == str(tmp_path / "r1b" / "wandb")
     assert setup_tracking(["none"], tmp_path / "r2") == {"report_to": ["none"]}
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")

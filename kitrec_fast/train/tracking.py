@@ -46,31 +46,40 @@ def check_installed(report_to: list[str]) -> None:
                                   f"install with: {' and '.join(hints)} (or drop it: train.report_to=none)")
 
 
+# Values this module put into os.environ: a second run in the same process (a notebook) gets its
+# own directory instead of inheriting the first run's as if the user had set it.
+_SET_HERE: dict[str, str] = {}
+
+
+def _default(var: str, value: str) -> str:
+    """The user's setting of ``var`` if any, else ``value`` (exported for the tracker to read)."""
+    current = os.environ.get(var)
+    if current is None or _SET_HERE.get(var) == current:
+        os.environ[var] = _SET_HERE[var] = value
+    return os.environ[var]
+
+
 def setup_tracking(report_to: list[str], run_dir: Path) -> dict:
     """Check the trackers, point their files into ``run_dir`` unless the user chose a place through
     the tracker's own environment variable, and return the record of where the logs go."""
     check_installed(report_to)
     run_dir = Path(run_dir).resolve()
-    env = os.environ
     record: dict = {"report_to": list(report_to)}
     for tracker in active(report_to):
         if tracker == "tensorboard":
-            env.setdefault("TENSORBOARD_LOGGING_DIR", str(run_dir / "tb"))
-            record[tracker] = {"logging_dir": env["TENSORBOARD_LOGGING_DIR"]}
+            record[tracker] = {"logging_dir": _default("TENSORBOARD_LOGGING_DIR", str(run_dir / "tb"))}
         elif tracker == "mlflow":
             # MLflow's own default is ./mlflow.db in whatever directory training started from.
-            env.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{run_dir / 'mlflow.db'}")
-            env.setdefault("MLFLOW_EXPERIMENT_NAME", PROJECT)
-            record[tracker] = {"tracking_uri": env["MLFLOW_TRACKING_URI"],
-                               "experiment": env["MLFLOW_EXPERIMENT_NAME"], "run_name": run_dir.name}
+            record[tracker] = {"tracking_uri": _default("MLFLOW_TRACKING_URI", f"sqlite:///{run_dir / 'mlflow.db'}"),
+                               "experiment": _default("MLFLOW_EXPERIMENT_NAME", PROJECT), "run_name": run_dir.name}
         elif tracker == "wandb":
-            env.setdefault("WANDB_DIR", str(run_dir))  # wandb writes WANDB_DIR/wandb/<run>
-            env.setdefault("WANDB_PROJECT", PROJECT)
-            record[tracker] = {"dir": str(Path(env["WANDB_DIR"]) / "wandb"), "project": env["WANDB_PROJECT"],
-                               "mode": env.get("WANDB_MODE", "online"), "run_name": run_dir.name}
+            wandb_dir = _default("WANDB_DIR", str(run_dir))  # wandb writes WANDB_DIR/wandb/<run>
+            record[tracker] = {"dir": str(Path(wandb_dir) / "wandb"), "project": _default("WANDB_PROJECT", PROJECT),
+                               "mode": os.environ.get("WANDB_MODE", "online"), "run_name": run_dir.name}
         elif tracker == "trackio":
-            env.setdefault("TRACKIO_DIR", str(run_dir / "trackio"))
-            record[tracker] = {"dir": env["TRACKIO_DIR"], "project": PROJECT, "run_name": run_dir.name}
+            # read when trackio is first imported, which the Trainer does after this
+            record[tracker] = {"dir": _default("TRACKIO_DIR", str(run_dir / "trackio")), "project": PROJECT,
+                               "run_name": run_dir.name}
     return record
 
 

@@ -25,6 +25,8 @@ def loss_path(cfg: RunConfig, on_cuda: bool) -> str:
 def build_sft_config(cfg: RunConfig, output_dir: str, has_eval: bool, bf16: bool, fp16: bool):
     from trl import SFTConfig
 
+    from kitrec_fast.train.tracking import PROJECT
+
     t = cfg.train
     return SFTConfig(
         output_dir=output_dir,
@@ -63,7 +65,7 @@ def build_sft_config(cfg: RunConfig, output_dir: str, has_eval: bool, bf16: bool
         # Trackers: files under the run directory unless set elsewhere (kitrec_fast/train/tracking.py).
         report_to=cfg.train.report_to,
         run_name=Path(output_dir).name,
-        project="kitrec_fast",
+        project=PROJECT,
         remove_unused_columns=False,
         dataset_kwargs={"skip_prepare_dataset": True},
         max_length=None,
