@@ -26,6 +26,26 @@ def _choice(value: Any, option: str, choices: tuple) -> None:
     _check(value in choices, option, f"must be one of {', '.join(map(str, choices))}, got {value!r}")
 
 
+# Names as transformers' ``report_to`` spells them; "none" turns tracking off.
+TRACKERS = ("none", "tensorboard", "wandb", "mlflow", "trackio")
+
+
+def _tracker_list(value: Any) -> list[str]:
+    """``train.report_to`` as a list: a YAML list, one name, or comma-separated names."""
+    if value is None:
+        return ["none"]
+    items = value.split(",") if isinstance(value, str) else value
+    _check(isinstance(items, (list, tuple)) and all(isinstance(v, str) for v in items), "train.report_to",
+           f"must be a tracker name or a list of them ({', '.join(TRACKERS)}), got {value!r}")
+    names = list(dict.fromkeys(v.strip().lower() for v in items if v.strip())) or ["none"]
+    unknown = [n for n in names if n not in TRACKERS]
+    _check(not unknown, "train.report_to", f"unknown tracker {', '.join(map(repr, unknown))}; "
+           f"one or more of {', '.join(TRACKERS[1:])}, or none")
+    _check(names == ["none"] or "none" not in names, "train.report_to",
+           f"'none' cannot be combined with trackers, got {names}")
+    return names
+
+
 @dataclass
 class DataConfig:
     """Where the rows come from and how they become token ids and labels."""
@@ -140,6 +160,9 @@ class TrainSettings:
     loss_chunk_size: int = field(default=1024, metadata={"help": "Trained tokens per LM-head chunk."})
     seed: int = field(default=42, metadata={"help": "Seed of initialisation and data order."})
     logging_steps: int = field(default=10, metadata={"help": "Log every N optimizer steps."})
+    report_to: list[str] = field(default_factory=lambda: ["none"], metadata={
+        "help": f"Experiment trackers that receive the logged metrics: none or any of {', '.join(TRACKERS[1:])} "
+                "(a list, or comma-separated on the command line); needs `pip install kitrec_fast[track]`."})
 
     def __post_init__(self):
         for name in ("per_device_batch_size", "gradient_accumulation_steps", "eval_steps", "save_steps",
@@ -160,6 +183,7 @@ class TrainSettings:
                f"got {self.save_steps}")
         _choice(self.gradient_checkpointing, "train.gradient_checkpointing", ("auto", "unsloth", "standard", "off"))
         _choice(self.loss, "train.loss", ("auto", "chunked", "library"))
+        self.report_to = _tracker_list(self.report_to)
 
     @property
     def effective_batch_size(self) -> int:

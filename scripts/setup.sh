@@ -12,7 +12,7 @@ VPY=.venv/bin/python
 TORCH="torch==${KITREC_TORCH_VERSION:-2.13.0}"
 "$VPY" -m pip install -q "$TORCH"
 # Name torch again: otherwise pip may upgrade it to match the newest torchvision unsloth pulls in.
-"$VPY" -m pip install -q -e ".[dev,ray]" "$TORCH"
+"$VPY" -m pip install -q -e ".[dev,ray,track]" "$TORCH"
 # unsloth lists torchvision and xformers, but the PyPI builds that pip picks may be compiled for
 # another torch and then break `import torch` users at import time. Neither is needed for text
 # LoRA training (unsloth falls back to PyTorch SDPA), so drop whichever does not load.

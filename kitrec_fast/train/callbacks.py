@@ -11,20 +11,8 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 
-def memory_snapshot() -> dict:
-    """Peak GPU memory (allocated and reserved) in MiB, or the process's peak RSS on CPU."""
-    import torch
-
-    if torch.cuda.is_available():
-        return {"peak_mem_allocated_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1),
-                "peak_mem_reserved_mib": round(torch.cuda.max_memory_reserved() / 2**20, 1)}
-    import resource
-
-    return {"peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
-
-
 class MetricsLogger(TrainerCallback):
-    """Appends every log event to ``metrics.jsonl`` with tokens/s and peak memory.
+    """Appends every log event to ``metrics.jsonl``.
 
     ``loss``/``eval_loss`` are the label-smoothed objective; ``nll``/``eval_nll`` the plain
     cross-entropy over the same tokens.
@@ -32,25 +20,10 @@ class MetricsLogger(TrainerCallback):
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.trainer = None  # set after the trainer exists; it owns the token counter
-        self._t = None
-        self._tokens = 0
-
-    def _tokens_seen(self) -> int:
-        return int(getattr(self.trainer, "_total_train_tokens", 0)) if self.trainer is not None else 0
-
-    def on_train_begin(self, args, state, control, **kw):
-        self._t, self._tokens = time.perf_counter(), self._tokens_seen()
 
     def on_log(self, args, state, control, logs=None, **kw):
-        logs = dict(logs or {})
-        row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), "time": time.time(), **logs}
-        if "loss" in logs and self._t is not None:
-            now, tokens = time.perf_counter(), self._tokens_seen()
-            if now > self._t and tokens > self._tokens:
-                row["tokens_per_s"] = round((tokens - self._tokens) / (now - self._t), 1)
-            self._t, self._tokens = now, tokens
-        row.update(memory_snapshot())
+        # tokens/s and peak memory are already in ``logs`` (tracking.ProjectMetrics via the trainer's log())
+        row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), "time": time.time(), **(logs or {})}
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
         state.kitrec_last_row = row

@@ -26,10 +26,7 @@ from pathlib import Path
 from kitrec_fast.artifacts import rundir
 from kitrec_fast.console import make_console
 from kitrec_fast.config import RunConfig
-
-
-class UserError(RuntimeError):
-    """A problem the user can fix; printed without a traceback."""
+from kitrec_fast.errors import UserError  # kitrec_fast.recipes._main catches it from here
 
 
 OOM_HELP = (
@@ -117,6 +114,9 @@ def run_training(cfg: RunConfig, command: str | None = None, console=None) -> Ru
 
     backend = get_backend(cfg.backend)
     check_trainer_names(cfg)
+    from kitrec_fast.train.tracking import setup_tracking
+
+    tracking = setup_tracking(cfg.train.report_to, run_dir)  # a missing tracker fails here, before any loading
     from kitrec_fast.backends.common import resolve_model_path
     from kitrec_fast.data.pipeline import prepare
     from kitrec_fast.render.tokenizer import load_tokenizer
@@ -145,6 +145,7 @@ def run_training(cfg: RunConfig, command: str | None = None, console=None) -> Ru
                                      "fused_lora_modules": loaded.fused_lora_modules,
                                      "trainable_params": trainable, "total_params": total, **loaded.notes,
                                      **runtime_facts(loaded.model)})
+    env["tracking"] = tracking
     (run_dir / rundir.ENVIRONMENT).write_text(json.dumps(env, indent=2, default=str))
 
     from kitrec_fast.train.callbacks import CheckpointOnSignal, MetricsLogger, RichProgress

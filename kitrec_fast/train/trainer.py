@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from pathlib import Path
 
 from kitrec_fast.config import RunConfig
 from kitrec_fast.train.collator import KitrecCollator
@@ -27,6 +28,8 @@ def build_sft_config(cfg: RunConfig, output_dir: str, has_eval: bool, bf16: bool
                      extra: dict | None = None):
     """The SFTConfig of a run; ``extra`` adds TrainingArguments (e.g. ``use_cpu``) or overrides one."""
     from trl import SFTConfig
+
+    from kitrec_fast.train.tracking import PROJECT
 
     t = cfg.train
     kwargs = dict(
@@ -63,7 +66,10 @@ def build_sft_config(cfg: RunConfig, output_dir: str, has_eval: bool, bf16: bool
         gradient_checkpointing=False,
         bf16=bf16,
         fp16=fp16,
-        report_to="none",
+        # Trackers: files under the run directory unless set elsewhere (kitrec_fast/train/tracking.py).
+        report_to=cfg.train.report_to,
+        run_name=Path(output_dir).name,
+        project=PROJECT,
         remove_unused_columns=False,
         dataset_kwargs={"skip_prepare_dataset": True},
         max_length=None,
@@ -215,6 +221,10 @@ def make_trainer(cfg: RunConfig, model, tokenizer, train_ds, eval_ds, output_dir
                 return loss, {"loss": loss}
             return loss
 
+        def log(self, logs, *args, **kwargs):
+            # Into the Trainer's own log event, so every report_to tracker receives them too.
+            super().log(self.kitrec_metrics.add_to(logs), *args, **kwargs)
+
     trainer = KitrecSFTTrainer(
         model=model,
         args=args,
@@ -228,6 +238,10 @@ def make_trainer(cfg: RunConfig, model, tokenizer, train_ds, eval_ds, output_dir
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)
+    from kitrec_fast.train.tracking import ProjectMetrics
+
+    trainer.kitrec_metrics = ProjectMetrics(lambda: trainer._total_train_tokens)
+    trainer.add_callback(trainer.kitrec_metrics)
     # The loss is already normalised by the accumulated token count; stop the Trainer from also
     # dividing by the number of accumulation steps.
     trainer.model_accepts_loss_kwargs = True
