@@ -386,7 +386,6 @@ def test_every_recipe_builds_the_spec_trainer_arguments_and_dualft_plans_1014_st
         assert (args["max_grad_norm"], args["seed"], args["data_seed"]) == (1.0, 42, 42), name
         assert args["load_best_model_at_end"] and args["metric_for_best_model"] == "eval_loss", name
         assert args["greater_is_better"] is False and args["eval_strategy"] == "steps", name
-        assert args["bf16"] is True and args["fp16"] is False, name
         # smoothing lives in the project's loss, not the Trainer's (which would build full logits)
         assert args["label_smoothing_factor"] == 0.0 and args["loss_path"] == "chunked", name
         assert args["loss_label_smoothing"] == spec["label_smoothing"], name
