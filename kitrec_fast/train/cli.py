@@ -48,6 +48,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--accept-config-change", action="store_true",
                    help="Resume although training-relevant settings differ from the run directory's; the "
                         "change is recorded in the run (attempts.json).")
+    p.add_argument("--debug", action="store_true", help="Show the traceback of an error (for bug reports).")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="Any recipe key, dotted, anywhere on the line: train.learning_rate=1e-4 data.max_length=4096")
 
