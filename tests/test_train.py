@@ -7,7 +7,6 @@ peft baseline must never share a process with it.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess

@@ -12,7 +12,6 @@ import argparse
 import shlex
 
 from kitrec_fast.config import ConfigError, RunConfig, apply_overrides, config_from_dict
-from kitrec_fast.errors import UserError
 
 # shorthand flag -> the recipe key it sets
 SHORTHANDS = {"backend": "backend", "max_steps": "train.max_steps", "output_dir": "output_dir",
@@ -188,4 +187,4 @@ def add_parser(sub) -> None:
     add_run_arguments(sub.add_parser("quickstart", help=QUICKSTART_HELP))
 
 
-__all__ = ["COMMANDS", "UserError", "add_parser", "add_run_arguments", "main_recipe", "resolve_config"]
+__all__ = ["COMMANDS", "add_parser", "add_run_arguments", "main_recipe", "resolve_config"]
