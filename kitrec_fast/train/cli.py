@@ -1,9 +1,9 @@
 """The training command: one parser for ``kitrec-fast train``, ``kitrec-fast quickstart`` and
 ``python -m kitrec_fast.recipes.<family>``; plus ``kitrec-fast recipes``.
 
-``KEY=VALUE`` overrides may stand anywhere on the line (argparse's intermixed parsing); an option
-given twice, or a key set both by a shorthand and by ``KEY=VALUE``, is an error rather than a
-silent last-one-wins.
+``KEY=VALUE`` overrides may stand anywhere on the line (argparse's intermixed parsing; a later one
+for the same key wins). A flag given twice, or a key set both by a shorthand flag and by
+``KEY=VALUE`` with another value, is an error rather than a silent last-one-wins.
 """
 
 from __future__ import annotations
@@ -65,15 +65,13 @@ def parse_run_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse
 
 
 def _parse_overrides(items: list[str]) -> dict:
+    """``KEY=VALUE`` items in order; a later one for the same key wins (layered presets, then a tweak)."""
     out: dict = {}
     for item in items:
         if "=" not in item:
             raise ConfigError(f"{item}: overrides are KEY=VALUE (e.g. train.learning_rate=1e-4)")
         key, value = item.split("=", 1)
-        key = key.strip()
-        if key in out and out[key] != value:
-            raise ConfigError(f"{key}: set twice ({key}={out[key]} and {key}={value}); give it once")
-        out[key] = value
+        out[key.strip()] = value
     return out
 
 
