@@ -8,7 +8,6 @@ token is noise, and vision / im tokens have untrained embeddings in text checkpo
 
 from __future__ import annotations
 
-import copy
 import re
 from typing import Any
 
@@ -16,7 +15,6 @@ from kitrec_fast.errors import UserError
 
 OFFLINE_QWEN3 = "offline:qwen3"
 PAD_TOKEN = "<|endoftext|>"
-_OFFLINE: Any = None
 _FORBIDDEN_PAD = re.compile(r"<\|(?:im_|vision|image|video|box|quad|object_ref)", re.IGNORECASE)
 
 
@@ -37,15 +35,9 @@ def load_tokenizer(name: str) -> Any:
 
 
 def _offline_qwen3() -> Any:
-    global _OFFLINE
-    if _OFFLINE is None:
-        from transformers import AutoTokenizer
+    from kitrec_fast.testkit.tokenizer import build_qwen3_tokenizer
 
-        from kitrec_fast.testkit.tokenizer import qwen3_tokenizer_dir
-
-        _OFFLINE = AutoTokenizer.from_pretrained(str(qwen3_tokenizer_dir()))
-    # callers may mutate their tokenizer (padding side, template); a copy is cheaper than a reload
-    return copy.deepcopy(_OFFLINE)
+    return build_qwen3_tokenizer()  # loaded once per process; a fresh copy each call (callers mutate it)
 
 
 def ensure_pad_token(tok: Any) -> Any:
