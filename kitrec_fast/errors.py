@@ -22,10 +22,16 @@ class UserError(Exception):
 def run_cli(main: Callable[[list[str]], int], argv: list[str] | None = None) -> int:
     """Run ``main(argv)``; a UserError prints ``error: ...`` and exits 2 unless --debug is given.
 
-    Ctrl-C that reaches here prints ``interrupted`` and exits 130 (the shell's convention)."""
+    Ctrl-C that reaches here prints ``interrupted`` and exits 130 (the shell's convention). Known
+    harmless upstream log lines (see ``kitrec_fast.quiet``) are hidden unless --verbose is given."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("KITREC_FAST_DEBUG") == "1"
-    argv = [a for a in argv if a != "--debug"]
+    verbose = "--verbose" in argv or os.environ.get("KITREC_FAST_VERBOSE") == "1"
+    argv = [a for a in argv if a not in ("--debug", "--verbose")]
+    if not verbose:
+        from kitrec_fast.quiet import hide_known_noise
+
+        hide_known_noise()
     try:
         return int(main(argv) or 0)
     except UserError as exc:

@@ -10,9 +10,10 @@ from kitrec_fast.quiet import KNOWN_NOISE
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _stderr(mode: str) -> str:
+def _stderr(*mode: str) -> str:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, str(ROOT / "tests/scripts/noise_probe.py"), mode], cwd=ROOT, env=env,
+    env.pop("KITREC_FAST_VERBOSE", None)
+    proc = subprocess.run([sys.executable, str(ROOT / "tests/scripts/noise_probe.py"), *mode], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout + proc.stderr
@@ -27,3 +28,10 @@ def test_known_lines_hidden_others_kept():
         assert text not in quiet, text
     for probe in ("probe: an unrelated torchao warning", "probe: an unrelated bitsandbytes warning"):
         assert probe in loud and probe in quiet
+
+
+def test_commands_hide_them_unless_verbose():
+    quiet, verbose = _stderr("cli"), _stderr("cli", "--verbose")
+    assert "gemm_4bit_forward" in verbose and "Enum subclass" in verbose
+    assert "gemm_4bit_forward" not in quiet and "Enum subclass" not in quiet
+    assert "probe: an unrelated torchao warning" in quiet
