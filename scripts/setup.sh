@@ -15,9 +15,14 @@ TORCH="torch==${KITREC_TORCH_VERSION:-2.13.0}"
 "$VPY" -m pip install -q -e ".[dev,ray,track]" "$TORCH"
 # unsloth lists torchvision and xformers, but the PyPI builds that pip picks may be compiled for
 # another torch and then break `import torch` users at import time. Neither is needed for text
-# LoRA training (unsloth falls back to PyTorch SDPA), so drop whichever does not load.
+# LoRA training (unsloth falls back to PyTorch SDPA), so drop whichever does not load. xformers
+# 0.0.35 (built for torch 2.10+cu128) even imports beside torch 2.13 but cannot load its C++/CUDA
+# extensions (`python -m xformers.info`); Unsloth then prints a warning and uses SDPA, so such a
+# build is dropped too.
+declare -A LOADS=([torchvision]="import torchvision"
+                  [xformers]="import xformers; assert xformers._has_cpp_library, 'extensions do not load'")
 for mod in torchvision xformers; do
-  if "$VPY" -m pip show -q "$mod" >/dev/null 2>&1 && ! "$VPY" -c "import $mod" >/dev/null 2>&1; then
+  if "$VPY" -m pip show -q "$mod" >/dev/null 2>&1 && ! "$VPY" -c "${LOADS[$mod]}" >/dev/null 2>&1; then
     echo "setup: removing $mod (its wheel does not load beside torch $("$VPY" -c 'import torch;print(torch.__version__)'))"
     "$VPY" -m pip uninstall -q -y "$mod"
   fi
