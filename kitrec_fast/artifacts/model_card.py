@@ -1,4 +1,9 @@
-"""The model card (README.md) written next to a run's adapter."""
+"""The model card (README.md) written next to a run's adapter, and the one of a merged export.
+
+The metadata block is built with ``huggingface_hub``'s ``ModelCardData`` (base model, datasets,
+library, tags, and the best eval loss as a structured ``model-index`` result), so the Hub shows the
+base-model link, the dataset and the result the way it does for its own cards.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +11,37 @@ from pathlib import Path
 
 from kitrec_fast.fsio import atomic_write_text
 
+_HUB_DATASET_PREFIX = "Younggooo/"
+
+
+def card_metadata(cfg, summary: dict, library: str, extra_tags: tuple[str, ...] = ()) -> str:
+    """The ``---`` YAML block of a card, as huggingface_hub writes it."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    base = summary.get("base_model") or summary.get("weights") or cfg.model.name
+    dataset = cfg.data.dataset
+    hub_dataset = dataset if "/" in dataset and not dataset.startswith(("embedded:", "/", ".")) else None
+    best = summary.get("best_eval_loss")
+    results = None
+    if best is not None and hub_dataset:
+        results = [EvalResult(task_type="text-generation", dataset_type=hub_dataset, dataset_name=hub_dataset,
+                              dataset_split="validation (held-out 10% of train, stratified by user type)",
+                              metric_type="loss", metric_name="eval_loss (label-smoothed)",
+                              metric_value=round(float(best), 4))]
+    tags = ["kitrec", "recommendation", "cross-domain", "qlora",
+            "unsloth" if cfg.backend == "unsloth" else "peft", *extra_tags]
+    if cfg.smoke:
+        tags.append("smoke-test")
+    data = ModelCardData(base_model=base, datasets=[hub_dataset] if hub_dataset else None, library_name=library,
+                         tags=tags, pipeline_tag="text-generation", model_name=cfg.recipe, eval_results=results)
+    return f"---\n{data.to_yaml()}\n---\n"
+
 
 def render_model_card(cfg, summary: dict, env: dict) -> str:
     t, lo, d = cfg.train, cfg.lora, cfg.data
     best = summary.get("best_eval_loss")
     lines = [
-        "---",
-        f"base_model: {summary.get('weights', cfg.model.name)}",
-        "library_name: peft",
-        "tags: [kitrec, recommendation, qlora, " + ("unsloth" if cfg.backend == "unsloth" else "peft") + "]",
-        "---",
-        "",
+        card_metadata(cfg, summary, "peft"),
         f"# {cfg.recipe}: KitREC LoRA adapter",
         "",
         f"A QLoRA adapter for `{cfg.model.name}` trained with kitrec_fast (`{cfg.backend}` backend) on "
@@ -77,14 +102,8 @@ def render_merged_card(cfg, summary: dict, env: dict, info: dict) -> str:
     body = render_model_card(cfg, {**summary, "adapter_dir": "."}, env)
     # the run card without its front matter and its adapter-loading snippet
     body = body.split("---", 2)[2].split("## Use", 1)[0].rstrip() + "\n"
-    tags = "[kitrec, recommendation, merged, " + ("unsloth" if cfg.backend == "unsloth" else "peft") + "]"
     head = [
-        "---",
-        f"base_model: {info['base_model']}",
-        "library_name: transformers",
-        f"tags: {tags}",
-        "---",
-        "",
+        card_metadata(cfg, {**summary, "base_model": info["base_model"]}, "transformers", ("merged",)),
         f"# {cfg.recipe}: KitREC model (LoRA merged into {info['dtype']} weights)",
         "",
         f"`{info['base_model']}` with the run's LoRA adapter added in float32 to {info['merged_layers']} layers, "
