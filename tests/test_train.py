@@ -168,6 +168,10 @@ def test_smoke_run_directory_describes_one_finished_attempt(smoke_run):
     rows = metrics(run)
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]
     assert {r["attempt"] for r in rows} == {1}
+    # what the training steps ran with is recorded after training (CPU: no autocast, fp32 activations)
+    env = json.loads((run / "environment.json").read_text())
+    assert env["autocast"] is False and env["activation_dtype"] == "float32" and env["world_size"] == 1
+    assert env["attn_implementation"] == "sdpa"
     card = (run / "README.md").read_text()
     assert "# dualft_music_seta: KitREC LoRA adapter" in card and "Interrupted" not in card
 

@@ -329,6 +329,9 @@ def run_training(cfg: RunConfig, command: str, console=None, accept_config_chang
             raise UserError(f"{OOM_HELP}\n({exc.__class__.__name__}: {str(exc).splitlines()[0]})") from None
         raise
     stop_cb.uninstall()
+    # What the training steps really ran with (autocast, activation dtype) is known only now.
+    env.update(runtime_facts(loaded.model, trainer))
+    atomic_write_json(run_dir / rundir.ENVIRONMENT, env)
 
     tstate = trainer.state
     interrupted = stop_cb.requested
