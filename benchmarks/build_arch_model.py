@@ -64,7 +64,7 @@ def layer_shard(i: int) -> str:
 def _parse_override(text: str) -> tuple[str, Any]:
     key, _, value = text.partition("=")
     if not key or not _:
-        raise SystemExit(f"--set expects key=value, got {text!r}")
+        raise SystemExit(f"--override expects key=value, got {text!r}")
     try:
         return key, json.loads(value)
     except json.JSONDecodeError:
@@ -202,10 +202,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu", help="Where random numbers are drawn: cpu or cuda.")
     ap.add_argument("--link-from", default=None, help="Reuse the shards of a deeper build (symlinks).")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+    ap.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                     help="Config override, for tests only (e.g. hidden_size=64); the report then names it.")
     args = ap.parse_args(argv)
-    overrides = dict(_parse_override(s) for s in args.set)
+    overrides = dict(_parse_override(s) for s in args.override)
     path = build(args.out, args.layers, args.seed, args.device, overrides, args.link_from)
     print(path)
     return 0

@@ -219,7 +219,7 @@ def config_specs(args, models: dict[str, dict[str, Any]]) -> list[dict[str, Any]
     specs: list[dict[str, Any]] = []
     backends = args.backends
     common = {"recipe": args.recipe, "batch_size": args.batch_size, "seed": args.seed,
-              "overrides": dict(kv.split("=", 1) for kv in args.set),
+              "overrides": dict(kv.split("=", 1) for kv in args.override),
               "context_reserve_gib": args.context_reserve_gib}
 
     def add(group: str, model_key: str, data: dict[str, Any], max_len: int, warm: int, timed: int,
@@ -341,8 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ceiling-lens", type=int, nargs="+", default=list(CEILING_LENS))
     ap.add_argument("--context-reserve-gib", type=float, default=0.5,
                     help="part of an emulated card taken by the CUDA context (outside PyTorch's allocator)")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="recipe override applied to every configuration (e.g. train.label_smoothing=0)")
+    ap.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                    help="recipe override applied to every configuration (e.g. train.label_smoothing=0); "
+                         "named --override so that --set means Set A/B everywhere")
     ap.add_argument("--budget-s", type=float, default=None,
                     help="wall-clock budget for the matrix; configurations that would not fit are skipped")
     ap.add_argument("--timeout-s", type=float, default=900, help="per-configuration limit")
