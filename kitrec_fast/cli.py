@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import sys
+
+from kitrec_fast.errors import run_cli
 
 # name -> module providing add_parser(subparsers); imported lazily so `kitrec-fast data ...`
 # never pays for (or is patched by) the training stack.
@@ -37,11 +38,19 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def _main(argv: list[str]) -> int:
+    if argv and argv[0] in ("train", "quickstart", "recipes"):
+        # the training command has its own parser (shared with `python -m kitrec_fast.recipes.*`)
+        from kitrec_fast.train.cli import COMMANDS
+
+        return COMMANDS[argv[0]](argv[1:])
     only = argv[0] if argv and argv[0] in _FAMILIES else None
     args = build_parser(only).parse_args(argv)
     return int(args.func(args) or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":

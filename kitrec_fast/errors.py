@@ -20,7 +20,9 @@ class UserError(Exception):
 
 
 def run_cli(main: Callable[[list[str]], int], argv: list[str] | None = None) -> int:
-    """Run ``main(argv)``; a UserError prints ``error: ...`` and exits 2 unless --debug is given."""
+    """Run ``main(argv)``; a UserError prints ``error: ...`` and exits 2 unless --debug is given.
+
+    Ctrl-C that reaches here prints ``interrupted`` and exits 130 (the shell's convention)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("KITREC_FAST_DEBUG") == "1"
     argv = [a for a in argv if a != "--debug"]
@@ -31,3 +33,9 @@ def run_cli(main: Callable[[list[str]], int], argv: list[str] | None = None) -> 
             raise
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except KeyboardInterrupt:
+        # Ctrl-C outside a training loop (which handles it itself): nothing half-written to report.
+        if debug:
+            raise
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader (or a rerun after a kill) sees the old file or the new one, never half."""
+"""Files: atomic writes (a reader, or a rerun after a kill, sees the old file or the new one, never
+half) and the project's cache directory."""
 
 from __future__ import annotations
 
@@ -27,3 +28,11 @@ def atomic_write_text(path: str | os.PathLike, text: str, mode: int = 0o644) -> 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> None:
     atomic_write_text(path, json.dumps(obj, indent=indent, default=str) + "\n")
+
+
+def cache_root() -> Path:
+    """Where built artifacts are cached (offline tokenizer, tiny model): $KITREC_FAST_CACHE, else
+    $XDG_CACHE_HOME/kitrec_fast, else ~/.cache/kitrec_fast."""
+    root = os.environ.get("KITREC_FAST_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "kitrec_fast")
+    return Path(root)

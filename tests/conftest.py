@@ -1,8 +1,24 @@
-"""Shared fixtures. The offline Qwen3 tokenizer is built once per session (~10 s the first time)."""
+"""Shared fixtures.
+
+* ``qwen3_tokenizer``: the offline Qwen3 tokenizer, built once per session (~10 s the first time).
+* ``smoke_run``: ONE finished smoke training run (peft backend, 6 steps, a checkpoint every 2)
+  made once per session, for every test that only reads a run directory, or copies it
+  (``shutil.copytree``) before changing anything. Training a run costs ~1-2 min on 2 cores; do not
+  train another one in a test that could use this one.
+"""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# Short prompts keep CPU steps fast while exercising the real pipeline (truncation included).
+FAST = ["data.limit=16", "data.max_length=2048", "data.max_candidates=10", "data.min_candidates=3"]
 
 
 @pytest.fixture(scope="session")
@@ -18,3 +34,24 @@ def lora_run_dir(tmp_path_factory):
     from lora_runs import make_lora_run
 
     return make_lora_run(tmp_path_factory.mktemp("lora_run") / "run", "tests/conftest.py")
+
+
+@dataclass(frozen=True)
+class SmokeRun:
+    run_dir: Path
+    args: tuple[str, ...]  # the training command's arguments after the module, minus --output-dir
+
+    def command(self, output_dir: Path, *extra: str) -> list[str]:
+        """The same training command for another output directory (e.g. a copy of this run)."""
+        return [sys.executable, "-m", "kitrec_fast.recipes.dualft_music", *self.args, "--output-dir",
+                str(output_dir), *extra]
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory) -> SmokeRun:
+    args = ("--smoke", "--backend", "peft", *FAST, "train.max_steps=6", "train.save_steps=2",
+            "train.eval_steps=2", "train.gradient_accumulation_steps=1", "train.logging_steps=1")
+    run = SmokeRun(tmp_path_factory.mktemp("smoke") / "run", args)
+    proc = subprocess.run(run.command(run.run_dir), cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"STDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-4000:]}"
+    return run

@@ -54,6 +54,11 @@ def test_merged_export_matches_the_adapter_model(tmp_path, tiny_dir):
     run = _fake_run(tmp_path, tiny_dir)
     out = export_merged(run, tmp_path / "merged", dtype="float32")
     assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    for path in out.iterdir():  # an export is shared: every file readable by group and others
+        assert path.stat().st_mode & 0o044 == 0o044, (path.name, oct(path.stat().st_mode))
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nbase_model: ") and "library_name: transformers" in card
+    assert "merged into float32 weights" in card and "AutoModelForCausalLM" in card and "AutoPeft" not in card
     info = json.loads((out / "kitrec_export.json").read_text())
     assert info["merged_layers"] == 2 * 3  # 2 layers x (q, v, down)
 
@@ -84,7 +89,7 @@ def test_prequantized_weights_merge_into_their_origin():
 def test_export_cli_on_a_directory_without_adapter(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "kitrec_fast", "export", str(tmp_path), "--merged-16bit",
                            str(tmp_path / "o")], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "adapter_config.json" in proc.stdout
+    assert proc.returncode == 2 and "adapter_config.json" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_push_selects_adapter_and_records_and_needs_a_token(tmp_path, tiny_dir, monkeypatch):
@@ -129,3 +134,64 @@ def test_push_refuses_a_smoke_run(tmp_path, tiny_dir):
     rundir.write_resolved_config(run, cfg, "python -m kitrec_fast.recipes.dualft_music --smoke")
     with pytest.raises(ValueError, match="smoke run"):
         push_run(run, "someone/x")
+
+
+def _checkpoint(run: Path, step: int) -> None:
+    (run / f"checkpoint-{step}").mkdir(parents=True)
+    (run / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+
+
+def test_last_checkpoint_is_the_newest_of_several(tmp_path):
+    for step in (200, 1000, 600, 800):
+        _checkpoint(tmp_path, step)
+    (tmp_path / "checkpoint-1200").mkdir()  # a save killed before its trainer state was written
+    (tmp_path / "checkpoint-tmp").mkdir()
+    assert rundir.last_checkpoint(tmp_path) == tmp_path / "checkpoint-1000"  # numeric, not "800" > "1000"
+    assert rundir.last_checkpoint(tmp_path / "nothing") is None
+
+
+def test_config_changes_split_training_settings_from_free_ones():
+    from kitrec_fast.recipes import load_recipe
+
+    from kitrec_fast.config import apply_overrides, config_from_dict
+
+    stored = load_recipe("dualft_music_seta")
+
+    def changes(**overrides):
+        cfg = config_from_dict(apply_overrides(stored, {k.replace("__", "."): str(v) for k, v in overrides.items()}))
+        return rundir.config_changes(stored, cfg)
+
+    assert changes() == ({}, {})
+    relevant, free = changes(train__learning_rate="1e-3", train__eval_steps=100, output_dir="elsewhere")
+    assert relevant == {"train.learning_rate": (0.0002, 0.001)}
+    assert set(free) == {"train.eval_steps", "output_dir"}
+    # the micro-batch split may change while the effective batch stays 32 ...
+    relevant, free = changes(train__per_device_batch_size=1, train__gradient_accumulation_steps=32)
+    assert relevant == {} and set(free) == {"train.per_device_batch_size", "train.gradient_accumulation_steps"}
+    # ... but not the effective batch
+    relevant, _ = changes(train__gradient_accumulation_steps=8)
+    assert relevant == {"train.effective_batch_size": (32, 16)}
+    for key, value in (("data__max_length", 4096), ("lora__r", 16), ("train__neftune_alpha", "null"),
+                       ("train__label_smoothing", 0), ("train__seed", 1), ("train__warmup_ratio", 0.1),
+                       ("train__epochs", 2), ("train__max_steps", 10), ("model__name", "x"),
+                       ("train__weight_decay", 0), ("data__split_seed", 7)):
+        assert list(changes(**{key: value})[0]) == [key.replace("__", ".")], key
+    # an option removed from the code since the run was made is not a change
+    assert rundir.config_changes({**stored, "data": {**stored["data"], "gone": 1}},
+                                 config_from_dict(stored)) == ({}, {})
+
+
+def test_retire_abandoned_metrics_keeps_one_clean_run(tmp_path):
+    rows = [{"step": s, "loss": 1.0 / s, "time": 100.0 + s} for s in (1, 2, 3, 4, 5)]
+    rows.insert(4, {"step": 4, "eval_loss": 0.5, "time": 104.5})
+    rows.append({"step": 5, "train_runtime": 9.0, "time": 106.0})
+    (tmp_path / rundir.METRICS).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert rundir.retire_abandoned_metrics(tmp_path, resume_step=4, previous_attempt=1) == 2
+    kept = rundir.read_metrics(tmp_path)
+    assert [(r["step"], "eval_loss" in r) for r in kept] == [(1, False), (2, False), (3, False), (4, False), (4, True)]
+    moved = [json.loads(line) for line in (tmp_path / rundir.ABANDONED_METRICS).read_text().splitlines()]
+    assert [r["step"] for r in moved] == [5, 5] and all(r["attempt"] == 1 for r in moved)
+    # a killed attempt's wall time runs to the last row it logged
+    attempts = [{"attempt": 1, "started_at": 90.0, "wall_seconds": None},
+                {"attempt": 2, "started_at": 200.0, "wall_seconds": 30.0}]
+    assert rundir.total_wall_seconds(tmp_path, attempts) == pytest.approx(16.0 + 30.0)

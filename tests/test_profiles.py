@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import io
 
 import pytest
@@ -146,12 +145,11 @@ def test_unknown_profile_is_an_error() -> None:
 
 def test_recipe_cli_applies_the_profile(monkeypatch: pytest.MonkeyPatch) -> None:
     """The --profile flag of the recipe command line reaches apply_profile (what the README runs)."""
-    from kitrec_fast.recipes._main import add_run_arguments, resolve_config
+    from kitrec_fast.train.cli import build_parser, parse_run_args, resolve_config
 
     monkeypatch.setattr(profiles, "detect_gpu", lambda: None)
-    parser = argparse.ArgumentParser()
-    add_run_arguments(parser)
-    cfg = resolve_config("dualft_music", parser.parse_args(["--profile", "16gb", "--max-steps", "3"]))
+    parser = build_parser("kitrec-fast train", False, "")
+    cfg = resolve_config("dualft_music", parse_run_args(parser, ["--profile", "16gb", "--max-steps", "3"]))
     assert (cfg.data.max_length, cfg.train.per_device_batch_size, cfg.train.max_steps) == (3072, 1, 3)
     assert cfg.train.learning_rate == 2e-4
     assert any("3072" in w for w in cfg._warnings)

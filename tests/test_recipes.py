@@ -79,16 +79,33 @@ def test_bad_overrides_name_the_option():
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_dry_run_every_recipe(family):
+def test_dry_run_every_recipe(family, capsys):
+    from kitrec_fast.recipes._main import main
+
     for extra in ([], ["--set", "B"]):
-        proc = subprocess.run([sys.executable, "-m", f"kitrec_fast.recipes.{family}", "--dry-run", *extra,
-                               "--max-steps", "7", "train.learning_rate=1e-4", "--backend", "peft"],
-                              cwd=ROOT, capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 0, proc.stderr
-        out = proc.stdout
+        assert main(family, ["--dry-run", *extra, "--max-steps", "7", "train.learning_rate=1e-4",
+                             "--backend", "peft"]) == 0
+        out = capsys.readouterr().out
         assert f"{family}_set{'b' if extra else 'a'}" in out
         assert "train.max_steps" in out and "0.0001" in out and "peft" in out
-        assert "unsloth" not in sys.modules
+
+
+def test_overrides_anywhere_on_the_command_line():
+    # the README's order: flags, then an override, then more flags
+    proc = subprocess.run([sys.executable, "-m", "kitrec_fast", "train", "singleft_movies", "--set", "B",
+                           "--max-steps", "50", "train.learning_rate=1e-4", "--dry-run", "lora.r=8"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "singleft_movies_setb" in proc.stdout and "0.0001" in proc.stdout
+    assert "│ lora.r " in proc.stdout and "│ 8 " in proc.stdout.split("│ lora.r ", 1)[1].splitlines()[0] + " "
+
+
+def test_dry_run_checks_trainer_names(capsys):
+    from kitrec_fast.recipes._main import main
+
+    assert main("dualft_music", ["--dry-run", "train.lr_scheduler=cosin"]) == 2
+    err = capsys.readouterr().err
+    assert "train.lr_scheduler: unknown name 'cosin'" in err and "cosine" in err
 
 
 def test_console_script_lists_recipes():
@@ -101,11 +118,16 @@ def test_console_script_lists_recipes():
 def test_unknown_recipe_is_a_clear_error():
     proc = subprocess.run([sys.executable, "-m", "kitrec_fast", "train", "dualft_musik", "--dry-run"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "unknown recipe" in proc.stdout
+    assert proc.returncode == 2 and "unknown recipe" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_an_option_given_twice_is_an_error():
     proc = subprocess.run([sys.executable, "-m", "kitrec_fast.recipes.dualft_music", "--dry-run", "--max-steps", "10",
                            "train.max_steps=50"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert "train.max_steps: set twice (--max-steps 10 and train.max_steps=50)" in proc.stdout
+    assert "train.max_steps: set twice (--max-steps 10 and train.max_steps=50)" in proc.stderr
+    from kitrec_fast.recipes._main import main
+
+    with pytest.raises(SystemExit) as exc:  # argparse's own error: usage + message, status 2
+        main("dualft_music", ["--dry-run", "--max-steps", "10", "--max-steps", "20"])
+    assert exc.value.code == 2

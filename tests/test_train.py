@@ -7,7 +7,7 @@ peft baseline must never share a process with it.
 from __future__ import annotations
 
 import json
-import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,9 +16,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-# Short prompts keep CPU steps fast while exercising the real pipeline (truncation included).
-FAST = ["data.limit=16", "data.max_length=2048", "data.max_candidates=10", "data.min_candidates=3"]
+from conftest import FAST, ROOT
 
 
 def run_recipe(backend: str, out: Path, *overrides: str, timeout: int = 600, family: str = "dualft_music"):
@@ -99,58 +97,6 @@ def test_best_checkpoint_is_lowest_eval_loss_and_early_stopping_stops(tmp_path):
     assert all((best[k] == final[k]).all() for k in best)
 
 
-def test_sigterm_checkpoints_and_rerun_resumes(tmp_path):
-    run = tmp_path / "resume"
-    args = [sys.executable, "-m", "kitrec_fast.recipes.dualft_music", "--smoke", "--backend", "unsloth",
-            "--output-dir", str(run), *FAST, "data.val_fraction=0", "train.max_steps=6",
-            "train.gradient_accumulation_steps=1",
-            "train.save_steps=3", "train.eval_steps=3"]
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 400
-    while time.time() < deadline:
-        rows = metrics(run) if (run / "metrics.jsonl").is_file() else []
-        if any(r.get("step", 0) >= 1 and "loss" in r for r in rows):
-            break
-        if proc.poll() is not None:
-            break
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, out[-3000:]
-    summary = json.loads((run / "summary.json").read_text())
-    stopped = summary["global_step"]
-    assert summary["interrupted"] == "SIGTERM" and 1 <= stopped < 6, summary
-    assert (run / f"checkpoint-{stopped}" / "trainer_state.json").is_file()
-    assert not (run / "adapter").exists()
-
-    # the same command again continues from that step to the end
-    proc2 = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert proc2.returncode == 0, proc2.stdout[-3000:] + proc2.stderr[-3000:]
-    assert "resuming" in proc2.stdout
-    summary2 = json.loads((run / "summary.json").read_text())
-    assert summary2["global_step"] == 6 and summary2["interrupted"] is None
-    steps = [r["step"] for r in metrics(run) if "loss" in r]
-    assert steps[: stopped] == list(range(1, stopped + 1))
-    assert steps[stopped:] == list(range(stopped + 1, 7))  # no step trained twice
-
-    # a third time: the run is finished, nothing is trained
-    proc3 = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert proc3.returncode == 0 and "finished run" in proc3.stdout
-    assert json.loads((run / "summary.json").read_text())["global_step"] == 6
-    assert not (run / "checkpoint-7").exists()
-
-
-def test_no_gpu_without_smoke_says_what_to_run(tmp_path):
-    import torch
-
-    if torch.cuda.is_available():
-        pytest.skip("has a GPU")
-    proc = subprocess.run([sys.executable, "-m", "kitrec_fast.recipes.dualft_music", "--output-dir",
-                           str(tmp_path / "x")], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2
-    assert "No CUDA GPU" in proc.stdout and "--smoke" in proc.stdout
-
-
 @pytest.mark.parametrize("backend", ["unsloth", "peft"])
 def test_training_step_loss_matches_full_logits_reference(backend):
     # Smoothing on (the recipe's 0.05); NEFTune and LoRA dropout off so both passes see the same inputs.
@@ -185,5 +131,287 @@ def test_unknown_scheduler_or_optimizer_fails_before_any_work(tmp_path):
                                "peft", "--output-dir", str(tmp_path / "bad"), override],
                               cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 2, proc.stderr[-2000:]
-        assert f"{option}: unknown name" in proc.stdout and "Traceback" not in proc.stderr
+        assert f"{option}: unknown name" in proc.stderr and "Traceback" not in proc.stderr
         assert not (tmp_path / "bad" / "data_report.json").exists()  # stopped before data preparation
+
+
+# --- the run directory: one shared smoke run (tests/conftest.py), copied before anything changes ---
+
+
+def _interrupted_copy(smoke_run, tmp_path: Path, keep_step: int) -> Path:
+    """The shared finished run as if its attempt had been killed after ``checkpoint-{keep_step}``:
+    later checkpoints, the adapter and the summary gone; metrics.jsonl still holds the rows the
+    attempt logged after that checkpoint."""
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run.run_dir, run)
+    for ckpt in run.glob("checkpoint-*"):
+        if int(ckpt.name.split("-")[1]) > keep_step:
+            shutil.rmtree(ckpt)
+    shutil.rmtree(run / "adapter")
+    (run / "summary.json").unlink()
+    return run
+
+
+def test_smoke_run_directory_describes_one_finished_attempt(smoke_run):
+    run = smoke_run.run_dir
+    for name in ("resolved_config.yaml", "attempts.json", "environment.json", "metrics.jsonl", "loss_curves.png",
+                 "README.md", "data_report.json", "summary.json", "adapter/adapter_model.safetensors",
+                 "adapter/adapter_config.json", "adapter/tokenizer.json", "adapter/README.md"):
+        assert (run / name).is_file(), name
+    assert (run / "resolved_config.yaml").read_text().startswith("# python -m kitrec_fast.recipes.dualft_music --smoke")
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["global_step"] == 6 and summary["attempts"] == 1
+    attempts = json.loads((run / "attempts.json").read_text())
+    assert [a["outcome"] for a in attempts] == ["finished"] and attempts[0]["resumed_from"] is None
+    assert summary["wall_seconds"] == attempts[0]["wall_seconds"] > 0
+    rows = metrics(run)
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    assert {r["attempt"] for r in rows} == {1}
+    card = (run / "README.md").read_text()
+    assert "# dualft_music_seta: KitREC LoRA adapter" in card and "Interrupted" not in card
+
+
+@pytest.mark.slow
+def test_resume_picks_the_newest_checkpoint_and_continues_the_same_data(smoke_run, tmp_path):
+    run = _interrupted_copy(smoke_run, tmp_path, keep_step=4)  # checkpoint-2 and checkpoint-4 remain
+    proc = subprocess.run(smoke_run.command(run), cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"resuming from {run / 'checkpoint-4'}" in proc.stdout
+    rows = metrics(run)
+    loss_steps = [(r["attempt"], r["step"]) for r in rows if "loss" in r]
+    assert loss_steps == [(1, 1), (1, 2), (1, 3), (1, 4), (2, 5), (2, 6)]  # one clean run, no step twice
+    # same data order and state: steps 5 and 6 reproduce the uninterrupted run's losses
+    reference = {r["step"]: r["loss"] for r in metrics(smoke_run.run_dir) if "loss" in r}
+    for r in rows:
+        if r["attempt"] == 2 and "loss" in r:
+            assert r["loss"] == pytest.approx(reference[r["step"]], rel=1e-5), r["step"]
+    # what the first attempt logged after checkpoint-4 moved aside, tagged by attempt
+    abandoned = [json.loads(line) for line in (run / "metrics.abandoned.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in abandoned if "loss" in r] == [5, 6]
+    assert any("train_runtime" in r for r in abandoned) and {r["attempt"] for r in abandoned} == {1}
+    attempts = json.loads((run / "attempts.json").read_text())
+    assert [a["resumed_from"] for a in attempts] == [None, "checkpoint-4"]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["global_step"] == 6 and summary["attempts"] == 2
+    assert summary["wall_seconds"] == pytest.approx(attempts[0]["wall_seconds"] + attempts[1]["wall_seconds"], abs=0.2)
+
+
+def test_finished_run_rerun_says_nothing_to_do_or_that_the_config_differs(smoke_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run.run_dir, run)
+    config = (run / "resolved_config.yaml").read_text()
+    same = subprocess.run(smoke_run.command(run), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert same.returncode == 0 and "finished run" in same.stdout and "nothing to do" in same.stdout
+    changed = subprocess.run(smoke_run.command(run, "train.learning_rate=1e-3"), cwd=ROOT, capture_output=True,
+                             text=True, timeout=300)
+    assert changed.returncode == 2, changed.stdout[-2000:]
+    assert "finished run trained with other settings" in changed.stderr
+    assert "train.learning_rate: 0.0002 -> 0.001" in changed.stderr and "Traceback" not in changed.stderr
+    assert (run / "resolved_config.yaml").read_text() == config
+    assert not (run / "checkpoint-7").exists()
+
+
+@pytest.mark.slow
+def test_resume_with_changed_training_settings_is_refused_unless_accepted(smoke_run, tmp_path):
+    run = _interrupted_copy(smoke_run, tmp_path, keep_step=4)
+    config = (run / "resolved_config.yaml").read_text()
+    for extra, change in ((["train.learning_rate=1e-3"], "train.learning_rate: 0.0002 -> 0.001"),
+                          (["train.per_device_batch_size=1"], "train.effective_batch_size: 2 -> 1")):
+        proc = subprocess.run(smoke_run.command(run, *extra), cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2, proc.stdout[-2000:]
+        assert change in proc.stderr and "--accept-config-change" in proc.stderr and "Traceback" not in proc.stderr
+        assert (run / "resolved_config.yaml").read_text() == config  # the run's claims are untouched
+    proc = subprocess.run(smoke_run.command(run, "train.learning_rate=1e-3", "--accept-config-change"), cwd=ROOT,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    attempts = json.loads((run / "attempts.json").read_text())
+    assert attempts[-1]["accepted_config_changes"] == {"train.learning_rate": [0.0002, 0.001]}
+    assert "learning_rate: 0.001" in (run / "resolved_config.yaml").read_text()
+
+
+# --- interrupts ---
+
+
+def _wait_for_step(proc, run: Path, step: int, attempt: int = 1, timeout: float = 600) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if (run / "metrics.jsonl").is_file() and any(r.get("step", 0) >= step and "loss" in r
+                                                     and r.get("attempt") == attempt for r in metrics(run)):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"no step {step} logged (exit {proc.poll()})")
+
+
+@pytest.mark.slow
+def test_ctrl_c_once_checkpoints_and_exits_130_twice_aborts_cleanly(tmp_path):
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "kitrec_fast.recipes.dualft_music", "--smoke", "--backend", "peft",
+            "--output-dir", str(run), *FAST, "data.val_fraction=0", "train.max_steps=40",
+            "train.gradient_accumulation_steps=1", "train.save_steps=20", "train.eval_steps=20"]
+    # twice: abort at once, no traceback, no checkpoint written
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _wait_for_step(proc, run, 1)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 130, out[-3000:]
+    assert "Press Ctrl-C again to abort without saving" in out and "SIGINT again: aborting now" in out
+    assert "error: aborted at step" in out and "Traceback" not in out
+    assert not list(run.glob("checkpoint-*"))
+
+    # once: the notice, a checkpoint after the current step, exit 130; the card says interrupted
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _wait_for_step(proc, run, 1, attempt=2)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 130, out[-3000:]
+    notice = out.index("SIGINT: finishing the current step, then writing a checkpoint")
+    assert notice < out.index("checkpoint written at step")
+    summary = json.loads((run / "summary.json").read_text())
+    stopped = summary["global_step"]
+    assert summary["status"] == "interrupted" and summary["interrupted"] == "SIGINT" and 1 <= stopped < 40
+    assert (run / f"checkpoint-{stopped}" / "trainer_state.json").is_file() and not (run / "adapter").exists()
+    card = (run / "README.md").read_text()
+    assert "KitREC LoRA adapter" in card and f"**Interrupted** at step {stopped} of 40" in card
+    # the aborted first attempt's rows went aside when the second started from scratch
+    assert {r["attempt"] for r in metrics(run)} == {2}
+    abandoned = (run / "metrics.abandoned.jsonl").read_text().splitlines()
+    assert abandoned and all(json.loads(line)["attempt"] == 1 for line in abandoned)
+    assert [a["outcome"] for a in json.loads((run / "attempts.json").read_text())] == ["aborted", "interrupted"]
+
+
+# --- bad input under `train` ---
+
+
+def _sample_rows(n: int) -> list[dict]:
+    import gzip
+
+    path = ROOT / "kitrec_fast/data/sample/dualft_music.jsonl.gz"
+    with gzip.open(path, "rt") as f:
+        return [json.loads(line) for _, line in zip(range(n), f)]
+
+
+@pytest.mark.slow
+def test_bad_data_under_train_is_a_clean_error_and_leaves_no_run_directory(tmp_path):
+    rows = _sample_rows(8)
+    malformed = tmp_path / "malformed.jsonl"
+    lines = [json.dumps(r) for r in rows]
+    lines[4] = lines[4][:50]  # file line 5 cut short
+    malformed.write_text("\n".join(lines) + "\n")
+    missing_field = tmp_path / "missing_field.jsonl"
+    del rows[6]["user_id"]
+    missing_field.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for dataset, says in ((malformed, "line 5"), (missing_field, "user_id"),
+                          (tmp_path / "absent.jsonl", "file not found")):
+        run = tmp_path / f"run-{dataset.stem}"
+        proc = subprocess.run([sys.executable, "-m", "kitrec_fast", "train", "dualft_music", "--smoke", "--backend",
+                               "peft", "--dataset", str(dataset), "--output-dir", str(run)],
+                              cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr and says in proc.stderr
+        assert proc.stderr.strip().splitlines()[-1].startswith("error: ")  # one line, after any library noise
+        assert not run.exists()  # nothing half-written that a rerun would trust
+    debug = subprocess.run([sys.executable, "-m", "kitrec_fast", "train", "dualft_music", "--smoke", "--backend",
+                            "peft", "--dataset", str(tmp_path / "absent.jsonl"), "--debug"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr and "file not found" in debug.stderr
+
+
+def test_no_gpu_message_is_one_line_with_every_option(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("has a GPU")
+    proc = subprocess.run([sys.executable, "-m", "kitrec_fast.recipes.dualft_music", "--backend", "peft",
+                           "--output-dir", str(tmp_path / "x"), "train.learning_rate=1e-4"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    line = next(line for line in proc.stderr.splitlines() if "No CUDA GPU" in line)
+    assert line.endswith(f"python -m kitrec_fast.recipes.dualft_music --backend peft --output-dir "
+                         f"{tmp_path / 'x'} train.learning_rate=1e-4 --smoke")
+    assert not (tmp_path / "x").exists()
+
+
+# --- what the Trainer is really given ---
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["unsloth", "peft"])
+def test_accumulated_batch_matches_full_batch_and_neftune_is_training_only(backend):
+    cmd = [sys.executable, str(ROOT / "tests/scripts/accumulation_neftune.py"), backend, *FAST[1:]]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    # 4 micro-batches of 1 with accumulation 4 == one micro-batch of 4: the loss is normalised
+    # once, over all tokens of the accumulated batch (a second division by 4 gives ratio 0.25)
+    assert out["same_keys"] and out["n_grads"] > 0
+    assert out["grad_norm_ratio"] == pytest.approx(1.0, abs=1e-2)
+    assert out["max_rel_grad_diff"] < 1e-2
+    assert out["loss_accumulated"] == pytest.approx(out["loss_full_batch"], rel=1e-4)
+    # NEFTune: uniform noise of magnitude alpha / sqrt(L * d) in training; none in evaluation
+    nef = out["neftune"]
+    assert nef["alpha"] == 5 and nef["train_calls"] >= 1 and nef["eval_calls"] >= 1
+    assert all(0.9 < r <= 1.0 + 1e-4 for r in nef["train_noise_over_bound"]), nef
+    assert nef["eval_max_noise"] == 0.0
+
+
+# The SPEC table (docs: /SPEC.md "Hyperparameters"), as the Trainer must receive it.
+SPEC_TRAINER = {
+    "dualft": dict(learning_rate=2e-4, warmup_steps=0.05, weight_decay=0.02, num_train_epochs=3,
+                   label_smoothing=0.05, neftune_noise_alpha=5.0, eval_steps=200, save_steps=200),
+    "singleft": dict(learning_rate=6e-5, warmup_steps=0.1, weight_decay=0.05, num_train_epochs=6,
+                     label_smoothing=0.1, neftune_noise_alpha=3.0, eval_steps=50, save_steps=100),
+}
+
+
+@pytest.mark.slow
+def test_every_recipe_builds_the_spec_trainer_arguments_and_dualft_plans_1014_steps():
+    proc = subprocess.run([sys.executable, str(ROOT / "tests/scripts/trainer_args.py")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(out["sft"]) == 8
+    for name, args in out["sft"].items():
+        spec = SPEC_TRAINER[name.split("_")[0]]
+        assert args["learning_rate"] == pytest.approx(spec["learning_rate"]), name
+        assert args["warmup_steps"] == spec["warmup_steps"], name  # < 1: a ratio of the total steps
+        assert args["weight_decay"] == spec["weight_decay"], name
+        assert args["num_train_epochs"] == spec["num_train_epochs"] and args["max_steps"] == -1, name
+        assert args["neftune_noise_alpha"] == spec["neftune_noise_alpha"], name
+        assert (args["eval_steps"], args["save_steps"], args["save_total_limit"]) == \
+            (spec["eval_steps"], spec["save_steps"], 3), name
+        assert (args["per_device_train_batch_size"], args["gradient_accumulation_steps"]) == (2, 16), name
+        assert args["lr_scheduler_type"] == "cosine" and args["optim"] == "adamw_torch_fused", name
+        assert (args["max_grad_norm"], args["seed"], args["data_seed"]) == (1.0, 42, 42), name
+        assert args["load_best_model_at_end"] and args["metric_for_best_model"] == "eval_loss", name
+        assert args["greater_is_better"] is False and args["eval_strategy"] == "steps", name
+        # smoothing lives in the project's loss, not the Trainer's (which would build full logits)
+        assert args["label_smoothing_factor"] == 0.0 and args["loss_path"] == "chunked", name
+        assert args["loss_label_smoothing"] == spec["label_smoothing"], name
+    # 10,800 training rows / (2 x 16) = 337.5 -> 338 optimizer steps per epoch (the last one
+    # partial), x 3 epochs = 1,014: the recorded DualFT run.
+    assert out["dualft_steps"] == 1014
+
+
+def test_trainable_parameters_at_r32_on_qwen3_14b_geometry():
+    """128.45M: r x (in + out) per adapted projection, 7 projections, 40 layers (SPEC)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, Qwen3Config
+
+    from kitrec_fast.config import config_from_dict
+    from kitrec_fast.recipes import load_recipe
+
+    cfg = config_from_dict(load_recipe("dualft_music_seta"))
+    geometry = Qwen3Config(hidden_size=5120, intermediate_size=17408, num_hidden_layers=40, num_attention_heads=40,
+                           num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=False)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(geometry)
+    model = get_peft_model(model, LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                                             target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM"))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    h, kv, ff = 5120, 8 * 128, 17408
+    per_layer_in_plus_out = (h + h) + (h + kv) + (h + kv) + (h + h) + (h + ff) + (h + ff) + (ff + h)
+    assert trainable == 32 * per_layer_in_plus_out * 40 == 128_450_560

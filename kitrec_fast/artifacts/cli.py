@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from kitrec_fast.errors import UserError
+
 
 def add_parser(sub) -> None:
     e = sub.add_parser("export", help="Merge the run's adapter into 16-bit base weights.")
@@ -20,30 +22,26 @@ def add_parser(sub) -> None:
 
 
 def _export(args) -> int:
-    from kitrec_fast.console import make_console
-
     from kitrec_fast.artifacts.export import export_merged
+    from kitrec_fast.console import make_console
 
     console = make_console()
     try:
         out = export_merged(args.run_dir, args.out, dtype=args.dtype, base_model=args.base_model)
     except FileNotFoundError as exc:
-        console.print(f"[red]error[/] {exc}")
-        return 2
+        raise UserError(str(exc)) from exc
     console.print(f"[green]merged[/] model written to {out}")
     return 0
 
 
 def _push(args) -> int:
-    from kitrec_fast.console import make_console
-
     from kitrec_fast.artifacts.push import push_run
+    from kitrec_fast.console import make_console
 
     console = make_console()
     try:
         url = push_run(args.run_dir, args.repo, private=args.private)
-    except (FileNotFoundError, PermissionError, ValueError) as exc:
-        console.print(f"[red]error[/] {exc}")
-        return 2
+    except (FileNotFoundError, PermissionError, ValueError) as exc:  # no adapter, no token, a smoke run
+        raise UserError(str(exc)) from exc
     console.print(f"[green]pushed[/] {url}")
     return 0

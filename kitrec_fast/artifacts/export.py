@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from kitrec_fast.fsio import atomic_write_json, atomic_write_text
+
 _PREQUANT = re.compile(r"(-unsloth)?-bnb-4bit$")
 
 
@@ -77,6 +79,26 @@ def export_merged(run_dir: str | Path, out_dir: str | Path, dtype: str = "bfloat
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out_dir), safe_serialization=True)
     AutoTokenizer.from_pretrained(str(adapter)).save_pretrained(str(out_dir))
-    (out_dir / "kitrec_export.json").write_text(json.dumps(
-        {"run_dir": str(run_dir), "base_model": base_model, "dtype": dtype, "merged_layers": n}, indent=2))
+    info = {"run_dir": str(run_dir), "base_model": base_model, "dtype": dtype, "merged_layers": n}
+    atomic_write_json(out_dir / "kitrec_export.json", info)
+    write_merged_card(out_dir, run_dir, info)
+    # safetensors and some tokenizer files are written 0600 (private temp files renamed into place);
+    # an exported model is meant to be shared and served by other users' processes.
+    for path in out_dir.rglob("*"):
+        if path.is_file():
+            path.chmod(path.stat().st_mode | 0o644)
     return out_dir
+
+
+def write_merged_card(out_dir: Path, run_dir: Path, info: dict) -> None:
+    """README.md of the merged model: the run's card with the merge facts in front."""
+    import json
+
+    from kitrec_fast.artifacts import rundir
+    from kitrec_fast.artifacts.model_card import render_merged_card
+
+    cfg = rundir.read_resolved_config(run_dir)
+    summary_path, env_path = run_dir / rundir.SUMMARY, run_dir / rundir.ENVIRONMENT
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    env = json.loads(env_path.read_text()) if env_path.is_file() else {}
+    atomic_write_text(out_dir / "README.md", render_merged_card(cfg, summary, env, info))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from kitrec_fast.fsio import atomic_write_text
+
 
 def render_model_card(cfg, summary: dict, env: dict) -> str:
     t, lo, d = cfg.train, cfg.lora, cfg.data
@@ -21,6 +23,11 @@ def render_model_card(cfg, summary: dict, env: dict) -> str:
         f"`{d.dataset}`.",
         "",
     ]
+    status = summary.get("status", "finished")
+    if status != "finished":
+        lines += [f"> **{status.capitalize()}** at step {summary.get('global_step', '?')} of "
+                  f"{summary.get('max_steps', '?')}: not a finished model. Rerun the training command to "
+                  "resume from the newest checkpoint.", ""]
     if cfg.smoke:
         lines += ["> **Smoke run**: tiny random model and embedded synthetic data. Not a usable model.", ""]
     for warning in summary.get("warnings", []):
@@ -61,5 +68,33 @@ def render_model_card(cfg, summary: dict, env: dict) -> str:
 
 def write_model_card(path: Path, cfg, summary: dict, env: dict) -> Path:
     path = Path(path)
-    path.write_text(render_model_card(cfg, summary, env))
+    atomic_write_text(path, render_model_card(cfg, summary, env))
     return path
+
+
+def render_merged_card(cfg, summary: dict, env: dict, info: dict) -> str:
+    """The card of a merged 16-bit export: what was merged into what, then the run's own card."""
+    body = render_model_card(cfg, {**summary, "adapter_dir": "."}, env)
+    # the run card without its front matter and its adapter-loading snippet
+    body = body.split("---", 2)[2].split("## Use", 1)[0].rstrip() + "\n"
+    tags = "[kitrec, recommendation, merged, " + ("unsloth" if cfg.backend == "unsloth" else "peft") + "]"
+    head = [
+        "---",
+        f"base_model: {info['base_model']}",
+        "library_name: transformers",
+        f"tags: {tags}",
+        "---",
+        "",
+        f"# {cfg.recipe}: KitREC model (LoRA merged into {info['dtype']} weights)",
+        "",
+        f"`{info['base_model']}` with the run's LoRA adapter added in float32 to {info['merged_layers']} layers, "
+        f"written as {info['dtype']}. Load it as a plain transformers model:",
+        "",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "model = AutoModelForCausalLM.from_pretrained('.')",
+        "```",
+        "",
+        "The adapter's training record follows.",
+    ]
+    return "\n".join(head) + body.replace("# " + cfg.recipe + ": KitREC LoRA adapter", "## Adapter", 1)

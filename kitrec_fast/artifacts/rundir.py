@@ -1,4 +1,4 @@
-"""The run directory: resolved config, environment record, checkpoints lookup."""
+"""The run directory: resolved config, environment record, attempts, metrics, checkpoints lookup."""
 
 from __future__ import annotations
 
@@ -10,17 +10,33 @@ from pathlib import Path
 
 import yaml
 
+from kitrec_fast.fsio import atomic_write_json, atomic_write_text
+
 RESOLVED_CONFIG = "resolved_config.yaml"
 ENVIRONMENT = "environment.json"
 METRICS = "metrics.jsonl"
+ABANDONED_METRICS = "metrics.abandoned.jsonl"
+ATTEMPTS = "attempts.json"
+SUMMARY = "summary.json"
 ADAPTER_DIR = "adapter"
+
+# Settings a resume may change: where and how often things are written or shown, and how the
+# effective batch is split into micro-batches (checked separately: the product must not change),
+# and memory knobs that leave the computed numbers alone. Every other setting decides what is
+# trained and must match the run directory.
+FREE_ON_RESUME = frozenset({
+    "output_dir", "push_to_hub", "smoke", "report_to", "trackers",
+    "train.logging_steps", "train.eval_steps", "train.save_steps", "train.save_total_limit",
+    "train.per_device_batch_size", "train.gradient_accumulation_steps",
+    "train.gradient_checkpointing", "train.loss_chunk_size", "train.report_to", "train.trackers",
+})
 
 
 def write_resolved_config(run_dir: Path, cfg, command: str) -> Path:
     """The fully resolved recipe, starting with the command that produced it (so it can be rerun)."""
     path = Path(run_dir) / RESOLVED_CONFIG
     body = yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True)
-    path.write_text(f"# {command}\n# Resolved configuration of this run (recipe + overrides).\n{body}")
+    atomic_write_text(path, f"# {command}\n# Resolved configuration of this run (recipe + overrides).\n{body}")
     return path
 
 
@@ -28,6 +44,103 @@ def read_resolved_config(run_dir: Path):
     from kitrec_fast.config import config_from_dict
 
     return config_from_dict(yaml.safe_load((Path(run_dir) / RESOLVED_CONFIG).read_text()))
+
+
+def read_resolved_raw(run_dir: Path) -> dict | None:
+    """The stored resolved config as plain data (None without one); read raw so that an option
+    since removed from the code does not make an old run directory unreadable."""
+    path = Path(run_dir) / RESOLVED_CONFIG
+    if not path.is_file():
+        return None
+    raw = yaml.safe_load(path.read_text())
+    return raw if isinstance(raw, dict) else None
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_changes(stored: dict, cfg) -> tuple[dict, dict]:
+    """``(relevant, free)``: ``{key: (stored value, new value)}`` for every setting that differs.
+
+    A key the stored run lacks (added to the code since) counts as its default; a key only the
+    stored run has (removed since) is ignored. The effective batch is compared as one number.
+    """
+    from kitrec_fast.config import RunConfig
+
+    new = _flatten(cfg.to_dict())
+    old = {**_flatten(RunConfig().to_dict()), **_flatten(stored)}
+    old_train, new_train = stored.get("train") or {}, cfg.train
+    old_batch = (old_train.get("per_device_batch_size", new_train.per_device_batch_size)
+                 * old_train.get("gradient_accumulation_steps", new_train.gradient_accumulation_steps))
+    old["train.effective_batch_size"], new["train.effective_batch_size"] = old_batch, new_train.effective_batch_size
+    relevant, free = {}, {}
+    for key, value in new.items():
+        if key in old and old[key] != value:
+            (free if key in FREE_ON_RESUME else relevant)[key] = (old[key], value)
+    return relevant, free
+
+
+def describe_changes(changes: dict) -> str:
+    return "; ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in
+                     ((k, *v) for k, v in sorted(changes.items())))
+
+
+def read_attempts(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / ATTEMPTS
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def write_attempts(run_dir: Path, attempts: list[dict]) -> None:
+    atomic_write_json(Path(run_dir) / ATTEMPTS, attempts)
+
+
+def _rows(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def retire_abandoned_metrics(run_dir: Path, resume_step: int, previous_attempt: int) -> int:
+    """Move rows logged after ``resume_step`` (and earlier attempts' end-of-training rows) from
+    ``metrics.jsonl`` to ``metrics.abandoned.jsonl``, so the main file reads as one clean run.
+
+    Rows carry the attempt that logged them; older rows without one are tagged ``previous_attempt``.
+    Returns the number of rows moved.
+    """
+    run_dir = Path(run_dir)
+    rows = _rows(run_dir / METRICS)
+    keep, moved = [], []
+    for row in rows:
+        row.setdefault("attempt", previous_attempt)
+        (moved if row.get("step", 0) > resume_step or "train_runtime" in row else keep).append(row)
+    if not moved:
+        return 0
+    old = (run_dir / ABANDONED_METRICS).read_text() if (run_dir / ABANDONED_METRICS).is_file() else ""
+    atomic_write_text(run_dir / ABANDONED_METRICS, old + "".join(json.dumps(r) + "\n" for r in moved))
+    atomic_write_text(run_dir / METRICS, "".join(json.dumps(r) + "\n" for r in keep))
+    return len(moved)
+
+
+def attempt_seconds(run_dir: Path, attempt: dict) -> float:
+    """Wall time of one attempt: as recorded at its end, or (for an attempt that was killed) up to
+    the last metrics row it logged."""
+    if attempt.get("wall_seconds") is not None:
+        return float(attempt["wall_seconds"])
+    n = attempt.get("attempt")
+    times = [r["time"] for name in (METRICS, ABANDONED_METRICS) for r in _rows(Path(run_dir) / name)
+             if r.get("attempt") == n and "time" in r]
+    return max(0.0, max(times, default=attempt.get("started_at", 0.0)) - attempt.get("started_at", 0.0))
+
+
+def total_wall_seconds(run_dir: Path, attempts: list[dict]) -> float:
+    return round(sum(attempt_seconds(run_dir, a) for a in attempts), 1)
 
 
 def git_commit() -> str | None:
@@ -64,7 +177,7 @@ def environment_record(extra: dict | None = None) -> dict:
 
 def write_environment(run_dir: Path, extra: dict | None = None) -> Path:
     path = Path(run_dir) / ENVIRONMENT
-    path.write_text(json.dumps(environment_record(extra), indent=2, default=str))
+    atomic_write_json(path, environment_record(extra))
     return path
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from kitrec_fast.fsio import cache_root  # noqa: F401  (re-exported: callers import it from here)
 
 TINY_MODEL = "testkit:tiny-qwen3"
 
@@ -27,11 +28,6 @@ class LoadedModel:
         total = sum(p.numel() for p in self.model.parameters())
         return trainable, total
 
-
-def cache_root() -> Path:
-    root = os.environ.get("KITREC_FAST_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "kitrec_fast")
-    return Path(root)
 
 
 def resolve_model_path(name: str) -> str:

@@ -12,6 +12,8 @@ from kitrec_fast.config import ConfigError, DataConfig
 from kitrec_fast.console import make_console
 from kitrec_fast.errors import UserError
 
+_D = DataConfig.__dataclass_fields__  # the defaults live in DataConfig; the flags only name them
+
 
 def add_parser(subparsers: Any) -> None:
     data = subparsers.add_parser("data", help="Prepare, generate or inspect KitREC training data.")
@@ -19,14 +21,14 @@ def add_parser(subparsers: Any) -> None:
 
     p = sub.add_parser("prepare", help="Load, split, truncate and tokenize a dataset; save it with a report.")
     _common(p)
-    p.add_argument("--max-length", type=int, default=5120, help="token budget of a whole conversation")
-    p.add_argument("--max-candidates", type=int, default=50, help="candidates kept in every prompt")
-    p.add_argument("--min-candidates", type=int, default=20, help="floor for further candidate cuts")
-    p.add_argument("--history-recent", choices=("last", "first"), default="last",
+    p.add_argument("--max-length", type=int, default=_D["max_length"].default, help="token budget of a whole conversation")
+    p.add_argument("--max-candidates", type=int, default=_D["max_candidates"].default, help="candidates kept in every prompt")
+    p.add_argument("--min-candidates", type=int, default=_D["min_candidates"].default, help="floor for further candidate cuts")
+    p.add_argument("--history-recent", choices=("last", "first"), default=_D["history_recent"].default,
                    help="which end of a history list is the most recent item")
-    p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--split-seed", type=int, default=42)
-    p.add_argument("--on-bad-row", choices=("error", "skip"), default="error")
+    p.add_argument("--val-fraction", type=float, default=_D["val_fraction"].default)
+    p.add_argument("--split-seed", type=int, default=_D["split_seed"].default)
+    p.add_argument("--on-bad-row", choices=("error", "skip"), default=_D["on_bad_row"].default)
     p.add_argument("--limit", type=int, default=None, help="use only the first N rows")
     p.add_argument("--output", required=True, help="directory for train/, validation/ and report.json")
     p.set_defaults(func=cmd_prepare)

@@ -11,6 +11,9 @@ from pathlib import Path
 
 import yaml
 
+from kitrec_fast.config import ConfigError
+from kitrec_fast.errors import UserError
+
 FAMILIES = ("dualft_music", "dualft_movies", "singleft_music", "singleft_movies")
 
 # The embedded smoke configuration: the recipe's own code path with the tiny offline Qwen3, the
@@ -27,6 +30,15 @@ SMOKE_OVERRIDES = {
     "train.logging_steps": 1,
     "output_dir": "runs/{recipe}-{backend}-smoke",
 }
+
+
+class UnknownRecipe(UserError, FileNotFoundError):
+    """A recipe name or YAML path that does not exist."""
+
+
+def family_of(recipe: str) -> str:
+    """'dualft_music_setb' -> 'dualft_music'; a name without a set suffix is its own family."""
+    return recipe.rsplit("_set", 1)[0] if "_set" in recipe else recipe
 
 
 def recipes_dir() -> Path:
@@ -48,7 +60,7 @@ def recipe_name(family_or_name: str, set_name: str | None = None) -> str:
     if family_or_name in FAMILIES:
         return f"{family_or_name}_set{(set_name or 'A').lower()}"
     if set_name is not None and set_name.upper() != family_or_name[-1:].upper():
-        raise ValueError(f"--set {set_name} conflicts with recipe {family_or_name}")
+        raise ConfigError(f"--set {set_name} conflicts with recipe {family_or_name}")
     return family_or_name
 
 
@@ -56,16 +68,18 @@ def load_recipe(name: str) -> dict:
     """The raw YAML mapping of a recipe (by name, or a path to a YAML file)."""
     path = Path(name) if name.endswith((".yaml", ".yml")) else recipes_dir() / f"{name}.yaml"
     if not path.is_file():
-        raise FileNotFoundError(f"unknown recipe {name!r}; available: {', '.join(list_recipes())}")
-    raw = yaml.safe_load(path.read_text())
+        raise UnknownRecipe(f"unknown recipe {name!r}; available: {', '.join(list_recipes())}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: a recipe must be a YAML mapping")
+        raise ConfigError(f"{path}: a recipe must be a YAML mapping")
     return raw
 
 
 def smoke_overrides(raw: dict) -> dict:
     """Smoke overrides for a recipe: its embedded sample matches its kind and domain."""
-    stem = str(raw.get("recipe", ""))
-    family = stem.rsplit("_set", 1)[0]
+    family = family_of(str(raw.get("recipe", "")))
     dataset = f"embedded:{family}" if family in FAMILIES else "embedded:dualft_music"
     return {**SMOKE_OVERRIDES, "data.dataset": dataset}

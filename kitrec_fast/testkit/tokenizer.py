@@ -82,10 +82,9 @@ QWEN3_CHAT_TEMPLATE = (
 
 
 def _cache_dir() -> Path:
-    root = os.environ.get("KITREC_FAST_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "kitrec_fast"
-    )
-    return Path(root) / "qwen3-tokenizer-v1"
+    from kitrec_fast.fsio import cache_root
+
+    return cache_root() / "qwen3-tokenizer-v1"
 
 
 def _tiktoken_file() -> Path:

@@ -30,8 +30,9 @@ class MetricsLogger(TrainerCallback):
     cross-entropy over the same tokens.
     """
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, attempt: int = 1):
         self.path = Path(path)
+        self.attempt = attempt  # which try of the run logged a row (see rundir.retire_abandoned_metrics)
         self.trainer = None  # set after the trainer exists; it owns the token counter
         self._t = None
         self._tokens = 0
@@ -44,7 +45,8 @@ class MetricsLogger(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kw):
         logs = dict(logs or {})
-        row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), "time": time.time(), **logs}
+        row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), "time": time.time(),
+               "attempt": self.attempt, **logs}
         if "loss" in logs and self._t is not None:
             now, tokens = time.perf_counter(), self._tokens_seen()
             if now > self._t and tokens > self._tokens:
@@ -112,10 +114,14 @@ class RichProgress(TrainerCallback):
 
 
 class CheckpointOnSignal(TrainerCallback):
-    """Ctrl-C or SIGTERM: finish the current step, write a checkpoint, stop. A second one aborts."""
+    """Ctrl-C or SIGTERM: finish the current step, write a checkpoint, stop. A second one aborts.
 
-    def __init__(self):
+    The first signal says so at once: the step (and an evaluation due at it) can take a while.
+    """
+
+    def __init__(self, stream=None):
         self.requested = None
+        self.stream = stream
         self._old = {}
 
     def install(self):
@@ -127,14 +133,37 @@ class CheckpointOnSignal(TrainerCallback):
     def uninstall(self):
         for sig, handler in self._old.items():
             signal.signal(sig, handler)
+        self._old = {}
 
     def _handle(self, signum, frame):
+        name = signal.Signals(signum).name
         if self.requested is not None:
+            self._say(f"\n{name} again: aborting now, without saving.")
             raise KeyboardInterrupt
-        self.requested = signal.Signals(signum).name
+        self.requested = name
+        self._say(f"\n{name}: finishing the current step, then writing a checkpoint and exiting "
+                  f"(rerun the same command to resume). Press Ctrl-C again to abort without saving.")
+
+    def _say(self, text: str) -> None:
+        import sys
+
+        stream = self.stream or sys.stderr
+        stream.write(text + "\n")
+        stream.flush()
 
     def on_step_end(self, args, state, control, **kw):
         if self.requested is not None:
             control.should_save = True
             control.should_training_stop = True
         return control
+
+
+class ProjectCardOnSave(TrainerCallback):
+    """After every checkpoint, the project's model card replaces the generic one TRL writes there,
+    so an interrupted run directory describes itself correctly."""
+
+    def __init__(self, write):
+        self.write = write
+
+    def on_save(self, args, state, control, **kw):
+        self.write(state)

@@ -1,57 +1,167 @@
-"""``kitrec-fast train RECIPE``, ``kitrec-fast recipes`` and ``kitrec-fast quickstart``."""
+"""The training command: one parser for ``kitrec-fast train``, ``kitrec-fast quickstart`` and
+``python -m kitrec_fast.recipes.<family>``; plus ``kitrec-fast recipes``.
+
+``KEY=VALUE`` overrides may stand anywhere on the line (argparse's intermixed parsing); an option
+given twice, or a key set both by a shorthand and by ``KEY=VALUE``, is an error rather than a
+silent last-one-wins.
+"""
 
 from __future__ import annotations
 
+import argparse
 import shlex
 
+from kitrec_fast.config import ConfigError, RunConfig, apply_overrides, config_from_dict
 
-def add_parser(sub) -> None:
-    from kitrec_fast.recipes._main import add_run_arguments
+# shorthand flag -> the recipe key it sets
+SHORTHANDS = {"backend": "backend", "max_steps": "train.max_steps", "output_dir": "output_dir",
+              "dataset": "data.dataset", "model": "model.name", "push_to_hub": "push_to_hub"}
 
-    p = sub.add_parser("train", help="Train a recipe (name, family + --set, or a YAML path).")
-    p.add_argument("recipe", help="e.g. dualft_music, dualft_music_setb, or path/to/recipe.yaml")
+
+class _Once(argparse.Action):
+    """store, but giving the same option twice is an error (which value was meant is unknowable)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, f"_seen_{self.dest}", False):
+            parser.error(f"{option_string}: given twice; give it once")
+        setattr(namespace, f"_seen_{self.dest}", True)
+        setattr(namespace, self.dest, values)
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="set_name", action=_Once, choices=["A", "B", "a", "b"], default=None,
+                   help="Candidate set of the recipe family (default A).")
+    p.add_argument("--backend", action=_Once, choices=["unsloth", "peft"],
+                   help="unsloth (fast path) or peft (baseline).")
+    p.add_argument("--smoke", action="store_true",
+                   help="Tiny offline Qwen3, embedded sample data, a few steps: runs on CPU in about a minute.")
+    p.add_argument("--dry-run", action="store_true",
+                   help="Resolve and check everything the run would (config, names, run directory), print, exit.")
+    p.add_argument("--profile", action=_Once, choices=["auto", "16gb", "24gb", "48gb", "80gb"], default=None,
+                   help="GPU memory profile (max length, micro-batch, checkpointing); default: the recipe as is.")
+    p.add_argument("--max-steps", action=_Once, type=int, help="Shorthand for train.max_steps=N.")
+    p.add_argument("--output-dir", action=_Once, help="Shorthand for output_dir=DIR.")
+    p.add_argument("--dataset", action=_Once, help="Shorthand for data.dataset=D (Hub id or local file).")
+    p.add_argument("--model", action=_Once, help="Shorthand for model.name=M (Hub id or local directory).")
+    p.add_argument("--push-to-hub", action=_Once, metavar="REPO", help="Upload the best adapter to this Hub repo.")
+    p.add_argument("--accept-config-change", action="store_true",
+                   help="Resume although training-relevant settings differ from the run directory's; the "
+                        "change is recorded in the run (attempts.json).")
+    p.add_argument("--debug", action="store_true", help="Show the traceback of an error (for bug reports).")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="Any recipe key, dotted, anywhere on the line: train.learning_rate=1e-4 data.max_length=4096")
+
+
+def build_parser(prog: str, with_recipe: bool, description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    if with_recipe:
+        p.add_argument("recipe", help="e.g. dualft_music, dualft_music_setb, or path/to/recipe.yaml")
     add_run_arguments(p)
-    p.set_defaults(func=_train)
-
-    r = sub.add_parser("recipes", help="List the shipped recipes.")
-    r.set_defaults(func=_recipes)
-
-    q = sub.add_parser("quickstart", help="DualFT-Music on a GPU; the embedded smoke configuration on CPU.")
-    add_run_arguments(q)
-    q.set_defaults(func=_quickstart)
+    return p
 
 
-def _train(args) -> int:
-    from kitrec_fast.recipes._main import run_from_args
-
-    return run_from_args(args.recipe, args, _command(args))
+def parse_run_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    return parser.parse_intermixed_args(argv)
 
 
-def _command(args) -> str:
-    import sys
+def _parse_overrides(items: list[str]) -> dict:
+    out: dict = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"{item}: overrides are KEY=VALUE (e.g. train.learning_rate=1e-4)")
+        key, value = item.split("=", 1)
+        key = key.strip()
+        if key in out and out[key] != value:
+            raise ConfigError(f"{key}: set twice ({key}={out[key]} and {key}={value}); give it once")
+        out[key] = value
+    return out
 
-    return " ".join(["kitrec-fast"] + [shlex.quote(a) for a in sys.argv[1:]])
+
+def resolve_config(recipe: str, args: argparse.Namespace) -> RunConfig:
+    from kitrec_fast.recipes import load_recipe, recipe_name, smoke_overrides
+
+    raw = load_recipe(recipe_name(recipe, args.set_name))
+    overrides: dict = {}
+    if args.smoke:
+        overrides.update(smoke_overrides(raw))
+        overrides["smoke"] = "true"
+    given = {key: getattr(args, dest) for dest, key in SHORTHANDS.items() if getattr(args, dest) is not None}
+    overrides.update(given)
+    for key, value in _parse_overrides(args.overrides).items():
+        if key in given and str(given[key]) != value:
+            dest = next(d for d, k in SHORTHANDS.items() if k == key)
+            flag = "--" + dest.replace("_", "-")
+            raise ConfigError(f"{key}: set twice ({flag} {given[key]} and {key}={value}); give it once")
+        overrides[key] = value
+    cfg = config_from_dict(apply_overrides(raw, overrides))
+    if args.profile:
+        from kitrec_fast.profiles import apply_profile
+
+        cfg = apply_profile(cfg, args.profile)
+    return cfg
 
 
-def _quickstart(args) -> int:
-    import torch
+def run(recipe: str, args: argparse.Namespace, command: str) -> int:
     from kitrec_fast.console import make_console
+    from kitrec_fast.train import run as training
 
-    from kitrec_fast.recipes._main import run_from_args
+    console = make_console()
+    cfg = resolve_config(recipe, args)
+    if args.dry_run:
+        notes = training.validate(cfg, command, accept_config_change=args.accept_config_change, dry_run=True)
+        console.print(training.config_table(cfg, title=f"{cfg.recipe} (resolved, dry run)"))
+        for note in notes:
+            console.print(f"[yellow]note[/] {note}")
+        console.print("[green]dry run[/]: the configuration is valid; nothing was written.")
+        return 0
+    result = training.run_training(cfg, command=command, console=console,
+                                   accept_config_change=args.accept_config_change)
+    return result.exit_code
+
+
+def _command(prefix: list[str], argv: list[str]) -> str:
+    return " ".join(prefix + [shlex.quote(a) for a in argv])
+
+
+def main_train(argv: list[str]) -> int:
+    """``kitrec-fast train RECIPE ...``"""
+    parser = build_parser("kitrec-fast train", True, "Train a recipe (name, family + --set, or a YAML path).")
+    args = parse_run_args(parser, argv)
+    return run(args.recipe, args, _command(["kitrec-fast", "train"], argv))
+
+
+def main_recipe(family: str, argv: list[str]) -> int:
+    """``python -m kitrec_fast.recipes.<family> ...``"""
+    parser = build_parser(f"python -m kitrec_fast.recipes.{family}", False, f"Train the KitREC {family} recipe.")
+    args = parse_run_args(parser, argv)
+    return run(family, args, _command(["python", "-m", f"kitrec_fast.recipes.{family}"], argv))
+
+
+def main_quickstart(argv: list[str]) -> int:
+    """``kitrec-fast quickstart``: DualFT-Music on a GPU, the embedded smoke configuration on CPU."""
+    parser = build_parser("kitrec-fast quickstart", False, QUICKSTART_HELP)
+    args = parse_run_args(parser, argv)
+    import torch
 
     if not torch.cuda.is_available() and not args.smoke:
+        from kitrec_fast.console import make_console
+
         make_console().print("[yellow]no CUDA GPU[/]: running the embedded smoke configuration of dualft_music "
-                        "(tiny offline Qwen3, synthetic sample data). On a GPU this command trains the real recipe.")
+                             "(tiny offline Qwen3, synthetic sample data). On a GPU this command trains the real "
+                             "recipe.")
         args.smoke = True
-    return run_from_args("dualft_music", args, _command(args))
+    return run("dualft_music", args, _command(["kitrec-fast", "quickstart"], argv))
 
 
-def _recipes(args) -> int:
-    from kitrec_fast.console import make_console
+QUICKSTART_HELP = "DualFT-Music on a GPU; the embedded smoke configuration on CPU."
+
+
+def recipes_main(argv: list[str]) -> int:
+    argparse.ArgumentParser(prog="kitrec-fast recipes", description="List the shipped recipes.").parse_args(argv)
     from rich.table import Table
 
-    from kitrec_fast.config import config_from_dict
-    from kitrec_fast.recipes import load_recipe, list_recipes
+    from kitrec_fast.console import make_console
+    from kitrec_fast.recipes import list_recipes, load_recipe
 
     table = Table(title="kitrec_fast recipes")
     for col in ("recipe", "dataset", "LoRA r/alpha", "lr", "epochs", "smoothing", "NEFTune"):
@@ -60,6 +170,21 @@ def _recipes(args) -> int:
         cfg = config_from_dict(load_recipe(name))
         table.add_row(name, cfg.data.dataset, f"{cfg.lora.r}/{cfg.lora.alpha}", str(cfg.train.learning_rate),
                       str(cfg.train.epochs), str(cfg.train.label_smoothing), str(cfg.train.neftune_alpha))
-    console = make_console()
-    console.print(table)
+    make_console().print(table)
     return 0
+
+
+# subcommand -> entry point taking the arguments after it
+COMMANDS = {"train": main_train, "quickstart": main_quickstart, "recipes": recipes_main}
+
+
+def add_parser(sub) -> None:
+    """Register the subcommands for ``kitrec-fast --help``; parsing itself goes through :data:`COMMANDS`."""
+    p = sub.add_parser("train", help="Train a recipe (name, family + --set, or a YAML path).")
+    p.add_argument("recipe", help="e.g. dualft_music, dualft_music_setb, or path/to/recipe.yaml")
+    add_run_arguments(p)
+    sub.add_parser("recipes", help="List the shipped recipes.")
+    add_run_arguments(sub.add_parser("quickstart", help=QUICKSTART_HELP))
+
+
+__all__ = ["COMMANDS", "add_parser", "add_run_arguments", "main_recipe", "resolve_config"]

@@ -3,33 +3,56 @@
 Run directory layout::
 
     RUN_DIR/
-      resolved_config.yaml   the recipe with overrides, headed by the command that ran it
-      environment.json       versions, GPU, git commit, the weights actually loaded
-      data_report.json       what loading/validation/truncation did
-      metrics.jsonl          one line per log/eval event (loss, nll, lr, tokens/s, memory)
-      loss_curves.png        train/eval loss, smoothed and plain
-      checkpoint-N/          Trainer checkpoints (a rerun resumes from the newest)
-      adapter/               the best adapter (safetensors) + tokenizer + model card
-      README.md              the model card
-      summary.json           final numbers
+      resolved_config.yaml     the recipe with overrides, headed by the command that ran it
+      attempts.json            one entry per attempt: command, start, resumed checkpoint, accepted
+                               config changes, wall time, outcome
+      environment.json         versions, GPU, git commit, the weights actually loaded
+      data_report.json         what loading/validation/truncation did
+      metrics.jsonl            one line per log/eval event (loss, nll, lr, tokens/s, memory) of the
+                               run as it stands: rows of abandoned attempts after the checkpoint a
+                               resume started from are moved to metrics.abandoned.jsonl
+      loss_curves.png          train/eval loss, smoothed and plain
+      checkpoint-N/            Trainer checkpoints (a rerun resumes from the newest)
+      adapter/                 the best adapter (safetensors) + tokenizer + model card
+      README.md                the model card (marked "interrupted"/"in progress" until finished)
+      summary.json             final numbers (wall time counts every attempt)
+
+Nothing is written before the data is prepared and the model loaded, so a bad dataset or model
+name leaves no run directory behind; a crash before the first checkpoint removes the directory it
+created.
 """
 
 from __future__ import annotations
 
-import json
-import shlex
-import sys
+import shutil
+import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from kitrec_fast.artifacts import rundir
-from kitrec_fast.console import make_console
 from kitrec_fast.config import RunConfig
+from kitrec_fast.console import make_console
+from kitrec_fast.errors import UserError
+from kitrec_fast.fsio import atomic_write_json
 
 
-class UserError(RuntimeError):
-    """A problem the user can fix; printed without a traceback."""
+class NoGPUError(UserError):
+    """A real (non-smoke) run without a CUDA device."""
+
+
+class ConfigChangedError(UserError):
+    """The run directory was trained with other training-relevant settings."""
+
+
+class TrainingDataError(UserError):
+    """The dataset cannot be loaded, validated or rendered; the message names the row or option."""
+
+
+class TrainingAborted(UserError):
+    """A second Ctrl-C: stopped at once, nothing saved since the last checkpoint."""
+
+    exit_code = 130
 
 
 OOM_HELP = (
@@ -44,7 +67,17 @@ OOM_HELP = (
 class RunResult:
     run_dir: Path
     summary: dict
+    exit_code: int = 0
 
+
+@dataclass
+class RunDirState:
+    """What the output directory already holds."""
+
+    finished: bool = False
+    resume: Path | None = None
+    relevant_changes: dict = field(default_factory=dict)
+    free_changes: dict = field(default_factory=dict)
 
 
 def config_table(cfg: RunConfig, title: str = "kitrec_fast run"):
@@ -63,19 +96,20 @@ def config_table(cfg: RunConfig, title: str = "kitrec_fast run"):
     return table
 
 
-def check_hardware(cfg: RunConfig) -> None:
+def check_hardware(cfg: RunConfig, command: str) -> str | None:
+    """None, or why this machine cannot run ``cfg`` (one line, the user's command + ``--smoke``)."""
     import torch
 
-    if not torch.cuda.is_available() and not cfg.smoke:
-        raise UserError(
-            "No CUDA GPU found. Training Qwen3-14B needs one (24-48 GB). On this machine run the embedded "
-            f"smoke configuration instead:  python -m kitrec_fast.recipes.{_family(cfg.recipe)} --smoke")
+    if torch.cuda.is_available() or cfg.smoke:
+        return None
+    return ("No CUDA GPU found; training Qwen3-14B needs one (24-48 GB). On this machine run the embedded "
+            f"smoke configuration instead: {command} --smoke")
 
 
 def check_trainer_names(cfg: RunConfig) -> None:
     """Scheduler and optimizer names, checked before minutes of data preparation and model loading.
 
-    Called after the backend import (transformers must not load before unsloth does)."""
+    In a real run this is called after the backend import (transformers must not load before unsloth does)."""
     from transformers.trainer_utils import SchedulerType
     from transformers.training_args import OptimizerNames
 
@@ -86,49 +120,125 @@ def check_trainer_names(cfg: RunConfig) -> None:
             raise UserError(f"{option}: unknown name {value!r}; one of: {', '.join(names)}")
 
 
+def check_dataset_source(cfg: RunConfig) -> None:
+    """A local dataset path that does not exist, found before any import or model loading."""
+    name = cfg.data.dataset
+    if name.startswith("embedded:"):
+        return
+    path = Path(name)
+    looks_local = path.suffix in (".jsonl", ".json", ".parquet", ".gz") or name.startswith((".", "/", "~"))
+    if looks_local and not path.expanduser().exists():
+        raise TrainingDataError(f"data.dataset (--dataset): file not found: {name}")
+
+
 def run_is_complete(run_dir: Path) -> bool:
     """A finished run: its summary says so and the adapter was written."""
-    path = run_dir / "summary.json"
-    if not path.is_file() or not (run_dir / rundir.ADAPTER_DIR / "adapter_config.json").is_file():
+    import json
+
+    path = Path(run_dir) / rundir.SUMMARY
+    if not path.is_file() or not (Path(run_dir) / rundir.ADAPTER_DIR / "adapter_config.json").is_file():
         return False
     return not json.loads(path.read_text()).get("interrupted")
 
 
-def _family(recipe: str) -> str:
-    return recipe.rsplit("_set", 1)[0] if "_set" in recipe else recipe
-
-
-def run_training(cfg: RunConfig, command: str | None = None, console=None) -> RunResult:
-    console = console or make_console()
-    command = command or " ".join(shlex.quote(a) for a in ["python", "-m", "kitrec_fast"] + sys.argv[1:])
-    check_hardware(cfg)
+def inspect_run_dir(cfg: RunConfig, accept_config_change: bool = False) -> RunDirState:
+    """Refuse to resume or "finish" a run directory trained with other training-relevant settings."""
     run_dir = Path(cfg.resolved_output_dir)
-    if run_is_complete(run_dir):
-        summary = json.loads((run_dir / "summary.json").read_text())
-        console.print(f"[green]{run_dir} is a finished run[/] (step {summary.get('global_step')}, best eval_loss "
-                      f"{summary.get('best_eval_loss')}); nothing to do. Use another --output-dir to train again.")
+    state = RunDirState(finished=run_is_complete(run_dir), resume=rundir.last_checkpoint(run_dir))
+    stored = rundir.read_resolved_raw(run_dir)
+    if stored is None or not (state.finished or state.resume):
+        return state  # nothing trained here yet: the new settings simply apply
+    state.relevant_changes, state.free_changes = rundir.config_changes(stored, cfg)
+    if not state.relevant_changes:
+        return state
+    changes = rundir.describe_changes(state.relevant_changes)
+    if state.finished:
+        raise ConfigChangedError(
+            f"{run_dir} is a finished run trained with other settings ({changes}); nothing was trained. "
+            "Use another --output-dir to train with these settings.")
+    if not accept_config_change:
+        raise ConfigChangedError(
+            f"{run_dir} holds a run to resume ({state.resume.name}) trained with other settings: {changes}. "
+            "Restore them, use another --output-dir to start a new run, or add --accept-config-change to "
+            "continue this run with the new settings (recorded in attempts.json).")
+    return state
+
+
+def validate(cfg: RunConfig, command: str, accept_config_change: bool = False, dry_run: bool = False) -> list[str]:
+    """Everything checkable without data or model, in the real run's order; returns notes for a dry run.
+
+    A dry run reports a missing GPU as a note (it is often done on another machine than the run)."""
+    notes = []
+    problem = check_hardware(cfg, command)
+    if problem and not dry_run:
+        raise NoGPUError(problem)
+    if problem:
+        notes.append(problem)
+    check_dataset_source(cfg)
+    state = inspect_run_dir(cfg, accept_config_change)
+    if dry_run:
+        check_trainer_names(cfg)
+        if state.finished:
+            notes.append(f"{cfg.resolved_output_dir} is a finished run with these settings; a run does nothing.")
+        elif state.resume is not None:
+            notes.append(f"a run resumes from {state.resume}")
+        if state.relevant_changes:
+            notes.append("accepted changes: " + rundir.describe_changes(state.relevant_changes))
+    return notes
+
+
+def _prepare_data(cfg: RunConfig):
+    from kitrec_fast.backends.common import resolve_model_path
+    from kitrec_fast.data.pipeline import prepare
+    from kitrec_fast.render.tokenizer import load_tokenizer
+
+    try:
+        tokenizer = load_tokenizer(cfg.data.tokenizer or resolve_model_path(cfg.model.name))
+        return tokenizer, prepare(cfg.data, tokenizer)
+    except UserError:
+        raise
+    except (ValueError, FileNotFoundError) as exc:
+        # The data stage's own errors (bad row, unreadable file, unknown tokenizer) name the row or
+        # option; shown here without the traceback. Any other ValueError is a bug and keeps it.
+        if isinstance(exc, FileNotFoundError) or type(exc).__name__ in _DATA_ERRORS:
+            raise TrainingDataError(str(exc)) from exc
+        raise
+
+
+# The data/render/truncate stages' error types, by name: they are defined across those packages.
+_DATA_ERRORS = frozenset({"DatasetLoadError", "BadRowError", "RenderError", "TokenizerError", "PromptFormatError"})
+
+
+def run_training(cfg: RunConfig, command: str, console=None, accept_config_change: bool = False) -> RunResult:
+    console = console or make_console()
+    t0, started_at = time.perf_counter(), time.time()
+    problem = check_hardware(cfg, command)
+    if problem:
+        raise NoGPUError(problem)
+    check_dataset_source(cfg)
+    run_dir = Path(cfg.resolved_output_dir)
+    state = inspect_run_dir(cfg, accept_config_change)
+    if state.finished:
+        import json
+
+        summary = json.loads((run_dir / rundir.SUMMARY).read_text())
+        console.print(f"[green]{run_dir} is a finished run[/] with these settings (step {summary.get('global_step')}, "
+                      f"best eval_loss {summary.get('best_eval_loss')}); nothing to do. Use another --output-dir "
+                      "to train again.")
         return RunResult(run_dir, summary)
-    run_dir.mkdir(parents=True, exist_ok=True)
     console.print(config_table(cfg))
-    rundir.write_resolved_config(run_dir, cfg, command)
 
     # The backend first: on the fast path unsloth must patch transformers/trl before they load.
     from kitrec_fast.backends import get_backend, runtime_facts
 
     backend = get_backend(cfg.backend)
     check_trainer_names(cfg)
-    from kitrec_fast.backends.common import resolve_model_path
-    from kitrec_fast.data.pipeline import prepare
-    from kitrec_fast.render.tokenizer import load_tokenizer
-
-    t0 = time.perf_counter()
-    tokenizer = load_tokenizer(cfg.data.tokenizer or resolve_model_path(cfg.model.name))
-    prepared = prepare(cfg.data, tokenizer)
-    (run_dir / "data_report.json").write_text(json.dumps(prepared.report, indent=2, default=str))
+    tokenizer, prepared = _prepare_data(cfg)
     console.print(f"[green]data[/] {len(prepared.train)} train / {len(prepared.validation)} validation rows "
                   f"prepared in {time.perf_counter() - t0:.1f}s")
     if len(prepared.train) == 0:
-        raise UserError(f"no training rows left after validation of {cfg.data.dataset}; see data_report.json")
+        raise TrainingDataError(f"no training rows left after validation of {cfg.data.dataset} "
+                                f"(data.val_fraction={cfg.data.val_fraction}, data.limit={cfg.data.limit})")
 
     loaded = backend.load_model(cfg)
     trainable, total = loaded.trainable_parameters()
@@ -145,15 +255,40 @@ def run_training(cfg: RunConfig, command: str | None = None, console=None) -> Ru
                                      "fused_lora_modules": loaded.fused_lora_modules,
                                      "trainable_params": trainable, "total_params": total, **loaded.notes,
                                      **runtime_facts(loaded.model)})
-    (run_dir / rundir.ENVIRONMENT).write_text(json.dumps(env, indent=2, default=str))
 
-    from kitrec_fast.train.callbacks import CheckpointOnSignal, MetricsLogger, RichProgress
+    # From here on the run directory is written.
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    attempts = rundir.read_attempts(run_dir)
+    attempt = {"attempt": len(attempts) + 1, "command": command, "started_at": started_at,
+               "resumed_from": state.resume.name if state.resume else None,
+               "accepted_config_changes": {k: list(v) for k, v in state.relevant_changes.items()},
+               "changed_settings": {k: list(v) for k, v in state.free_changes.items()},
+               "wall_seconds": None, "outcome": "running"}
+    attempts.append(attempt)
+    resume_step = int(state.resume.name.split("-")[-1]) if state.resume else 0
+    moved = rundir.retire_abandoned_metrics(run_dir, resume_step, attempt["attempt"] - 1)
+    if moved:
+        console.print(f"[cyan]metrics[/] {moved} rows of an earlier attempt after step {resume_step} moved to "
+                      f"{rundir.ABANDONED_METRICS}")
+    if state.relevant_changes:
+        console.print("[yellow]accepted config change[/] " + rundir.describe_changes(state.relevant_changes))
+    rundir.write_attempts(run_dir, attempts)
+    rundir.write_resolved_config(run_dir, cfg, command)
+    atomic_write_json(run_dir / "data_report.json", prepared.report)
+    atomic_write_json(run_dir / rundir.ENVIRONMENT, env)
+
+    from kitrec_fast.train.callbacks import CheckpointOnSignal, MetricsLogger, ProjectCardOnSave, RichProgress
     from kitrec_fast.train.trainer import make_trainer
     from transformers import EarlyStoppingCallback
 
-    metrics_cb = MetricsLogger(run_dir / rundir.METRICS)
+    metrics_cb = MetricsLogger(run_dir / rundir.METRICS, attempt=attempt["attempt"])
     stop_cb = CheckpointOnSignal()
-    callbacks = [metrics_cb, RichProgress(console), stop_cb]
+    card_cb = ProjectCardOnSave(lambda st: _write_card(run_dir, cfg, env, {
+        "weights": loaded.weights, "global_step": st.global_step, "max_steps": st.max_steps,
+        "best_eval_loss": st.best_metric, "best_checkpoint": st.best_model_checkpoint,
+        "status": "in progress", "warnings": getattr(cfg, "_warnings", [])}))
+    callbacks = [metrics_cb, RichProgress(console), stop_cb, card_cb]
     has_eval = len(prepared.validation) > 0
     if has_eval and cfg.train.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(cfg.train.early_stopping_patience,
@@ -161,53 +296,80 @@ def run_training(cfg: RunConfig, command: str | None = None, console=None) -> Ru
     trainer = make_trainer(cfg, loaded.model, tokenizer, prepared.train, prepared.validation if has_eval else None,
                            str(run_dir), callbacks)
     metrics_cb.trainer = trainer
-    resume = rundir.last_checkpoint(run_dir)
-    if resume is not None:
-        console.print(f"[cyan]resuming[/] from {resume}")
+    if state.resume is not None:
+        console.print(f"[cyan]resuming[/] from {state.resume}")
 
     import torch
 
+    def end_attempt(outcome: str) -> None:
+        attempt["wall_seconds"] = round(time.perf_counter() - t0, 1)
+        attempt["outcome"] = outcome
+        rundir.write_attempts(run_dir, attempts)
+
     stop_cb.install()
     try:
-        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    except torch.OutOfMemoryError as exc:
-        raise UserError(f"{OOM_HELP}\n({exc.__class__.__name__}: {str(exc).splitlines()[0]})") from None
-    finally:
+        trainer.train(resume_from_checkpoint=str(state.resume) if state.resume else None)
+    except KeyboardInterrupt:
         stop_cb.uninstall()
+        end_attempt("aborted")
+        newest = rundir.last_checkpoint(run_dir)
+        raise TrainingAborted(
+            f"aborted at step {trainer.state.global_step} without saving; "
+            + (f"rerun the same command to resume from {newest.name}." if newest else
+               "no checkpoint was written yet.")) from None
+    except BaseException as exc:
+        stop_cb.uninstall()
+        end_attempt("failed")
+        if created and rundir.last_checkpoint(run_dir) is None:
+            shutil.rmtree(run_dir, ignore_errors=True)  # nothing trained: leave no run directory behind
+        if isinstance(exc, torch.OutOfMemoryError):
+            raise UserError(f"{OOM_HELP}\n({exc.__class__.__name__}: {str(exc).splitlines()[0]})") from None
+        raise
+    stop_cb.uninstall()
 
-    state = trainer.state
+    tstate = trainer.state
+    interrupted = stop_cb.requested
+    end_attempt("interrupted" if interrupted else "finished")
     summary = {
         "recipe": cfg.recipe, "backend": cfg.backend, "weights": loaded.weights,
-        "global_step": state.global_step, "max_steps": state.max_steps,
-        "best_eval_loss": state.best_metric, "best_checkpoint": state.best_model_checkpoint,
-        "interrupted": stop_cb.requested, "loss_path": trainer.kitrec_loss_path,
-        "early_stopped": bool(has_eval and state.global_step < state.max_steps and not stop_cb.requested),
+        "status": "interrupted" if interrupted else "finished",
+        "global_step": tstate.global_step, "max_steps": tstate.max_steps,
+        "best_eval_loss": tstate.best_metric, "best_checkpoint": tstate.best_model_checkpoint,
+        "interrupted": interrupted, "loss_path": trainer.kitrec_loss_path,
+        "early_stopped": bool(has_eval and tstate.global_step < tstate.max_steps and not interrupted),
         "train_rows": len(prepared.train), "val_rows": len(prepared.validation),
-        "wall_seconds": round(time.perf_counter() - t0, 1), "warnings": getattr(cfg, "_warnings", []),
+        "attempts": len(attempts), "wall_seconds": rundir.total_wall_seconds(run_dir, attempts),
+        "warnings": getattr(cfg, "_warnings", []),
     }
-    if stop_cb.requested:
-        console.print(f"[yellow]{stop_cb.requested}[/]: checkpoint written at step {state.global_step}; "
+    if interrupted:
+        _write_card(run_dir, cfg, env, summary)
+        atomic_write_json(run_dir / rundir.SUMMARY, summary)
+        console.print(f"[yellow]{interrupted}[/]: checkpoint written at step {tstate.global_step}; "
                       f"rerun the same command to resume.")
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-        return RunResult(run_dir, summary)
+        return RunResult(run_dir, summary, exit_code=128 + int(getattr(signal, interrupted)))
 
     adapter_dir = run_dir / rundir.ADAPTER_DIR
     trainer.save_model(str(adapter_dir))  # the best checkpoint, reloaded at the end of training
     tokenizer.save_pretrained(str(adapter_dir))
     summary["adapter_dir"] = str(adapter_dir)
-    from kitrec_fast.artifacts.model_card import write_model_card
     from kitrec_fast.artifacts.plots import plot_loss_curves
 
     plot_loss_curves(rundir.read_metrics(run_dir), run_dir / "loss_curves.png", title=f"{cfg.recipe} ({cfg.backend})")
-    write_model_card(run_dir / "README.md", cfg, summary, env)
-    write_model_card(adapter_dir / "README.md", cfg, summary, env)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    _write_card(run_dir, cfg, env, summary)
+    _write_card(adapter_dir, cfg, env, summary)
+    atomic_write_json(run_dir / rundir.SUMMARY, summary)
     _print_summary(console, summary)
     if cfg.push_to_hub:
         from kitrec_fast.artifacts.push import push_run
 
         push_run(run_dir, cfg.push_to_hub)
     return RunResult(run_dir, summary)
+
+
+def _write_card(directory: Path, cfg: RunConfig, env: dict, summary: dict) -> None:
+    from kitrec_fast.artifacts.model_card import write_model_card
+
+    write_model_card(Path(directory) / "README.md", cfg, summary, env)
 
 
 def _print_summary(console, summary: dict) -> None:
@@ -217,6 +379,6 @@ def _print_summary(console, summary: dict) -> None:
     table.add_column("key", style="cyan")
     table.add_column("value")
     for key in ("recipe", "backend", "weights", "global_step", "best_eval_loss", "best_checkpoint",
-                "early_stopped", "adapter_dir", "wall_seconds"):
+                "early_stopped", "adapter_dir", "attempts", "wall_seconds"):
         table.add_row(key, str(summary.get(key)))
     console.print(table)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 
 
@@ -12,13 +11,12 @@ def build(backend: str, overrides: list[str], with_eval: bool = True, extra_args
 
     mod = get_backend(backend)  # first: unsloth must patch before transformers/trl load
     from kitrec_fast.data.pipeline import prepare
-    from kitrec_fast.recipes._main import add_run_arguments, resolve_config
+    from kitrec_fast.train.cli import build_parser, parse_run_args, resolve_config
     from kitrec_fast.render.tokenizer import load_tokenizer
     from kitrec_fast.train.trainer import make_trainer
 
-    p = argparse.ArgumentParser()
-    add_run_arguments(p)
-    cfg = resolve_config("dualft_music", p.parse_args(["--smoke", "--backend", backend, *overrides]))
+    p = build_parser("smoke_trainer", False, "")
+    cfg = resolve_config("dualft_music", parse_run_args(p, ["--smoke", "--backend", backend, *overrides]))
     tok = load_tokenizer(cfg.data.tokenizer)
     data = prepare(cfg.data, tok)
     model = mod.load_model(cfg).model
