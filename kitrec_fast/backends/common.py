@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,18 @@ def resolve_model_path(name: str) -> str:
 
         return str(save_tiny_qwen3(cache_root() / "tiny-qwen3-v1"))
     return name
+
+
+def device_map():
+    """This process's whole model on its own GPU (``LOCAL_RANK`` under torchrun / accelerate launch,
+    else GPU 0); None on CPU. A data-parallel process holds a full replica on one device."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    from kitrec_fast.parallel import local_rank
+
+    return {"": local_rank()}
 
 
 def resolve_dtype(name: str):
