@@ -87,7 +87,7 @@ def test_model_card_states_the_world_size():
 # The tiny model in fp32 (no 4-bit) with nothing random in the step (no NEFTune, no dropout), rows
 # in plain shuffled order, and plain SGD without clipping: a gradient that is off by any factor
 # (a missing sync, a 1/N loss scale) moves the adapter by a different amount.
-ARGS = ["--smoke", "--backend", "peft", "data.limit=16", "data.max_length=2048", "data.max_candidates=10",
+ARGS = ["--smoke", "data.limit=16", "data.max_length=2048", "data.max_candidates=10",
         "data.min_candidates=3", "model.load_in_4bit=false", "train.neftune_alpha=null", "lora.dropout=0",
         "train.group_by_length=false", "train.optim=sgd", "train.max_grad_norm=0", "train.warmup_ratio=0",
         "train.learning_rate=0.5", "train.max_steps=3", "train.eval_steps=1", "train.save_steps=1",
@@ -101,8 +101,9 @@ def _run(cmd: list[str], env: dict | None = None) -> subprocess.CompletedProcess
     return proc
 
 
-def _recipe(output_dir: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "kitrec_fast.recipes.dualft_music", *ARGS, "--output-dir", str(output_dir), *extra]
+def _recipe(backend: str, output_dir: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "kitrec_fast.recipes.dualft_music", *ARGS, "--backend", backend,
+            "--output-dir", str(output_dir), *extra]
 
 
 def _adapter(path: Path) -> dict:
@@ -125,11 +126,13 @@ def _steps(run_dir: Path) -> list[int]:
 
 
 @pytest.mark.slow
-def test_two_gloo_ranks_train_as_one_process_on_the_same_global_batches(tmp_path):
+@pytest.mark.parametrize("backend", ["peft", "unsloth"])  # unsloth: its CPU fallback (stock transformers + PEFT)
+def test_two_gloo_ranks_train_as_one_process_on_the_same_global_batches(tmp_path, backend):
     single, ddp, ranks = tmp_path / "single", tmp_path / "ddp", tmp_path / "ranks"
-    _run(_recipe(single))
+    _run(_recipe(backend, single))
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    proc = _run([*torchrun, str(ROOT / "tests/scripts/ddp_train.py"), str(ranks), *ARGS, "--output-dir", str(ddp)])
+    proc = _run([*torchrun, str(ROOT / "tests/scripts/ddp_train.py"), str(ranks), *ARGS, "--backend", backend,
+                 "--output-dir", str(ddp)])
 
     # one run, written once: rank 1 neither wrote nor printed
     assert proc.stdout.count("run summary") == 1
@@ -154,11 +157,13 @@ def test_two_gloo_ranks_train_as_one_process_on_the_same_global_batches(tmp_path
     _close(_adapter(ddp / "adapter/adapter_model.safetensors"), _adapter(single / "adapter/adapter_model.safetensors"),
            1e-4)
 
+    if backend != "peft":
+        return  # the resume logic is the backends' common code
     # resume on one process from the two-process run's step-2 checkpoint: same effective batch, so no
     # config change, and step 3 lands where the single run's did
     resumed = tmp_path / "resumed"
     shutil.copytree(ddp, resumed, ignore=shutil.ignore_patterns("checkpoint-3", "adapter", rundir.SUMMARY))
-    out = _run(_recipe(resumed)).stdout
+    out = _run(_recipe(backend, resumed)).stdout
     assert "resuming" in out and "checkpoint-2" in out
     assert _steps(resumed) == [1, 2, 3]
     assert rundir.read_attempts(resumed)[-1]["accepted_config_changes"] == {}

@@ -240,10 +240,13 @@ def make_trainer(cfg: RunConfig, model, tokenizer, train_ds, eval_ds, output_dir
             With ``num_items_in_batch`` (training) ``nll`` is this micro-batch's token sum over the
             step's global token count: summed over ranks and the step's micro-batches it is the
             step's nll. Each entry is the rank sum times the micro-batches of the step, so the
-            mean of the step's entries (TRL's ``log`` averages them) is that sum.
+            mean of the step's entries (TRL's ``log`` averages them) is that sum. In evaluation
+            ``nll`` is the batch's mean, averaged over ranks as the Trainer averages ``eval_loss``.
             """
             if num_items_in_batch is None:
-                return float(nll)
+                if self.accelerator.num_processes == 1:
+                    return float(nll)
+                return float(self.accelerator.reduce(nll.detach().reshape(1).float(), reduction="mean"))
             share = self.accelerator.reduce(nll.detach().reshape(1).float(), reduction="sum")
             return float(share) * getattr(self, "current_gradient_accumulation_steps", 1)
 
