@@ -225,8 +225,9 @@ def make_trainer(cfg: RunConfig, model, tokenizer, train_ds, eval_ds, output_dir
                 loss = loss * scale
             self._metrics[mode]["nll"].append(self._logged_nll(nll, num_items_in_batch))
             if mode == "train":
-                local = inputs["attention_mask"].sum() if "attention_mask" in inputs else \
-                    torch.tensor(inputs["input_ids"].numel())
+                ids = inputs["input_ids"]
+                local = (inputs["attention_mask"].sum() if "attention_mask" in inputs
+                         else torch.tensor(ids.numel(), device=ids.device))  # on the device: NCCL gathers there
                 self._total_train_tokens += int(self.accelerator.gather_for_metrics(local.reshape(1)).sum())
                 self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
             if return_outputs:
