@@ -165,10 +165,13 @@ class TrainSettings:
     report_to: list[str] = field(default_factory=lambda: ["none"], metadata={
         "help": f"Experiment trackers that receive the logged metrics: none or any of {', '.join(TRACKERS[1:])} "
                 "(a list, or comma-separated on the command line); needs `pip install kitrec_fast[track]`."})
+    world_size: int = field(default=1, metadata={
+        "help": "Data-parallel processes (set from torchrun / accelerate launch, not by hand); each accumulates "
+                "1/world_size of the micro-batches."})
 
     def __post_init__(self):
         for name in ("per_device_batch_size", "gradient_accumulation_steps", "eval_steps", "save_steps",
-                     "save_total_limit", "logging_steps", "loss_chunk_size"):
+                     "save_total_limit", "logging_steps", "loss_chunk_size", "world_size"):
             _check(getattr(self, name) >= 1, f"train.{name}", f"must be >= 1, got {getattr(self, name)}")
         _check(self.learning_rate > 0, "train.learning_rate", f"must be positive, got {self.learning_rate}")
         _check(0.0 <= self.warmup_ratio < 1.0, "train.warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
@@ -189,7 +192,8 @@ class TrainSettings:
 
     @property
     def effective_batch_size(self) -> int:
-        return self.per_device_batch_size * self.gradient_accumulation_steps
+        """Rows per optimizer step over all data-parallel processes."""
+        return self.per_device_batch_size * self.gradient_accumulation_steps * self.world_size
 
 
 @dataclass

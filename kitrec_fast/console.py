@@ -8,7 +8,11 @@ def make_console():
     default would cut item ids, user types and metric names."""
     from rich.console import Console
 
-    console = Console(highlight=False)
+    from kitrec_fast.parallel import is_main_process
+
+    # Under torchrun / accelerate launch only rank 0 talks; the other ranks would repeat every line.
+    quiet = not is_main_process()
+    console = Console(highlight=False, quiet=quiet)
     if not console.is_terminal:
-        console = Console(highlight=False, width=160)
+        console = Console(highlight=False, width=160, quiet=quiet)
     return console

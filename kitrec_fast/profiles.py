@@ -33,6 +33,10 @@ tokens in a micro-batch; on 16 and 24 GB cards it may run out of memory where th
 
 Settings the user set explicitly (on the command line or in their own recipe YAML) win over the
 profile: any value that differs from the recipe file is kept and reported.
+
+Data parallel (N GPUs under torchrun / accelerate launch): every GPU holds the whole model and its
+own micro-batch, so the per-GPU memory is the one-GPU figure above; the profile keeps its
+micro-batch and each process accumulates 32 / (micro-batch x N) micro-batches.
 """
 
 from __future__ import annotations
@@ -169,16 +173,21 @@ def _recipe_baseline(cfg: RunConfig) -> Optional[RunConfig]:
         return None
 
 
-def plan_profile(cfg: RunConfig, profile: str, gpu: Optional[GpuInfo] = None) -> ProfilePlan:
+def plan_profile(cfg: RunConfig, profile: str, gpu: Optional[GpuInfo] = None, world_size: int = 1) -> ProfilePlan:
     """Decide what ``profile`` changes in ``cfg``; pure (no printing, no GPU query).
 
     ``profile`` is one of PROFILE_NAMES or "auto" (then ``gpu`` decides; None means no GPU).
+    ``world_size`` data-parallel processes (one per GPU) share the effective batch: each keeps the
+    profile's micro-batch (a per-card memory decision) and accumulates
+    ``32 / (micro-batch x world_size)`` micro-batches (see ``kitrec_fast.parallel.distribute``).
     """
+    from kitrec_fast.parallel import distribute
+
     notes: list[str] = []
     warnings: list[str] = []
     if profile == "auto":
         if gpu is None:
-            return ProfilePlan(None, _copy_with_warnings(cfg, []), notes=[
+            return ProfilePlan(None, _copy_with_warnings(distribute(cfg, world_size), []), notes=[
                 "--profile auto: no CUDA GPU found, the recipe's memory settings are left unchanged"])
         chosen = profile_for_memory(gpu.total_bytes)
         notes.append(f"--profile auto: {gpu.name} with {gpu.total_bytes / GIB:.1f} GiB -> {chosen}")
@@ -247,6 +256,13 @@ def plan_profile(cfg: RunConfig, profile: str, gpu: Optional[GpuInfo] = None) ->
         data=dataclasses.replace(cfg.data, **data_changes),
         train=dataclasses.replace(cfg.train, **train_changes),
     )
+    new = distribute(new, world_size)
+    if world_size > 1:
+        rows.append(ProfileRow("train.world_size (processes)", 1, world_size,
+                               f"per process {new.train.per_device_batch_size} x "
+                               f"{new.train.gradient_accumulation_steps}: the effective batch of "
+                               f"{new.train.effective_batch_size} is split over {world_size} processes (GPUs); "
+                               "memory per GPU is that of the micro-batch, as on one GPU"))
 
     # What the run's readers must know: every departure from the published recipe.
     if new.data.max_length < PUBLISHED_MAX_LENGTH:
@@ -259,7 +275,8 @@ def plan_profile(cfg: RunConfig, profile: str, gpu: Optional[GpuInfo] = None) ->
     effective = new.train.effective_batch_size
     if effective != EFFECTIVE_BATCH and not cfg.smoke:
         warnings.append(f"effective batch {effective} != published {EFFECTIVE_BATCH} "
-                        f"({new.train.per_device_batch_size} x {new.train.gradient_accumulation_steps}, set explicitly)")
+                        f"({new.train.per_device_batch_size} x {new.train.gradient_accumulation_steps}"
+                        + (f" x {world_size} processes" if world_size > 1 else "") + ", set explicitly)")
 
     if profile == "16gb":
         if gpu is not None and not gpu.bf16:
@@ -301,8 +318,10 @@ def profile_table(plan: ProfilePlan):
     return table
 
 
-def apply_profile(cfg: RunConfig, profile: str, console=None, gpu: Optional[GpuInfo] = None) -> RunConfig:
-    """Apply a memory profile ("auto" or one of PROFILE_NAMES); prints what was chosen and why.
+def apply_profile(cfg: RunConfig, profile: str, console=None, gpu: Optional[GpuInfo] = None,
+                  world_size: int = 1) -> RunConfig:
+    """Apply a memory profile ("auto" or one of PROFILE_NAMES) for ``world_size`` data-parallel
+    processes; prints what was chosen and why.
 
     Returns a new config; ``cfg._warnings`` on it lists departures from the published recipe (the
     run's model card repeats them).
@@ -314,7 +333,7 @@ def apply_profile(cfg: RunConfig, profile: str, console=None, gpu: Optional[GpuI
     if gpu is None:
         # Also for an explicit profile: bf16 support decides the float16 warning of the model card.
         gpu = detect_gpu()
-    plan = plan_profile(cfg, profile, gpu)
+    plan = plan_profile(cfg, profile, gpu, world_size)
     if plan.rows:
         console.print(profile_table(plan))
     for note in plan.notes:

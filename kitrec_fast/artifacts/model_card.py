@@ -64,7 +64,10 @@ def render_model_card(cfg, summary: dict, env: dict) -> str:
         "|---|---|",
         f"| weights loaded | `{summary.get('weights', '?')}` ({'4-bit ' + cfg.model.quant_type if cfg.model.load_in_4bit else '16-bit'}) |",
         f"| LoRA | r {lo.r}, alpha {lo.alpha}, dropout {lo.dropout}, {', '.join(lo.target_modules)} |",
-        f"| batch | {t.per_device_batch_size} x {t.gradient_accumulation_steps} (effective {t.effective_batch_size}) |",
+        f"| batch | {t.per_device_batch_size} x {t.gradient_accumulation_steps}"
+        + (f" on each of {t.world_size} data-parallel processes" if t.world_size > 1 else "")
+        + f" (effective {t.effective_batch_size}) |",
+        f"| world size | {t.world_size} ({'data parallel' if t.world_size > 1 else 'one process'}) |",
         f"| learning rate | {t.learning_rate} {t.lr_scheduler}, warmup ratio {t.warmup_ratio} |",
         f"| label smoothing / NEFTune | {t.label_smoothing} / {t.neftune_alpha} |",
         f"| max length / candidates | {d.max_length} tokens / {d.max_candidates} |",

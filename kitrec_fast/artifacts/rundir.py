@@ -21,13 +21,14 @@ SUMMARY = "summary.json"
 ADAPTER_DIR = "adapter"
 
 # Settings a resume may change: where and how often things are written or shown, and how the
-# effective batch is split into micro-batches (checked separately: the product must not change),
+# effective batch is split into micro-batches and data-parallel processes (checked separately: the
+# product must not change),
 # and memory knobs that leave the computed numbers alone. Every other setting decides what is
 # trained and must match the run directory.
 FREE_ON_RESUME = frozenset({
     "output_dir", "push_to_hub", "smoke", "report_to", "trackers",
     "train.logging_steps", "train.eval_steps", "train.save_steps", "train.save_total_limit",
-    "train.per_device_batch_size", "train.gradient_accumulation_steps",
+    "train.per_device_batch_size", "train.gradient_accumulation_steps", "train.world_size",
     "train.gradient_checkpointing", "train.loss_chunk_size", "train.report_to", "train.trackers",
 })
 
@@ -78,7 +79,8 @@ def config_changes(stored: dict, cfg) -> tuple[dict, dict]:
     old = {**_flatten(RunConfig().to_dict()), **_flatten(stored)}
     old_train, new_train = stored.get("train") or {}, cfg.train
     old_batch = (old_train.get("per_device_batch_size", new_train.per_device_batch_size)
-                 * old_train.get("gradient_accumulation_steps", new_train.gradient_accumulation_steps))
+                 * old_train.get("gradient_accumulation_steps", new_train.gradient_accumulation_steps)
+                 * old_train.get("world_size", 1))  # runs recorded before data parallelism had one process
     old["train.effective_batch_size"], new["train.effective_batch_size"] = old_batch, new_train.effective_batch_size
     relevant, free = {}, {}
     for key, value in new.items():

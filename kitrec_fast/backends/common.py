@@ -40,6 +40,18 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
+def device_map():
+    """This process's whole model on its own GPU (``LOCAL_RANK`` under torchrun / accelerate launch,
+    else GPU 0); None on CPU. A data-parallel process holds a full replica on one device."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    from kitrec_fast.parallel import local_rank
+
+    return {"": local_rank()}
+
+
 def resolve_dtype(name: str):
     """The compute dtype the hardware supports: bf16 needs a bf16-capable GPU, CPUs train in fp32."""
     import torch

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 
 from kitrec_fast.backends.common import (
-    LoadedModel, gradient_checkpointing_mode, resolve_dtype, resolve_model_path)
+    LoadedModel, device_map, gradient_checkpointing_mode, resolve_dtype, resolve_model_path)
 
 NAME = "peft"
 
@@ -23,7 +23,6 @@ def _assert_unpatched() -> None:
 
 def _load_base(cfg):
     """The base model, 4-bit per the recipe: ``(model, path, compute dtype, BitsAndBytesConfig | None)``."""
-    import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     path = resolve_model_path(cfg.model.name)
@@ -42,7 +41,7 @@ def _load_base(cfg):
         dtype=dtype,
         attn_implementation=cfg.model.attn_implementation,
         revision=cfg.model.revision,
-        device_map={"": 0} if torch.cuda.is_available() else None,
+        device_map=device_map(),
     )
     return model, path, dtype, quant
 

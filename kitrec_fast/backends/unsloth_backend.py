@@ -15,7 +15,7 @@ import unsloth  # noqa: E402,F401  (must precede transformers/trl/peft)
 from unsloth import FastLanguageModel  # noqa: E402
 
 from kitrec_fast.backends.common import (  # noqa: E402
-    LoadedModel, gradient_checkpointing_mode, resolve_dtype, resolve_model_path)
+    LoadedModel, device_map, gradient_checkpointing_mode, resolve_dtype, resolve_model_path)
 
 NAME = "unsloth"
 UNSLOTH_VERSION = getattr(unsloth, "__version__", "?")
@@ -100,7 +100,8 @@ def _from_pretrained(cfg, max_seq_length: int):
     resolved: list[str] = []
     # Unsloth's CPU fallback passes unknown keywords on to the model class; only its GPU loader
     # reports the checkpoint it resolved to.
-    extra = {"on_model_resolved": resolved.append} if torch.cuda.is_available() else {}
+    # Its GPU loader also takes the device: under DDP each rank loads onto cuda:LOCAL_RANK.
+    extra = {"on_model_resolved": resolved.append, "device_map": device_map()} if torch.cuda.is_available() else {}
     model, _ = FastLanguageModel.from_pretrained(
         model_name=path,
         max_seq_length=max_seq_length,

@@ -92,11 +92,13 @@ def resolve_config(recipe: str, args: argparse.Namespace) -> RunConfig:
             raise ConfigError(f"{key}: set twice ({flag} {given[key]} and {key}={value}); give it once")
         overrides[key] = value
     cfg = config_from_dict(apply_overrides(raw, overrides))
+    from kitrec_fast.parallel import distribute, world_size
+
     if args.profile:
         from kitrec_fast.profiles import apply_profile
 
-        cfg = apply_profile(cfg, args.profile)
-    return cfg
+        return apply_profile(cfg, args.profile, world_size=world_size())
+    return distribute(cfg)  # under torchrun / accelerate launch: each process's share of the batch
 
 
 def run(recipe: str, args: argparse.Namespace, command: str) -> int:

@@ -19,7 +19,8 @@ Run directory layout::
 
 Nothing is written before the data is prepared and the model loaded, so a bad dataset or model
 name leaves no run directory behind; a crash before the first checkpoint removes the directory it
-created.
+created. Under torchrun / accelerate launch only rank 0 writes all of this (the Trainer has every
+rank write its own RNG state into each checkpoint).
 """
 
 from __future__ import annotations
@@ -260,9 +261,13 @@ def run_training(cfg: RunConfig, command: str, console=None, accept_config_chang
                                      **runtime_facts(loaded.model)})
     env["tracking"] = tracking
 
-    # From here on the run directory is written.
+    from kitrec_fast.parallel import is_main_process
+
+    # From here on the run directory is written (by rank 0 alone when data parallel).
+    main = is_main_process()
     created = not run_dir.exists()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     attempts = rundir.read_attempts(run_dir)
     attempt = {"attempt": len(attempts) + 1, "command": command, "started_at": started_at,
                "resumed_from": state.resume.name if state.resume else None,
@@ -271,16 +276,17 @@ def run_training(cfg: RunConfig, command: str, console=None, accept_config_chang
                "wall_seconds": None, "outcome": "running"}
     attempts.append(attempt)
     resume_step = int(state.resume.name.split("-")[-1]) if state.resume else 0
-    moved = rundir.retire_abandoned_metrics(run_dir, resume_step, attempt["attempt"] - 1)
-    if moved:
-        console.print(f"[cyan]metrics[/] {moved} rows of an earlier attempt after step {resume_step} moved to "
-                      f"{rundir.ABANDONED_METRICS}")
-    if state.relevant_changes:
-        console.print("[yellow]accepted config change[/] " + rundir.describe_changes(state.relevant_changes))
-    rundir.write_attempts(run_dir, attempts)
-    rundir.write_resolved_config(run_dir, cfg, command)
-    atomic_write_json(run_dir / "data_report.json", prepared.report)
-    atomic_write_json(run_dir / rundir.ENVIRONMENT, env)
+    if main:
+        moved = rundir.retire_abandoned_metrics(run_dir, resume_step, attempt["attempt"] - 1)
+        if moved:
+            console.print(f"[cyan]metrics[/] {moved} rows of an earlier attempt after step {resume_step} moved to "
+                          f"{rundir.ABANDONED_METRICS}")
+        if state.relevant_changes:
+            console.print("[yellow]accepted config change[/] " + rundir.describe_changes(state.relevant_changes))
+        rundir.write_attempts(run_dir, attempts)
+        rundir.write_resolved_config(run_dir, cfg, command)
+        atomic_write_json(run_dir / "data_report.json", prepared.report)
+        atomic_write_json(run_dir / rundir.ENVIRONMENT, env)
 
     from kitrec_fast.train.callbacks import CheckpointOnSignal, MetricsLogger, ProjectCardOnSave, RichProgress
     from kitrec_fast.train.trainer import make_trainer
@@ -292,7 +298,7 @@ def run_training(cfg: RunConfig, command: str, console=None, accept_config_chang
         "weights": loaded.weights, "global_step": st.global_step, "max_steps": st.max_steps,
         "best_eval_loss": st.best_metric, "best_checkpoint": st.best_model_checkpoint,
         "status": "in progress", "warnings": getattr(cfg, "_warnings", [])}))
-    callbacks = [metrics_cb, RichProgress(console), stop_cb, card_cb]
+    callbacks = [metrics_cb, RichProgress(console), stop_cb, card_cb] if main else [stop_cb]
     has_eval = len(prepared.validation) > 0
     if has_eval and cfg.train.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(cfg.train.early_stopping_patience,
@@ -307,7 +313,8 @@ def run_training(cfg: RunConfig, command: str, console=None, accept_config_chang
     def end_attempt(outcome: str) -> None:
         attempt["wall_seconds"] = round(time.perf_counter() - t0, 1)
         attempt["outcome"] = outcome
-        rundir.write_attempts(run_dir, attempts)
+        if main:
+            rundir.write_attempts(run_dir, attempts)
 
     stop_cb.install()
     try:
@@ -323,7 +330,7 @@ def run_training(cfg: RunConfig, command: str, console=None, accept_config_chang
     except BaseException as exc:
         stop_cb.uninstall()
         end_attempt("failed")
-        if created and rundir.last_checkpoint(run_dir) is None:
+        if main and created and rundir.last_checkpoint(run_dir) is None:
             shutil.rmtree(run_dir, ignore_errors=True)  # nothing trained: leave no run directory behind
         if isinstance(exc, torch.OutOfMemoryError):
             raise UserError(f"{OOM_HELP}\n({exc.__class__.__name__}: {str(exc).splitlines()[0]})") from None
@@ -331,7 +338,8 @@ def run_training(cfg: RunConfig, command: str, console=None, accept_config_chang
     stop_cb.uninstall()
     # What the training steps really ran with (autocast, activation dtype) is known only now.
     env.update(runtime_facts(loaded.model, trainer))
-    atomic_write_json(run_dir / rundir.ENVIRONMENT, env)
+    if main:
+        atomic_write_json(run_dir / rundir.ENVIRONMENT, env)
 
     tstate = trainer.state
     interrupted = stop_cb.requested
@@ -343,21 +351,24 @@ def run_training(cfg: RunConfig, command: str, console=None, accept_config_chang
         "best_eval_loss": tstate.best_metric, "best_checkpoint": tstate.best_model_checkpoint,
         "interrupted": interrupted, "loss_path": trainer.kitrec_loss_path,
         "early_stopped": bool(has_eval and tstate.global_step < tstate.max_steps and not interrupted),
-        "train_rows": len(prepared.train), "val_rows": len(prepared.validation),
+        "train_rows": len(prepared.train), "val_rows": len(prepared.validation), "world_size": cfg.train.world_size,
         "attempts": len(attempts), "wall_seconds": rundir.total_wall_seconds(run_dir, attempts),
         "warnings": getattr(cfg, "_warnings", []),
     }
     if interrupted:
-        _write_card(run_dir, cfg, env, summary)
-        atomic_write_json(run_dir / rundir.SUMMARY, summary)
+        if main:
+            _write_card(run_dir, cfg, env, summary)
+            atomic_write_json(run_dir / rundir.SUMMARY, summary)
         console.print(f"[yellow]{interrupted}[/]: checkpoint written at step {tstate.global_step}; "
                       f"rerun the same command to resume.")
         return RunResult(run_dir, summary, exit_code=128 + int(getattr(signal, interrupted)))
 
     adapter_dir = run_dir / rundir.ADAPTER_DIR
-    trainer.save_model(str(adapter_dir))  # the best checkpoint, reloaded at the end of training
-    tokenizer.save_pretrained(str(adapter_dir))
+    trainer.save_model(str(adapter_dir))  # the best checkpoint, reloaded at the end of training (rank 0 writes)
     summary["adapter_dir"] = str(adapter_dir)
+    if not main:
+        return RunResult(run_dir, summary)
+    tokenizer.save_pretrained(str(adapter_dir))
     from kitrec_fast.artifacts.plots import plot_loss_curves
 
     plot_loss_curves(rundir.read_metrics(run_dir), run_dir / "loss_curves.png", title=f"{cfg.recipe} ({cfg.backend})")

@@ -157,10 +157,29 @@ def data_parallel_loss_scale(trainer, num_items_in_batch) -> int:
     return scale if args.n_gpu <= 1 else args.n_gpu
 
 
+def data_parallel_args(cfg: RunConfig, on_cuda: bool, world: int) -> dict:
+    """TrainingArguments for a data-parallel launch (``world`` > 1 processes); empty for one process.
+
+    On CPU ``use_cpu`` makes accelerate form a gloo process group (without it the ranks would not
+    know each other and each would train on all the data). On the peft baseline every LoRA weight
+    gets a gradient every step, so DDP need not search for unused parameters (the Trainer would turn
+    that search on for any PeftModel, at the cost of a graph traversal per step); Unsloth installs
+    its own choice (``unsloth/models/_ddp_defaults.py``).
+    """
+    if world <= 1:
+        return {}
+    args: dict = {} if on_cuda else {"use_cpu": True, "ddp_backend": "gloo"}
+    if cfg.backend == "peft":
+        args["ddp_find_unused_parameters"] = False
+    return args
+
+
 def make_trainer(cfg: RunConfig, model, tokenizer, train_ds, eval_ds, output_dir: str, callbacks: list,
                  extra_args: dict | None = None):
     """The project's SFTTrainer; ``extra_args`` are added to its TrainingArguments (tests use
-    ``use_cpu``/``bf16`` to get CPU autocast)."""
+    ``use_cpu``/``bf16`` to get CPU autocast). Under torchrun / accelerate launch the run is data
+    parallel (see :func:`data_parallel_args`); ``cfg.train`` already holds each process's share of
+    the batch (``kitrec_fast.parallel.distribute``)."""
     import torch
     from trl import SFTTrainer
 
@@ -171,8 +190,10 @@ def make_trainer(cfg: RunConfig, model, tokenizer, train_ds, eval_ds, output_dir
     on_cuda = torch.cuda.is_available()
     dtype = resolve_dtype(cfg.model.compute_dtype)
     bf16, fp16 = on_cuda and dtype == torch.bfloat16, on_cuda and dtype == torch.float16
+    from kitrec_fast.parallel import world_size
+
     args = build_sft_config(cfg, output_dir, has_eval=eval_ds is not None and len(eval_ds) > 0, bf16=bf16, fp16=fp16,
-                            extra=extra_args)
+                            extra={**data_parallel_args(cfg, on_cuda, world_size()), **(extra_args or {})})
     path = loss_path(cfg, on_cuda)
     eps = cfg.train.label_smoothing
     chunk = cfg.train.loss_chunk_size
@@ -204,18 +225,16 @@ def make_trainer(cfg: RunConfig, model, tokenizer, train_ds, eval_ds, output_dir
                 loss, nll = causal_lm_loss(hidden, head.weight, labels, label_smoothing=eps,
                                            num_items_in_batch=num_items_in_batch, chunk_size=chunk,
                                            lm_head_bias=getattr(head, "bias", None))
-                if num_items_in_batch is not None:
-                    # Log nll per token of this micro-batch, not its share of the accumulated batch.
-                    n_here = int((labels[..., 1:] != -100).sum())
-                    nll = nll * (float(num_items_in_batch) / max(n_here, 1))
             # Both paths normalise by the token count gathered over all ranks (see the helper).
             scale = data_parallel_loss_scale(self, num_items_in_batch)
             if scale != 1:
                 loss = loss * scale
-            self._metrics[mode]["nll"].append(float(nll))
+            self._metrics[mode]["nll"].append(self._logged_nll(nll, num_items_in_batch))
             if mode == "train":
-                self._total_train_tokens += int(inputs["input_ids"].numel() if "attention_mask" not in inputs
-                                                else inputs["attention_mask"].sum())
+                ids = inputs["input_ids"]
+                local = (inputs["attention_mask"].sum() if "attention_mask" in inputs
+                         else torch.tensor(ids.numel(), device=ids.device))  # on the device: NCCL gathers there
+                self._total_train_tokens += int(self.accelerator.gather_for_metrics(local.reshape(1)).sum())
                 self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
             if return_outputs:
                 return loss, {"loss": loss}
@@ -224,6 +243,23 @@ def make_trainer(cfg: RunConfig, model, tokenizer, train_ds, eval_ds, output_dir
         def log(self, logs, *args, **kwargs):
             # Into the Trainer's own log event, so every report_to tracker receives them too.
             super().log(self.kitrec_metrics.add_to(logs), *args, **kwargs)
+
+        def _logged_nll(self, nll, num_items_in_batch) -> float:
+            """The nll entry of one micro-batch, such that the logged mean is the token-weighted nll
+            of whole optimizer steps on any number of processes.
+
+            With ``num_items_in_batch`` (training) ``nll`` is this micro-batch's token sum over the
+            step's global token count: summed over ranks and the step's micro-batches it is the
+            step's nll. Each entry is the rank sum times the micro-batches of the step, so the
+            mean of the step's entries (TRL's ``log`` averages them) is that sum. In evaluation
+            ``nll`` is the batch's mean, averaged over ranks as the Trainer averages ``eval_loss``.
+            """
+            if num_items_in_batch is None:
+                if self.accelerator.num_processes == 1:
+                    return float(nll)
+                return float(self.accelerator.reduce(nll.detach().reshape(1).float(), reduction="mean"))
+            share = self.accelerator.reduce(nll.detach().reshape(1).float(), reduction="sum")
+            return float(share) * getattr(self, "current_gradient_accumulation_steps", 1)
 
     trainer = KitrecSFTTrainer(
         model=model,

@@ -15,8 +15,10 @@ def main() -> None:
     import torch
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    # A global batch of 2 rows: one micro-batch of 1 row on each rank.
     cfg, trainer = build("peft", ["model.load_in_4bit=false", "train.neftune_alpha=null", "lora.dropout=0",
-                                  "train.per_device_batch_size=1", "train.max_steps=1", *sys.argv[1:]],
+                                  "train.per_device_batch_size=1", "train.gradient_accumulation_steps=2",
+                                  "train.max_steps=1", *sys.argv[1:]],
                          with_eval=False, extra_args={"use_cpu": True, "ddp_backend": "gloo"})
     ds = trainer.train_dataset
     rows = [ds[i] for i in range(2)]
