@@ -251,6 +251,11 @@ def prepare(cfg: DataConfig, tokenizer: Any, *, rows: Optional[list[dict]] = Non
                     raise
                 skipped.append(_skip_entry(exc, "validate"))
         del raw_block
+        # Both Python phases overlap the Rust tokenizer: this block was parsed while the previous
+        # block's chunks were being tokenized; the previous block is truncated and rendered while
+        # this block's chunks are.
+        if renderer.chunked:
+            renderer.drain()
         partials = None
         if renderer.chunked:
             partials = renderer.prefetch([_body(renderer, r) for r in block])
@@ -261,13 +266,13 @@ def prepare(cfg: DataConfig, tokenizer: Any, *, rows: Optional[list[dict]] = Non
             for r in block:
                 r.prompt = ""  # parsed.render() is the same text
         if pending is not None:
-            finish_block(*pending)  # runs while this block is being tokenized
-        if renderer.chunked:
-            renderer.drain()
+            finish_block(*pending)
         pending = (block, partials)
         if progress is not None:
             progress("prepare", n_loaded, total)
     if pending is not None:
+        if renderer.chunked:
+            renderer.drain()
         finish_block(*pending)
     seconds_rows = time.perf_counter() - t0
     if not kept:
@@ -285,6 +290,8 @@ def prepare(cfg: DataConfig, tokenizer: Any, *, rows: Optional[list[dict]] = Non
         splits[name] = data.select(positions, keep_in_memory=True) if data is not None and positions else \
             _empty_split(sink.schema)
     report = _report(cfg, tokenizer, n_loaded, kept, train_idx, val_idx, records, skipped, renderer, verified, opts)
+    # the cache only speeds up this call; the tokenizer lives on (through training), the cache need not
+    renderer.clear()
     report["seconds"] = {"rows": round(seconds_rows, 3), "total": round(time.perf_counter() - t0, 3)}
     return PreparedData(splits["train"], splits["validation"], report)
 

@@ -86,6 +86,18 @@ def split_chunks(text: str) -> list[str]:
     return out
 
 
+def _return_free_memory() -> None:
+    """Hand freed heap back to the OS (glibc keeps it otherwise, and RSS would not drop)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the memory is reused by the process, just not returned
+        pass
+
+
 class ChatRenderer:
     """Chat rendering plus exact, cached token counting for one tokenizer."""
 
@@ -205,6 +217,12 @@ class ChatRenderer:
         """Exact token count of a text from its ``prefetch`` entry (after ``drain()``)."""
         cache = self._cache
         return partial[0] + sum(len(cache[c]) for c in partial[1])
+
+    def clear(self) -> None:
+        """Forget every cached chunk (a long-lived tokenizer would otherwise keep ~250 MB for 12k rows)."""
+        self.drain()
+        self._cache.clear()
+        _return_free_memory()
 
     def drain(self) -> None:
         """Wait for every prefetch and move its ids into the cache."""
