@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -253,13 +254,22 @@ def test_ctrl_c_once_checkpoints_and_exits_130_twice_aborts_cleanly(tmp_path):
     args = [sys.executable, "-m", "kitrec_fast.recipes.dualft_music", "--smoke", "--backend", "peft",
             "--output-dir", str(run), *FAST, "data.val_fraction=0", "train.max_steps=40",
             "train.gradient_accumulation_steps=1", "train.save_steps=20", "train.eval_steps=20"]
-    # twice: abort at once, no traceback, no checkpoint written
+    # twice: abort at once, no traceback, no checkpoint written. The second press is sent once the
+    # first one's notice is out: two signals that arrive while the main thread is inside one long
+    # C call reach Python's handler as one.
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
     _wait_for_step(proc, run, 1)
     proc.send_signal(signal.SIGINT)
-    time.sleep(0.1)
+    deadline = time.time() + 120
+    while time.time() < deadline and not any("Press Ctrl-C again" in line for line in lines):
+        time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=300)
+    proc.wait(timeout=300)
+    reader.join(timeout=30)
+    out = "".join(lines)
     assert proc.returncode == 130, out[-3000:]
     assert "Press Ctrl-C again to abort without saving" in out and "SIGINT again: aborting now" in out
     assert "error: aborted at step" in out and "Traceback" not in out
@@ -307,7 +317,7 @@ def test_bad_data_under_train_is_a_clean_error_and_leaves_no_run_directory(tmp_p
     missing_field = tmp_path / "missing_field.jsonl"
     del rows[6]["user_id"]
     missing_field.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    for dataset, says in ((malformed, "line 5"), (missing_field, "user_id"),
+    for dataset, says in ((malformed, "row 5 (1-based; the file line for JSONL)"), (missing_field, "user_id"),
                           (tmp_path / "absent.jsonl", "file not found")):
         run = tmp_path / f"run-{dataset.stem}"
         proc = subprocess.run([sys.executable, "-m", "kitrec_fast", "train", "dualft_music", "--smoke", "--backend",
