@@ -346,6 +346,14 @@ def test_no_gpu_message_is_one_line_with_every_option(tmp_path):
     assert line.endswith(f"python -m kitrec_fast.recipes.dualft_music --backend peft --output-dir "
                          f"{tmp_path / 'x'} train.learning_rate=1e-4 --smoke")
     assert not (tmp_path / "x").exists()
+    # the dry run's note too: one line however long the command (the console wraps at 160 columns)
+    proc = subprocess.run([sys.executable, "-m", "kitrec_fast", "train", "singleft_movies", "--set", "B",
+                           "--max-steps", "50", "--output-dir", str(tmp_path / "a-rather-long-output-directory-name"),
+                           "train.learning_rate=1e-4", "data.max_length=4096", "--dry-run"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    line = next(line for line in proc.stdout.splitlines() if "No CUDA GPU" in line)
+    assert line.endswith("train.learning_rate=1e-4 data.max_length=4096 --dry-run --smoke")
 
 
 # --- what the Trainer is really given ---

@@ -111,7 +111,7 @@ def run(recipe: str, args: argparse.Namespace, command: str) -> int:
         notes = training.validate(cfg, command, accept_config_change=args.accept_config_change, dry_run=True)
         console.print(training.config_table(cfg, title=f"{cfg.recipe} (resolved, dry run)"))
         for note in notes:
-            console.print(f"[yellow]note[/] {note}")
+            console.print(f"[yellow]note[/] {note}", soft_wrap=True)  # a suggested command stays one line
         console.print("[green]dry run[/]: the configuration is valid; nothing was written.")
         return 0
     result = training.run_training(cfg, command=command, console=console,
