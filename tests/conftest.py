@@ -55,3 +55,13 @@ def smoke_run(tmp_path_factory) -> SmokeRun:
     proc = subprocess.run(run.command(run.run_dir), cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"STDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-4000:]}"
     return run
+
+
+@pytest.fixture(autouse=True)
+def _unsloth_stays_out_of_the_test_process(request):
+    """Importing unsloth patches transformers/trl for good, and every later in-process test of the
+    peft baseline would then skip itself. Tests that need unsloth run it in a subprocess."""
+    before = "unsloth" in sys.modules
+    yield
+    if not before and "unsloth" in sys.modules:
+        pytest.fail(f"{request.node.nodeid} imported unsloth into the pytest process; run that part in a subprocess")

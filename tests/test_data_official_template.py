@@ -14,7 +14,6 @@ THINK, IM_END = 151667, 151645
 
 @pytest.fixture(scope="module")
 def rendered_cases():
-    pytest.importorskip("unsloth", reason="the official template ships with unsloth")
     proc = subprocess.run([sys.executable, str(ROOT / "tests/scripts/official_qwen3_template.py")], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
