@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from kitrec_fast.fsio import cache_root  # noqa: F401  (re-exported: callers import it from here)

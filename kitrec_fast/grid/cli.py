@@ -10,7 +10,6 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from kitrec_fast.errors import UserError
 
 DEFAULT_OUTPUT = "grid"
 
@@ -68,7 +67,7 @@ def split_overrides(argv: list[str], parser: argparse.ArgumentParser) -> tuple[l
 
 
 def make_spec(args, overrides: list[str]):
-    from kitrec_fast.grid.spec import BACKENDS, SETS, GridError, GridSpec
+    from kitrec_fast.grid.spec import SETS, GridError, GridSpec
     from kitrec_fast.recipes import FAMILIES
 
     families, pinned = [], []
