@@ -8,12 +8,9 @@ so in words, so an empty-looking chart cannot be mistaken for a rendering failur
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from kitrec_fast.eval.score import ScoreReport
 
 __all__ = ["error_rates_chart", "metrics_chart", "plot_error_rates", "plot_metrics_by_user_type"]
 
@@ -21,6 +18,25 @@ _ERROR_RATES = ("paper_parse_error_rate", "parse_failure_rate", "invalid_item_ra
                 "unfinished_think_rate", "token_limit_rate")
 NA_LABEL = "n/a"
 ALL_ZERO_NOTE = "every value in this chart is 0"
+
+
+class Group(Protocol):
+    """One bar group's numbers: a user type's (or all rows') metrics, intervals and error rates."""
+
+    metrics: Mapping[str, float | None]
+    ci: Mapping[str, tuple[float, float]]
+    rates: Mapping[str, float | None]
+
+
+class Report(Protocol):
+    """What a chart reads: the groups (overall first) and how the metrics were computed. A score
+    report has this shape; the charts take any such object, so they depend on no report builder."""
+
+    metric_names: Sequence[str]
+    protocol: str
+    alpha: float
+
+    def groups(self) -> Mapping[str, Group]: ...
 
 
 def _pyplot():
@@ -32,7 +48,7 @@ def _pyplot():
     return plt
 
 
-def metrics_chart(report: "ScoreReport") -> Any:
+def metrics_chart(report: Report) -> Any:
     """One group of bars per user type (overall first), one bar per metric, CI whiskers."""
     groups = report.groups()
     names = report.metric_names
@@ -49,7 +65,7 @@ def metrics_chart(report: "ScoreReport") -> Any:
     )
 
 
-def error_rates_chart(report: "ScoreReport") -> Any:
+def error_rates_chart(report: Report) -> Any:
     groups = report.groups()
     values = np.array([[_num(g.rates.get(r)) for r in _ERROR_RATES] for g in groups.values()], dtype=float)
     labels = [r.replace("_rate", "").replace("_", " ") for r in _ERROR_RATES]
@@ -59,11 +75,11 @@ def error_rates_chart(report: "ScoreReport") -> Any:
     return _grouped_bars(list(groups), labels, values, None, title="Error rates by user type", ylim=ylim)
 
 
-def plot_metrics_by_user_type(report: "ScoreReport", path: str | Path) -> Path:
+def plot_metrics_by_user_type(report: Report, path: str | Path) -> Path:
     return _save(metrics_chart(report), path)
 
 
-def plot_error_rates(report: "ScoreReport", path: str | Path) -> Path:
+def plot_error_rates(report: Report, path: str | Path) -> Path:
     return _save(error_rates_chart(report), path)
 
 

@@ -34,6 +34,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from kitrec_fast.errors import UserError
+
 IM_END = "<|im_end|>"
 THINK = "<think>"
 _CHUNK = re.compile(r"[^\n]*(?:\n(?!\S)[^\n]*)*\n?")
@@ -54,7 +56,7 @@ _PROBE_TARGET = (
 )
 
 
-class RenderError(ValueError):
+class RenderError(UserError):
     """The chat template does not render a row the way label masking requires."""
 
 

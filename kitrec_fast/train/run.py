@@ -196,18 +196,10 @@ def _prepare_data(cfg: RunConfig):
     try:
         tokenizer = load_tokenizer(cfg.data.tokenizer or resolve_model_path(cfg.model.name))
         return tokenizer, prepare(cfg.data, tokenizer)
-    except UserError:
-        raise
-    except (ValueError, FileNotFoundError) as exc:
-        # The data stage's own errors (bad row, unreadable file, unknown tokenizer) name the row or
-        # option; shown here without the traceback. Any other ValueError is a bug and keeps it.
-        if isinstance(exc, FileNotFoundError) or type(exc).__name__ in _DATA_ERRORS:
-            raise TrainingDataError(str(exc)) from exc
-        raise
-
-
-# The data/render/truncate stages' error types, by name: they are defined across those packages.
-_DATA_ERRORS = frozenset({"DatasetLoadError", "BadRowError", "RenderError", "TokenizerError", "PromptFormatError"})
+    except FileNotFoundError as exc:
+        # The data stage's own errors (bad row, unreadable file, unknown tokenizer, a prompt or
+        # template that does not fit) are UserErrors naming the row or option; a missing file is too.
+        raise TrainingDataError(str(exc)) from exc
 
 
 def run_training(cfg: RunConfig, command: str, console=None, accept_config_change: bool = False) -> RunResult:

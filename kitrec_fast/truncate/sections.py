@@ -34,6 +34,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable, NamedTuple, Optional
 
+from kitrec_fast.errors import UserError
+
 PREAMBLE, SOURCE, TARGET, CANDIDATES, TEXT, TASK = (
     "preamble", "source_history", "target_history", "candidates", "text", "task")
 HISTORY_KINDS = (SOURCE, TARGET)
@@ -48,7 +50,7 @@ _ID = re.compile(r"\(ID:\s*(?P<a>[A-Za-z0-9]+)\s*\)|\[Item:\s*(?P<b>[A-Za-z0-9]+
 _LIST_ITEM = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)])\s+\S")
 
 
-class PromptFormatError(ValueError):
+class PromptFormatError(UserError):
     """The prompt does not have the KitREC layout (e.g. no candidate section)."""
 
 
