@@ -81,6 +81,7 @@ class Plan:
     budget_s: float
     steps: list[Step] = field(default_factory=list)
     added: dict[str, str] = field(default_factory=dict)  # step -> why --only added it
+    reserve_s: float = RESERVE_S
 
     @property
     def promised(self) -> list[Step]:
@@ -404,13 +405,13 @@ def run_plan(plan: Plan, work: Path, out: Path, meta: dict, env: dict) -> int:
         min_s = step.est_range[0] if step.min_s is None else step.min_s
         if lost:
             step.status, step.note = "skipped", f"{lost[0]} did not finish"
-        elif left() - RESERVE_S < min_s:
+        elif left() - plan.reserve_s < min_s:
             step.status, step.note = "skipped", f"budget: {left():.0f} s left, needs at least {min_s:.0f} s"
         if step.status == "skipped":
             finish()
             continue
         # the limit is what is left of the phase now, when the step starts (not when the plan was made)
-        step.budget_s = int(left() - RESERVE_S)
+        step.budget_s = int(left() - plan.reserve_s)
         argv = [a.replace("{left}", str(step.budget_s)) for a in step.argv]
         print(f"[phase {plan.phase}] {step.name} (est {step.est_s:.0f} s, limit {step.budget_s} s)",
               file=sys.stderr, flush=True)

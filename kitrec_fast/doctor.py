@@ -27,7 +27,7 @@ import sysconfig
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 PACKAGES = ("torch", "transformers", "trl", "peft", "bitsandbytes", "unsloth", "unsloth_zoo", "accelerate",
             "datasets", "triton", "kitrec_fast")
@@ -46,6 +46,7 @@ class Check:
     name: str
     status: str  # ok | warn | FAIL | not run
     detail: str
+    data: dict = field(default_factory=dict)  # the figures behind the detail (--json)
 
 
 def _version(name: str) -> str | None:
@@ -189,14 +190,14 @@ def probe(backend: str, train: bool) -> dict:
     return out
 
 
-def run_probe(backend: str, train: bool) -> dict:
+def run_probe(backend: str, train: bool, timeout_s: float = PROBE_TIMEOUT_S) -> dict:
     cmd = [sys.executable, "-m", "kitrec_fast.doctor", "--probe", backend] + (["--train"] if train else [])
     env = {**os.environ, "UNSLOTH_DISABLE_STATISTICS": "1"}
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, env=env)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
     except subprocess.TimeoutExpired:
-        return {"error": f"did not finish in {PROBE_TIMEOUT_S} s"}
+        return {"error": f"did not finish in {timeout_s:g} s (--timeout-s)"}
     wall = time.perf_counter() - t0
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
@@ -252,15 +253,17 @@ def probe_checks(results: dict[str, dict], on_gpu: bool, train: bool) -> list[Ch
     lu, lp = u.get("losses") or [], p.get("losses") or []
     if lu and lp:
         gap = abs(lu[0] - lp[0]) / abs(lp[0])
+        last = abs(lu[-1] - lp[-1]) / abs(lp[-1])
         out.append(Check("loss gap", "ok" if gap <= LOSS_GAP_MAX else "FAIL",
                          f"first step {gap:.2e} relative (at most {LOSS_GAP_MAX:g}: the same rows, LoRA B = 0); "
-                         f"step {len(lu)}: {abs(lu[-1] - lp[-1]) / abs(lp[-1]):.2e} (each backend drew its own A)"))
+                         f"step {len(lu)}: {last:.2e} (each backend drew its own A)",
+                         {"first_step": gap, "last_step": last, "losses": {"unsloth": lu, "peft": lp}}))
     else:
         out.append(Check("loss gap", "FAIL", "needs both tiny trainings"))
     return out
 
 
-def run_checks(quick: bool) -> list[Check]:
+def run_checks(quick: bool, timeout_s: float = PROBE_TIMEOUT_S) -> list[Check]:
     checks = version_checks()
     cuda, props = cuda_check()
     on_gpu = props is not None
@@ -268,7 +271,7 @@ def run_checks(quick: bool) -> list[Check]:
     train = not quick
     backends = ("unsloth", "peft") if train else ("unsloth",)
     with ThreadPoolExecutor(len(backends)) as pool:
-        results = dict(zip(backends, pool.map(lambda b: run_probe(b, train), backends)))
+        results = dict(zip(backends, pool.map(lambda b: run_probe(b, train, timeout_s), backends)))
     checks += probe_checks(results, on_gpu, train)
     checks.append(memory_check(props))
     return checks
@@ -307,11 +310,17 @@ def main(argv: list[str] | None = None) -> int:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="no training: versions, CUDA, libraries, imports (seconds)")
     p.add_argument("--json", action="store_true", help="print the checks as JSON instead of the table")
+    p.add_argument("--timeout-s", type=float, default=PROBE_TIMEOUT_S,
+                   help="limit for each backend's process (they run side by side)")
 
 
 def doctor(args) -> int:
     t0 = time.perf_counter()
-    checks = run_checks(args.quick)
+    if args.timeout_s <= 0:
+        from kitrec_fast.errors import UserError
+
+        raise UserError(f"--timeout-s: must be positive, got {args.timeout_s:g}")
+    checks = run_checks(args.quick, args.timeout_s)
     if args.json:
         print(json.dumps({"quick": args.quick, "wall_s": time.perf_counter() - t0,
                           "checks": [asdict(c) for c in checks]}, indent=1))
