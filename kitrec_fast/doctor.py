@@ -256,7 +256,7 @@ def probe_checks(results: dict[str, dict], on_gpu: bool, train: bool) -> list[Ch
         last = abs(lu[-1] - lp[-1]) / abs(lp[-1])
         out.append(Check("loss gap", "ok" if gap <= LOSS_GAP_MAX else "FAIL",
                          f"first step {gap:.2e} relative (at most {LOSS_GAP_MAX:g}: the same rows, LoRA B = 0); "
-                         f"step {len(lu)}: {last:.2e} (each backend drew its own A)",
+                         f"step {len(lu)}: {last:.2e}",
                          {"first_step": gap, "last_step": last, "losses": {"unsloth": lu, "peft": lp}}))
     else:
         out.append(Check("loss gap", "FAIL", "needs both tiny trainings"))
