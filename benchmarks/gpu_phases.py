@@ -157,7 +157,7 @@ def build_plan(phase: int, work: Path, dry: bool, budget_s: float | None = None)
                       + " && " + shlex.join(parity)]
         plan = Plan(1, budget_s or PHASE_BUDGET_S[1])
         plan.steps = [
-            Step("preflight", (10, 30), [py, "-m", "kitrec_fast", "doctor", "--quick"],
+            Step("preflight", (10, 30), [py, "-m", "kitrec_fast", "doctor", "--quick", "--timeout-s", "{left}"],
                  "kitrec-fast doctor --quick: versions, CUDA, bitsandbytes library, triton, unsloth importable"),
             build,
             Step("headline", (200, 350), harness + common + ["--out", str(work / "headline")] + budget

@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         if spec.get("kind", "throughput") == "ceiling":
             _run_ceiling(spec, cfg, backend, torch, row, args.out)
         else:
-            _run_throughput(spec, cfg, backend, torch, row, None)
+            _run_throughput(spec, cfg, backend, torch, row, args.out)
     except BaseException as exc:  # noqa: BLE001 - every failure must still produce a row
         row["status"] = "oom" if _is_oom(exc) else "error"
         row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]

@@ -43,7 +43,7 @@ def test_phase_plans_fit_the_lease(tmp_path):
     for plan in (one, gpu_phases.build_plan(2, tmp_path, dry=False)):
         assert plan.worst_s <= plan.budget_s < gpu_phases.MAX_PHASE_BUDGET_S <= LEASE_COMMAND_S - 60
         # no step carries a fixed limit: the harness gets what is left when the step starts
-        for step in plan.steps:
+        for step in plan.steps:  # (the doctor's --timeout-s limits each of its child processes)
             for flag in ("--timeout-s", "--budget-s"):
                 if flag in step.argv:
                     assert step.argv[step.argv.index(flag) + 1] == "{left}", (step.name, step.argv)
@@ -53,7 +53,7 @@ def test_phase_plans_fit_the_lease(tmp_path):
     assert head.argv[head.argv.index("--model") + 1] == "arch" and head.needs == ("build-model",)
     # the preflight is the user's doctor in its quick form
     pre = one.steps[0]
-    assert pre.argv[-3:] == ["kitrec_fast", "doctor", "--quick"]
+    assert pre.argv[-5:] == ["kitrec_fast", "doctor", "--quick", "--timeout-s", "{left}"]
 
 
 def _meta():
