@@ -27,6 +27,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import tarfile
@@ -270,7 +271,7 @@ def _headline_lines(work: Path, dry: bool) -> list[str]:
                      f"{_f(mem.get('peak_reserved_gib'))} | {torch_v or '-'} | {s.get('activation_dtype')} | "
                      f"{s.get('compile')} | {s.get('fused_lora_kernels')} |")
     if dry:
-        lines.append("\nCPU, tiny model (hidden 64, 2 layers): tokens/s and memory above are **not meaningful** "
+        lines.append("\nCPU, tiny model (hidden 64, 2 layers): tokens/s and memory above are NOT MEANINGFUL "
                      "(CPU peak RSS in the memory columns); they only show the plan runs end to end.")
         if by.get("unsloth") and by.get("peft"):
             lines.append(f"fast path / baseline on this CPU: {by['unsloth'] / by['peft']:.2f}x (not meaningful)")
@@ -336,12 +337,26 @@ def write_summary(plan: Plan, work: Path, out: Path, meta: dict) -> None:
 # running
 
 
+_RUNNING: list[subprocess.Popen] = []  # the step now running (stopped with us on SIGTERM)
+
+
 def _start(argv: list[str], log: Path, env: dict) -> subprocess.Popen:
     """The step in a new process group (its own session): everything it starts inherits the group."""
     f = open(log, "w")
     f.write(f"$ {shlex.join(argv)}\n")
     f.flush()
-    return subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env, start_new_session=True)
+    proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env, start_new_session=True)
+    _RUNNING[:] = [proc]
+    return proc
+
+
+def _on_term(signum, frame) -> None:
+    """Stopped from outside (a command limit): the running step's group goes with us, not on as orphans."""
+    from procs import stop_group
+
+    for proc in _RUNNING:
+        stop_group(proc.pid, grace_s=2.0, wait_s=5.0)
+    raise SystemExit(128 + signum)
 
 
 def _wait(proc: subprocess.Popen, timeout: float) -> int | None:
@@ -487,6 +502,7 @@ def main(argv: list[str] | None = None) -> int:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     if commit:
         env["KITREC_GIT_COMMIT"] = commit
+    signal.signal(signal.SIGTERM, _on_term)
     return run_plan(plan, work, Path(args.out), meta, env)
 
 

@@ -29,9 +29,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
-PACKAGES = ("torch", "transformers", "trl", "peft", "bitsandbytes", "unsloth", "unsloth_zoo", "accelerate",
-            "datasets", "triton", "kitrec_fast")
-OPTIONAL = {"triton"}  # without it only the fast path's kernels are missing, and the row says so
+# without them the fast path falls back (xformers: an attention option) or the triton row below says what fails
+OPTIONAL = {"triton", "xformers"}
 PROBE_TIMEOUT_S = 80  # each backend's process; they run side by side, so the whole doctor stays < 90 s
 TRAIN_STEPS = 3
 # First-step loss gap allowed between the backends' tiny trainings: both start from LoRA B = 0 (the
@@ -59,12 +58,17 @@ def _version(name: str) -> str | None:
 
 
 def version_checks() -> list[Check]:
-    out = [Check("python", "ok", sys.version.split()[0])]
-    for name in PACKAGES:
-        v = _version(name)
+    """The versions a run directory records (``environment.json``), checked: a required one missing fails."""
+    from kitrec_fast.artifacts.rundir import environment_record
+
+    env = environment_record()
+    out = [Check("python", "ok", env["python"])]
+    for name, v in env["versions"].items():
         if v is None and name == "kitrec_fast":
-            v = "source checkout (not installed)"
-        out.append(Check(name, "ok" if v else ("warn" if name in OPTIONAL else "FAIL"), v or "not installed"))
+            out.append(Check(name, "ok", "source checkout (not installed)"))
+        else:
+            out.append(Check(name, "ok" if v or name in OPTIONAL else "FAIL",
+                             v or ("not installed (optional)" if name in OPTIONAL else "not installed")))
     return out
 
 

@@ -173,7 +173,7 @@ def test_cpu_dry_run_leaves_what_a_gpu_run_leaves(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "PYTHON": sys.executable}
     proc = subprocess.run(["bash", str(REPO / "benchmarks/gpu/run_all.sh"), "--cpu-dry-run", str(out)], cwd=REPO,
-                          capture_output=True, text=True, timeout=400, env=env)
+                          capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert sorted(p.name for p in out.iterdir()) == [gpu_phases.ARCHIVE, gpu_phases.SUMMARY]
     summary = (out / gpu_phases.SUMMARY).read_text()
@@ -182,7 +182,7 @@ def test_cpu_dry_run_leaves_what_a_gpu_run_leaves(tmp_path):
     # honest about the CPU: no GPU test ran, so the step is "skipped", and no figure is presented as a result
     gpu_tests = next(line for line in summary.splitlines() if line.startswith("| gpu-tests |"))
     assert "| skipped |" in gpu_tests and "tests skipped" in gpu_tests, gpu_tests
-    assert "not meaningful" in summary and "**" not in summary
+    assert "NOT MEANINGFUL" in summary and "**" not in summary
     assert "parity (first-step LoRA gradients" in summary and "PASS" in summary
     files = _members(out / gpu_phases.ARCHIVE)
     root = "cpu-dry-run-phase1"
