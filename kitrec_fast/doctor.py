@@ -34,9 +34,11 @@ OPTIONAL = {"triton", "xformers"}
 PROBE_TIMEOUT_S = 80  # each backend's process; they run side by side, so the whole doctor stays < 90 s
 TRAIN_STEPS = 3
 # First-step loss gap allowed between the backends' tiny trainings: both start from LoRA B = 0 (the
-# adapter changes nothing yet) on the same rows, so only arithmetic differs (bf16 kernels vs the
-# baseline's fp32 residual stream on a GPU: about 2^-8 per rounding; exact on CPU, both fp32).
-LOSS_GAP_MAX = 0.02
+# adapter changes nothing yet) on the same rows, so only arithmetic differs. On CPU both run fp32 and
+# agree to rounding (other rows would already differ by ~2e-3 with the tiny random model); on a GPU
+# Unsloth's bf16 kernels vs the baseline's fp32 residual stream differ by about 2^-8 per rounding,
+# so there the check only catches gross breakage.
+LOSS_GAP_MAX = {"cpu": 1e-4, "cuda": 0.02}
 NO_GPU = "needs a CUDA GPU (none here)"
 
 
@@ -258,8 +260,9 @@ def probe_checks(results: dict[str, dict], on_gpu: bool, train: bool) -> list[Ch
     if lu and lp:
         gap = abs(lu[0] - lp[0]) / abs(lp[0])
         last = abs(lu[-1] - lp[-1]) / abs(lp[-1])
-        out.append(Check("loss gap", "ok" if gap <= LOSS_GAP_MAX else "FAIL",
-                         f"first step {gap:.2e} relative (at most {LOSS_GAP_MAX:g}: the same rows, LoRA B = 0); "
+        limit = LOSS_GAP_MAX["cuda" if on_gpu else "cpu"]
+        out.append(Check("loss gap", "ok" if gap <= limit else "FAIL",
+                         f"first step {gap:.2e} relative (at most {limit:g}: the same rows, LoRA B = 0); "
                          f"step {len(lu)}: {last:.2e}",
                          {"first_step": gap, "last_step": last, "losses": {"unsloth": lu, "peft": lp}}))
     else:

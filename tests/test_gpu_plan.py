@@ -57,7 +57,7 @@ def test_phase_plans_fit_the_lease(tmp_path):
 
 
 def _meta():
-    return {"device": "test", "slug": "test", "commit": None, "dry": True, "started": "now"}
+    return {"device": "test", "slug": "test", "commit": None, "dry": False, "started": "now"}
 
 
 def test_runner_keeps_the_budget_and_repacks_after_every_step(tmp_path):
