@@ -1,16 +1,23 @@
 """The GPU lease plan: phases of steps with time budgets, one archive + one summary as the only output.
 
-    python benchmarks/gpu_phases.py --phase 1 --out OUT [--cpu-dry-run]    (run by gpu/run_all.sh)
+    python benchmarks/gpu_phases.py --phase 1 --out OUT [--cpu-dry-run] [--only STEP ...]   (run by gpu/run_all.sh)
 
 A GPU machine returns at most 8 files from its output folder, and one command may run 10 minutes
 of a 15-minute lease. So the work happens in a scratch folder and ``OUT`` only ever holds
 ``ARCHIVE`` (everything, re-packed after every step, so a run killed at its limit still returns
-what finished) and ``SUMMARY`` (the plan, its estimates, each step's status and the headline figures).
+what finished) and ``SUMMARY`` (the plan, its estimates against what each step took, each step's
+status, the parity verdict and the headline figures).
 
-Phase 1 (one command, under 6 minutes, so a lease can rerun it once): preflight, the GPU tests,
-the parity check and the headline pair. Phase 2 (a later lease): token scaling and memory ceilings.
-``--cpu-dry-run`` runs the very same plan on CPU with the tiny model (one step per configuration)
-and leaves the same two files; the estimates in its summary are the GPU ones.
+Phase 1 (one command, under 540 s): a quick preflight (``kitrec-fast doctor --quick``), the model
+build, then the headline pair with the GPU to itself, then the parity check and ``tests/gpu`` if time
+is left. The steps run one after the other; each step's time limit is what is left of the phase
+budget when it starts. Phase 2 (a later lease): token scaling and memory ceilings. ``--only`` runs a
+subset plus the steps they need (named in the summary). ``--cpu-dry-run`` runs the very same plan on
+CPU with the tiny model (one step per configuration) and leaves the same two files; its estimates
+are the GPU ones and its timings mean nothing.
+
+Every step runs in its own process group and everything it starts stays in it (``procs.py``): at
+the limit the whole group is stopped and waited for, so no worker outlives its step.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,22 +47,33 @@ MAX_ARCHIVE_BYTES = 15 * 2**20
 MAX_LOG_BYTES = 2 * 2**20  # a log larger than this is cut to its last 2 MiB in the archive
 ARCH_DIR = "/tmp/kitrec-qwen3-14b-arch"
 PARITY_LAYERS = 2
-INPUTS = {"build-model"}  # steps whose failure leaves a later step nothing to run on
+# One command may run 600 s; the phase keeps 60 s for the machine's own start of the command, the
+# last re-pack and the transfer back.
+MAX_PHASE_BUDGET_S = 540
+PHASE_BUDGET_S = {1: 530.0, 2: 530.0}
+RESERVE_S = 10  # kept back from each step's limit: stopping its group, the summary, the re-pack
 
 
 @dataclass
 class Step:
     name: str
-    est_s: float  # expected GPU wall time (not measured yet; see benchmarks/README.md)
+    est_range: tuple[float, float]  # expected GPU wall time, low-high (see ``build_plan``)
     argv: list[str]
     what: str
-    background: bool = False  # started now, runs alongside; a later step lists it in ``wait_for``
-    wait_for: tuple[str, ...] = ()
+    needs: tuple[str, ...] = ()  # steps whose output this one uses (added by --only, stop it when not ok)
+    min_s: float | None = None  # start only with this much budget left (default: the low estimate)
     env: dict = field(default_factory=dict)  # added to the environment of this step's process
+    junit: str | None = None  # a pytest step's report: all tests skipped -> the step is "skipped"
+    if_time_left: bool = False  # not part of the phase's promise: runs only if the budget still allows
     status: str = "pending"
+    budget_s: float | None = None  # the limit it was handed when it started
     wall_s: float | None = None
     rc: int | None = None
     note: str = ""
+
+    @property
+    def est_s(self) -> float:
+        return sum(self.est_range) / 2
 
 
 @dataclass
@@ -62,17 +81,38 @@ class Plan:
     phase: int
     budget_s: float
     steps: list[Step] = field(default_factory=list)
+    added: dict[str, str] = field(default_factory=dict)  # step -> why --only added it
+    reserve_s: float = RESERVE_S
+
+    @property
+    def promised(self) -> list[Step]:
+        return [s for s in self.steps if not s.if_time_left]
 
     @property
     def estimate_s(self) -> float:
-        """The critical path: a background step overlaps the foreground until a step waits for it."""
-        t, done_at = 0.0, {}
-        for s in self.steps:
-            if s.background:
-                done_at[s.name] = t + s.est_s
-                continue
-            t = max([t] + [done_at.get(name, 0.0) for name in s.wait_for]) + s.est_s
-        return t
+        """The promised steps' expected time (the budget is sized so that even ``worst_s`` fits)."""
+        return sum(s.est_s for s in self.promised)
+
+    @property
+    def worst_s(self) -> float:
+        return sum(s.est_range[1] for s in self.promised)
+
+    def select(self, only: list[str]) -> None:
+        """Keep the steps named in ``only`` plus, transitively, the steps they need (in plan order)."""
+        by_name = {s.name: s for s in self.steps}
+        unknown = [n for n in only if n not in by_name]
+        if unknown:
+            raise SystemExit(f"--only: unknown step(s) {', '.join(unknown)}; phase {self.phase} has "
+                             f"{', '.join(by_name)}")
+        keep, todo = set(only), list(only)
+        while todo:
+            for need in by_name[todo.pop()].needs:
+                if need not in keep:
+                    keep.add(need)
+                    todo.append(need)
+                    self.added.setdefault(need, ", ".join(s for s in only if need in by_name[s].needs)
+                                          or "a step it needs")
+        self.steps = [s for s in self.steps if s.name in keep]
 
 
 def slug(text: str) -> str:
@@ -80,60 +120,71 @@ def slug(text: str) -> str:
 
 
 def build_plan(phase: int, work: Path, dry: bool, budget_s: float | None = None) -> Plan:
-    """The steps of a phase. ``dry``: the tiny model on CPU, one step per configuration."""
+    """The steps of a phase. ``dry``: the tiny model on CPU, one step per configuration.
+
+    GPU estimates (low-high seconds), from the installed code paths (unsloth 2026.10.9,
+    bitsandbytes 0.50.2, transformers 5.17.0) and the GPU machine's torch 2.11:
+    - preflight (``doctor --quick``): imports only, unsloth's in a child process ~15 s: 10-30.
+    - build-model: 29.5 GB of random bf16 weights drawn on the GPU and written to /tmp: 40-90.
+    - headline: calibration ~10 s; per worker import ~20 s, the 14B load with nf4 quantization on
+      load 40-70 s (each bf16 tensor is quantized as it moves to the GPU:
+      ``bitsandbytes/nn/modules.py:381`` ``Params4bit._quantize``), then on the fast path one
+      ``torch.compile`` region per decoder-layer class on the first step
+      (``unsloth/models/_block_compile.py:1205`` ``patch_block_compile``; its nf4 tracing needs
+      torch >= 2.11, same file line 749) 40-120 s, then 1 + 2 steps of 2 x 5,120 tokens (~0.6 PFLOP
+      each, benchmarks/flops.py) 5-15 s each: 200-350 for the pair.
+    - parity: its own 2-layer build ~10 s, two workers at 2 x 1,024 tokens, compile again: 110-190.
+    - gpu-tests: four Unsloth/peft processes on the tiny model, each importing and compiling: 130-300.
+    """
     py = sys.executable
     arch, parity_model = ARCH_DIR, f"{ARCH_DIR}-l{PARITY_LAYERS}"
-    model = "testkit:tiny-qwen3" if dry else arch
     harness = [py, str(HERE / "harness.py"), "--no-report"]
+    budget = ["--budget-s", "{left}", "--timeout-s", "{left}"]
     if dry:
         common = ["--preset", "custom", "--model", "tiny", "--seq-lens", "256", "--warmup", "0", "--timed", "1",
                   "--no-pipeline", "--jobs", "2"]
     else:
         common = ["--preset", "gpu", "--model", "arch", "--arch-dir", arch, "--arch-device", "cuda"]
+    build = Step("build-model", (40, 90), ["true"] if dry else [py, str(HERE / "build_arch_model.py"), "--out", arch,
+                                                                 "--device", "cuda"],
+                 "architecture-only Qwen3-14B (random bf16 weights, 29.5 GB)")
     if phase == 1:
-        # The checks (GPU tests, parity) do not time anything, so they run alongside the model build;
-        # the headline pair, which is timed, waits for all of them and has the GPU to itself.
-        plan = Plan(1, budget_s or 345.0)
-        build = [py, str(HERE / "build_arch_model.py"), "--out", arch, "--device", "cuda"]
         parity = [py, str(HERE / "parity.py"), "run", "--out", str(work / "parity"),
-                  "--model", model if dry else parity_model]
-        parity += ["--steps", "1", "--seq-len", "256"] if dry else ["--steps", "3", "--seq-len", "1024"]
-        if not dry:  # its own 2-layer model first (own shards: the full build is not there yet)
+                  "--model", "testkit:tiny-qwen3" if dry else parity_model]
+        parity += ["--steps", "1", "--seq-len", "256", "--jobs", "2"] if dry else ["--steps", "3", "--seq-len", "1024"]
+        if not dry:  # its own 2-layer model (linked to the full build's shards when it is there)
             parity = ["sh", "-c", shlex.join([py, str(HERE / "build_arch_model.py"), "--out", parity_model,
                                               "--layers", str(PARITY_LAYERS), "--device", "cuda"])
                       + " && " + shlex.join(parity)]
-        # concurrent Unsloth processes each get their own generated-code folder
-        own_cache = (lambda name: {} if dry else {"UNSLOTH_COMPILE_LOCATION": f"/tmp/unsloth_compiled_cache-{name}"})
+        plan = Plan(1, budget_s or PHASE_BUDGET_S[1])
         plan.steps = [
-            Step("preflight", 15, [py, str(HERE / "preflight.py")], "GPU, libraries (unsloth first), compiler"),
-            Step("build-model", 75, ["true"] if dry else build,
-                 "architecture-only Qwen3-14B (random bf16 weights, 29.5 GB)", background=True),
-            Step("gpu-tests", 115, [py, "-m", "pytest", "-q", "-s", str(REPO / "tests/gpu"),
-                                    "--junitxml", str(work / "gpu-tests.xml")],
-                 "tests/gpu: both backends train on the GPU; fused kernels, autocast, runtime facts",
-                 background=True, env=own_cache("tests")),
-            Step("parity", 105, parity, f"loss parity from one saved adapter, {PARITY_LAYERS}-layer Qwen3-14B geometry",
-                 background=True, env=own_cache("parity")),
-            Step("headline", 150, harness + common + ["--out", str(work / "headline"), "--budget-s", "{left}",
-                                                      "--timeout-s", "{left}"]
+            Step("preflight", (10, 30), [py, "-m", "kitrec_fast", "doctor", "--quick", "--timeout-s", "{left}"],
+                 "kitrec-fast doctor --quick: versions, CUDA, bitsandbytes library, triton, unsloth importable"),
+            build,
+            Step("headline", (200, 350), harness + common + ["--out", str(work / "headline")] + budget
                  + ([] if dry else ["--phases", "headline", "--warmup", "1", "--timed", "2"]),
-                 "fast path vs baseline, 2 x 5,120 tokens, 40 layers, smoothing on",
-                 wait_for=("build-model", "gpu-tests", "parity")),
+                 "fast path vs baseline, 2 x 5,120 tokens, 40 layers, smoothing on (GPU to itself)",
+                 needs=("build-model",), min_s=120),
+            Step("parity", (110, 190), parity,
+                 f"first-step LoRA gradients from one saved adapter, {PARITY_LAYERS}-layer Qwen3-14B geometry",
+                 if_time_left=True),
+            Step("gpu-tests", (130, 300), [py, "-m", "pytest", "-q", "-s", str(REPO / "tests/gpu"),
+                                           "--junitxml", str(work / "gpu-tests.xml")],
+                 "tests/gpu: both backends train on the GPU; fused kernels, autocast, runtime facts",
+                 junit=str(work / "gpu-tests.xml"), if_time_left=True),
         ]
         return plan
     if phase == 2:
-        plan = Plan(2, budget_s or 540.0)
+        plan = Plan(2, budget_s or PHASE_BUDGET_S[2])
         plan.steps = [
-            Step("build-model", 75, ["true"] if dry else [py, str(HERE / "build_arch_model.py"), "--out", arch,
-                                                           "--device", "cuda"], "architecture-only Qwen3-14B"),
-            Step("scaling", 200, harness + common + ["--out", str(work / "scaling"), "--budget-s", "{left}",
-                                                     "--timeout-s", "{left}"]
+            build,
+            Step("scaling", (150, 250), harness + common + ["--out", str(work / "scaling")] + budget
                  + ([] if dry else ["--phases", "scaling", "--warmup", "1", "--timed", "2"]),
-                 "token scaling 1,024-8,192 on 4 of 40 layers (per-layer figures)"),
-            Step("ceilings", 250, harness + common + ["--out", str(work / "ceilings"), "--budget-s", "{left}",
-                                                      "--timeout-s", "{left}"]
+                 "token scaling 1,024-8,192 on 4 of 40 layers (per-layer figures)", needs=("build-model",)),
+            Step("ceilings", (150, 300), harness + common + ["--out", str(work / "ceilings")] + budget
                  + (["--seq-lens", "512"] if dry else ["--phases", "ceilings"]),
-                 "longest length at batch 2 under 16/24/48 GB caps, 40 layers"),
+                 "longest length at batch 2 under 16/24/48 GB caps, 40 layers", needs=("build-model",),
+                 if_time_left=True),
         ]
         return plan
     raise SystemExit(f"--phase: 1 or 2, got {phase}")
@@ -179,25 +230,75 @@ def pack(work: Path, out: Path, root_name: str) -> Path:
     return out / ARCHIVE
 
 
-def _headline_lines(work: Path) -> list[str]:
-    path = work / "headline" / "results.jsonl"
-    if not path.is_file():
+def headline_rows(result_dir: Path) -> list[dict]:
+    """The harness's rows, plus the progress row of a worker that was still running when the step
+    was stopped (the harness had no time to collect it): a figure marked partial beats none."""
+    rows = []
+    path = result_dir / "results.jsonl"
+    if path.is_file():
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    names = {r.get("name") for r in rows}
+    for left in sorted((result_dir / "specs").glob("*.row.json")):
+        try:
+            row = json.loads(left.read_text())
+        except (OSError, ValueError):
+            continue
+        if row.get("name") not in names:
+            row["status"] = "partial" if row.get("status") in ("partial", "ok") else row.get("status")
+            row.setdefault("error", "the step was stopped while this worker ran")
+            rows.append(row)
+    return rows
+
+
+def _headline_lines(work: Path, dry: bool) -> list[str]:
+    rows = headline_rows(work / "headline")
+    if not rows:
         return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    lines = ["", "| config | status | trained tok/s | all tok/s | step s | peak GiB | activation | compile | fused |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    by = {}
+    lines = ["", "| config | status | trained tok/s | all tok/s | step s (median) | timed steps | first step s "
+             "| peak alloc GiB | peak reserved GiB | torch | activation | compile | fused |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    by, partial = {}, False
     for r in rows:
         tp, st, mem = r.get("throughput") or {}, r.get("steps") or {}, (r.get("memory") or {}).get("training") or {}
         s = r.get("settings") or {}
-        peak = mem.get("peak_allocated_gib", mem.get("peak_rss_gib"))
-        by[r.get("backend")] = tp.get("tokens_per_s_trained")
-        lines.append(f"| {r['name']} | {r['status']} | {_f(tp.get('tokens_per_s_trained'))} | "
-                     f"{_f(tp.get('tokens_per_s_all'))} | {_f(st.get('median_s'))} | {_f(peak)} | "
-                     f"{s.get('activation_dtype')} | {s.get('compile')} | {s.get('fused_lora_kernels')} |")
-    if by.get("unsloth") and by.get("peft"):
-        lines.append(f"\nfast path / baseline, trained tokens/s: **{by['unsloth'] / by['peft']:.2f}x**")
+        torch_v = (r.get("torch") or {}).get("version") or ((r.get("env") or {}).get("versions") or {}).get("torch")
+        if tp.get("tokens_per_s_trained") and r.get("status") in ("ok", "partial"):
+            by[r.get("backend")] = tp["tokens_per_s_trained"]
+            partial |= r.get("status") == "partial"
+        lines.append(f"| {r.get('name')} | {r.get('status')} | {_f(tp.get('tokens_per_s_trained'))} | "
+                     f"{_f(tp.get('tokens_per_s_all'))} | {_f(st.get('median_s'))} | {st.get('n', '-')} | "
+                     f"{_f(st.get('first_step_s'))} | {_f(mem.get('peak_allocated_gib', mem.get('peak_rss_gib')))} | "
+                     f"{_f(mem.get('peak_reserved_gib'))} | {torch_v or '-'} | {s.get('activation_dtype')} | "
+                     f"{s.get('compile')} | {s.get('fused_lora_kernels')} |")
+    if dry:
+        lines.append("\nCPU, tiny model (hidden 64, 2 layers): tokens/s and memory above are NOT MEANINGFUL "
+                     "(CPU peak RSS in the memory columns); they only show the plan runs end to end.")
+        if by.get("unsloth") and by.get("peft"):
+            lines.append(f"fast path / baseline on this CPU: {by['unsloth'] / by['peft']:.2f}x (not meaningful)")
+    elif by.get("unsloth") and by.get("peft"):
+        ratio = by["unsloth"] / by["peft"]
+        lines.append(f"\nfast path / baseline, trained tokens/s: {ratio:.2f}x (from partial rows: the steps that "
+                     "finished before the limit)" if partial else
+                     f"\nfast path / baseline, trained tokens/s: **{ratio:.2f}x**")
     return lines
+
+
+def _parity_lines(work: Path) -> list[str]:
+    path = work / "parity" / "parity.json"
+    if not path.is_file():
+        return []
+    p = json.loads(path.read_text())
+    if p.get("error"):
+        return ["", f"parity: FAIL ({p['error']})"]
+    g = p.get("grads") or {}
+    losses = p.get("losses") or {}
+    return ["", f"parity (first-step LoRA gradients, {g.get('tensors')} tensors): "
+                f"{'PASS' if p.get('ok') else 'FAIL'}; worst cosine {_f(g.get('worst_cosine'))} (needs >= "
+                f"{g.get('cos_min')}), worst relative norm gap {_f(g.get('worst_rel_norm_gap'))} (needs <= "
+                f"{g.get('rel_norm_max')})" + (f"; failing: {', '.join(g.get('failing', [])[:4])}"
+                                                 if g.get("failing") else ""),
+            f"losses beside them (not the verdict): unsloth {[round(x, 4) for x in losses.get('unsloth', [])]}, "
+            f"peft {[round(x, 4) for x in losses.get('peft', [])]}, max relative gap {_f(p.get('max_rel_loss_gap'))}"]
 
 
 def _f(x) -> str:
@@ -205,19 +306,28 @@ def _f(x) -> str:
 
 
 def write_summary(plan: Plan, work: Path, out: Path, meta: dict) -> None:
-    lines = [f"# kitrec_fast GPU phase {plan.phase}{' (CPU dry run, tiny model)' if meta.get('dry') else ''}",
-             "", f"device: {meta.get('device')}  commit: {meta.get('commit')}  started: {meta.get('started')}",
-             f"budget {plan.budget_s:.0f} s, estimated {plan.estimate_s:.0f} s (GPU), elapsed "
-             f"{meta.get('elapsed_s', 0):.0f} s; everything is in {ARCHIVE}", "",
-             "| step | what | est s (GPU) | status | wall s | note |", "|---|---|---|---|---|---|"]
+    dry = bool(meta.get("dry"))
+    title = f"# kitrec_fast GPU phase {plan.phase}"
+    if dry:
+        title += (" (CPU dry run, tiny model: the times and figures below come from a CPU and are not "
+                  "meaningful; the estimates are the GPU's)")
+    lines = [title, "", f"device: {meta.get('device')}  torch: {meta.get('torch')}  commit: {meta.get('commit')}  "
+                        f"started: {meta.get('started')}",
+             f"budget {plan.budget_s:.0f} s; GPU estimate of {', '.join(s.name for s in plan.promised)}: "
+             f"{plan.estimate_s:.0f} s ({sum(s.est_range[0] for s in plan.promised):.0f}-{plan.worst_s:.0f} s), "
+             f"the rest if time is left; elapsed "
+             f"{meta.get('elapsed_s', 0):.0f} s; everything is in {ARCHIVE}"]
+    if meta.get("only"):
+        lines.append(f"--only {' '.join(meta['only'])}" + "".join(f"; added {name} (needed by {why})"
+                                                                  for name, why in plan.added.items()))
+    lines += ["", "| step | what | GPU est s (low-high) | limit at start s | status | wall s | wall / est | note |",
+              "|---|---|---|---|---|---|---|---|"]
     for s in plan.steps:
-        lines.append(f"| {s.name} | {s.what} | {s.est_s:.0f} | {s.status} | {_f(s.wall_s)} | {s.note} |")
-    parity = work / "parity" / "parity.json"
-    if parity.is_file():
-        p = json.loads(parity.read_text())
-        lines += ["", f"parity: ok={p.get('ok')} max relative loss gap {_f(p.get('max_rel_gap'))} "
-                      f"(rtol {p.get('rtol')}) {p.get('error') or ''}".rstrip()]
-    lines += _headline_lines(work)
+        ratio = "-" if dry or s.wall_s is None or s.status == "skipped" else f"{s.wall_s / s.est_s:.2f}"
+        lines.append(f"| {s.name} | {s.what} | {s.est_s:.0f} ({s.est_range[0]:.0f}-{s.est_range[1]:.0f}) | "
+                     f"{_f(s.budget_s)} | {s.status} | {_f(s.wall_s)} | {ratio} | {s.note} |")
+    lines += _parity_lines(work)
+    lines += _headline_lines(work, dry)
     from kitrec_fast.fsio import atomic_write_text
 
     atomic_write_text(out / SUMMARY, "\n".join(lines) + "\n")
@@ -227,27 +337,69 @@ def write_summary(plan: Plan, work: Path, out: Path, meta: dict) -> None:
 # running
 
 
-def _start(step: Step, argv: list[str], log: Path, env: dict) -> subprocess.Popen:
+_RUNNING: list[subprocess.Popen] = []  # the step now running (stopped with us on SIGTERM)
+
+
+def _start(argv: list[str], log: Path, env: dict) -> subprocess.Popen:
+    """The step in a new process group (its own session): everything it starts inherits the group."""
     f = open(log, "w")
     f.write(f"$ {shlex.join(argv)}\n")
     f.flush()
-    return subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env, start_new_session=True)
+    proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env, start_new_session=True)
+    _RUNNING[:] = [proc]
+    return proc
+
+
+def _on_term(signum, frame) -> None:
+    """Stopped from outside (a command limit): the running step's group goes with us, not on as orphans."""
+    from procs import stop_group
+
+    for proc in _RUNNING:
+        stop_group(proc.pid, grace_s=2.0, wait_s=5.0)
+    raise SystemExit(128 + signum)
 
 
 def _wait(proc: subprocess.Popen, timeout: float) -> int | None:
+    """The step's exit status, or None when it was stopped at ``timeout``. Either way nothing of
+    its process group is left when this returns (a worker it left behind would keep the GPU)."""
+    from procs import group_members, stop_group
+
     try:
-        return proc.wait(timeout=max(timeout, 1.0))
+        rc = proc.wait(timeout=max(timeout, 1.0))
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        rc = None
+    if rc is None or group_members(proc.pid):
+        left = stop_group(proc.pid)
+        if left:
+            print(f"[phases] processes {left} of a stopped step did not end", file=sys.stderr, flush=True)
+    proc.wait()
+    return rc
+
+
+def _junit_skipped(path: str | None) -> str | None:
+    """'all N tests skipped (reason)' when a pytest report says nothing ran, else None."""
+    if not path or not Path(path).is_file():
         return None
+    try:
+        root = ET.parse(path).getroot()
+    except ET.ParseError:
+        return None
+    suite = root if root.tag == "testsuite" else root.find("testsuite")
+    if suite is None:
+        return None
+    tests, skipped = int(suite.get("tests", 0)), int(suite.get("skipped", 0))
+    if tests == 0 or skipped < tests:
+        return None
+    first = suite.find(".//skipped")
+    reason = (first.get("message") or "").strip() if first is not None else ""
+    return f"all {tests} tests skipped" + (f" ({reason})" if reason else "")
 
 
 def run_plan(plan: Plan, work: Path, out: Path, meta: dict, env: dict) -> int:
     t0 = time.monotonic()
     root = f"{meta['slug']}-phase{plan.phase}"
     (work / "logs").mkdir(parents=True, exist_ok=True)
-    background: dict[str, tuple[Step, subprocess.Popen, float]] = {}
+    by_name = {s.name: s for s in plan.steps}
 
     def left() -> float:
         return plan.budget_s - (time.monotonic() - t0)
@@ -255,59 +407,40 @@ def run_plan(plan: Plan, work: Path, out: Path, meta: dict, env: dict) -> int:
     def finish() -> None:
         meta["elapsed_s"] = time.monotonic() - t0
         (work / "plan.json").write_text(json.dumps({"meta": meta, "phase": plan.phase, "budget_s": plan.budget_s,
-                                                    "estimate_s": plan.estimate_s,
-                                                    "steps": [s.__dict__ for s in plan.steps]}, indent=1) + "\n")
+                                                    "estimate_s": plan.estimate_s, "added": plan.added,
+                                                    "steps": [{**s.__dict__, "est_s": s.est_s} for s in plan.steps]},
+                                                   indent=1) + "\n")
         write_summary(plan, work, out, meta)
         pack(work, out, root)
 
     finish()
     failed = False
     for step in plan.steps:
-        argv = [a.replace("{left}", str(int(max(left() - 5, 1)))) for a in step.argv]
-        log = work / "logs" / f"{step.name}.log"
-        if step.background:
-            background[step.name] = (step, _start(step, argv, log, {**env, **step.env}), time.monotonic())
-            step.status, step.note = "running", "alongside; wall time = until waited for"
-            continue
-        waited = [background.pop(name) for name in step.wait_for if name in background]
-        pending = list(waited)
-        while pending:  # re-pack as each one ends, so a run stopped meanwhile keeps what finished
-            for item in list(pending):
-                bstep, proc, started = item
-                rc = proc.poll()
-                if rc is None and left() > 0:
-                    continue
-                if rc is None:
-                    rc = _wait(proc, 0)
-                bstep.rc, bstep.wall_s = rc, time.monotonic() - started
-                bstep.status = "ok" if rc == 0 else ("timeout" if rc is None else "failed")
-                failed |= rc != 0
-                pending.remove(item)
-                finish()
-            if pending:
-                time.sleep(0.5)
-        # only a missing input stops a step; a failed check is reported and the timed pair still runs
-        lost = [b.name for b, _, _ in waited if b.name in INPUTS and b.status != "ok"]
+        lost = [n for n in step.needs if n in by_name and by_name[n].status != "ok"]
+        min_s = step.est_range[0] if step.min_s is None else step.min_s
+        if meta.get("dry"):
+            min_s = 1.0  # the estimates are the GPU's: they say nothing about the CPU's time
         if lost:
             step.status, step.note = "skipped", f"{lost[0]} did not finish"
+        elif left() - plan.reserve_s < min_s:
+            step.status, step.note = "skipped", f"budget: {left():.0f} s left, needs at least {min_s:.0f} s"
+        if step.status == "skipped":
             finish()
             continue
-        if left() < min(step.est_s, 30):
-            step.status, step.note = "skipped", f"budget: {left():.0f} s left, needs ~{step.est_s:.0f} s"
-            finish()
-            continue
+        # the limit is what is left of the phase now, when the step starts (not when the plan was made)
+        step.budget_s = int(left() - plan.reserve_s)
+        argv = [a.replace("{left}", str(step.budget_s)) for a in step.argv]
+        print(f"[phase {plan.phase}] {step.name} (est {step.est_s:.0f} s, limit {step.budget_s} s)",
+              file=sys.stderr, flush=True)
         started = time.monotonic()
-        print(f"[phase {plan.phase}] {step.name} (est {step.est_s:.0f} s, {left():.0f} s left)", file=sys.stderr,
-              flush=True)
-        rc = _wait(_start(step, argv, log, {**env, **step.env}), left())
+        rc = _wait(_start(argv, work / "logs" / f"{step.name}.log", {**env, **step.env}), step.budget_s)
         step.rc, step.wall_s = rc, time.monotonic() - started
         step.status = "ok" if rc == 0 else ("timeout" if rc is None else "failed")
+        skipped = _junit_skipped(step.junit) if rc == 0 else None
+        if skipped:
+            step.status, step.note = "skipped", skipped
         failed |= rc != 0
         finish()
-    for name, (bstep, proc, started) in background.items():  # never waited for: stop it
-        rc = _wait(proc, 1.0) if proc.poll() is None else proc.returncode
-        bstep.rc, bstep.wall_s, bstep.status = rc, time.monotonic() - started, "ok" if rc == 0 else "stopped"
-    finish()
     return 1 if failed else 0
 
 
@@ -330,13 +463,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget-s", type=float, default=None, help="phase budget (default: the phase's own)")
     ap.add_argument("--work-dir", default=None, help="scratch folder (default: a new temporary one)")
     ap.add_argument("--plan", action="store_true", help="print the plan with its estimates and exit")
+    ap.add_argument("--only", nargs="+", metavar="STEP", default=None,
+                    help="run only these steps (and the steps they need, e.g. build-model for headline)")
     args = ap.parse_args(argv)
+    # one command on the GPU machine may run 600 s; a CPU dry run has no such limit (a slow CI may need more)
+    top = float("inf") if args.cpu_dry_run else MAX_PHASE_BUDGET_S
+    if args.budget_s is not None and not 0 < args.budget_s <= top:
+        ap.error(f"--budget-s: 1-{MAX_PHASE_BUDGET_S} s (one command may run 600 s), got {args.budget_s:g}")
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="kitrec-phase-"))
     plan = build_plan(args.phase, work, args.cpu_dry_run, args.budget_s)
+    if args.only:
+        plan.select(args.only)
     if args.plan:
         for s in plan.steps:
-            print(f"{s.name:20s} ~{s.est_s:4.0f} s  {'(alongside) ' if s.background else ''}{s.what}")
-        print(f"critical path ~{plan.estimate_s:.0f} s of a {plan.budget_s:.0f} s budget")
+            added = f" (added: needed by {plan.added[s.name]})" if s.name in plan.added else ""
+            later = " [if time is left]" if s.if_time_left else ""
+            print(f"{s.name:12s} ~{s.est_s:4.0f} s ({s.est_range[0]:.0f}-{s.est_range[1]:.0f}){added}{later}  {s.what}")
+        print(f"one at a time, in this order; {', '.join(s.name for s in plan.promised)}: ~{plan.estimate_s:.0f} s "
+              f"(at most {plan.worst_s:.0f} s) of a {plan.budget_s:.0f} s budget; a step starts only if its low "
+              "estimate still fits")
         return 0
     if not args.out:
         ap.error("--out is required (unless --plan)")
@@ -348,12 +493,20 @@ def main(argv: list[str] | None = None) -> int:
                                     timeout=10).stdout.strip() or None
         except (OSError, subprocess.SubprocessError):
             commit = None
-    meta = {"device": device, "slug": slug(device), "commit": commit, "dry": args.cpu_dry_run,
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        torch_version = version("torch")
+    except PackageNotFoundError:
+        torch_version = None
+    meta = {"device": device, "slug": slug(device), "commit": commit, "dry": args.cpu_dry_run, "only": args.only,
+            "torch": torch_version,
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     if commit:
         env["KITREC_GIT_COMMIT"] = commit
+    signal.signal(signal.SIGTERM, _on_term)
     return run_plan(plan, work, Path(args.out), meta, env)
 
 

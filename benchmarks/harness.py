@@ -223,7 +223,7 @@ def config_specs(args, models: dict[str, dict[str, Any]]) -> list[dict[str, Any]
               "context_reserve_gib": args.context_reserve_gib}
 
     def add(group: str, model_key: str, data: dict[str, Any], max_len: int, warm: int, timed: int,
-            est_s: float, **extra) -> None:
+            est_s: float | dict[str, float], **extra) -> None:
         m = models[model_key]
         for backend in backends:
             tag = data.get("seq_len") or data.get("max_length")
@@ -233,7 +233,8 @@ def config_specs(args, models: dict[str, dict[str, Any]]) -> list[dict[str, Any]
             specs.append({**common, "name": name, "group": group, "backend": backend, "model": m["path"],
                           "model_kind": m["kind"], "model_label": m["label"], "full_layers": m["full_layers"],
                           "data": data, "max_seq_length": max_len, "warmup_steps": warm, "timed_steps": timed,
-                          "est_s": est_s, "kind": "throughput", **extra})
+                          "est_s": est_s[backend] if isinstance(est_s, dict) else est_s, "kind": "throughput",
+                          **extra})
 
     frac = args.trained_fraction
     if args.preset == "gpu":
@@ -241,8 +242,10 @@ def config_specs(args, models: dict[str, dict[str, Any]]) -> list[dict[str, Any]
         # 1. headline: the full geometry at the recipe's 2 x 5,120
         if "full" in models and "headline" in phases:
             # required: both backends run even past the budget (the comparison needs the pair)
+            # per backend: import ~20 s + nf4 load 40-70 s + steps, and on the fast path the first
+            # step's block compile 40-120 s (see gpu_phases.build_plan)
             add("headline", "full", {"mode": "fixed", "seq_len": 5120, "trained_fraction": frac}, 5120,
-                args.warmup, args.timed, 150, required=True)
+                args.warmup, args.timed, {"unsloth": 175, "peft": 105}, required=True)
         # 2. scaling curve over L on the reduced-depth model (per-layer figures). Lengths spread out
         #    first, so a budget cut still leaves a curve's ends rather than only its short half.
         if "reduced" in models and "scaling" in phases:
@@ -280,20 +283,74 @@ def config_specs(args, models: dict[str, dict[str, Any]]) -> list[dict[str, Any]
 # running
 
 
+# Workers now running (a SIGTERM to the harness stops them) and whether the harness was told to stop.
+_ACTIVE: set[subprocess.Popen] = set()
+_STOP = threading.Event()
+
+
+def _on_stop(signum, frame) -> None:
+    """SIGTERM/SIGINT (the phase runner at its limit signals the whole group): stop the workers now
+    (each already wrote its row after its last finished step), collect their rows, start no more."""
+    _STOP.set()
+    sys.path.insert(0, str(HERE))
+    from procs import kill_tree
+
+    for proc in list(_ACTIVE):
+        kill_tree(proc, wait=False)
+
+
 def run_worker(argv: list[str], log: Path, timeout: float | None, env: dict[str, str]) -> tuple[int | None, float]:
-    """Start one worker in its own process group; kill the whole group on timeout."""
+    """Run one worker; ``None`` as the status when it was stopped (its limit, or the harness's stop).
+
+    The worker stays in the harness's process group (no new session), so whoever stops the
+    harness's group stops its workers too; on its own limit the harness kills the worker and
+    everything it started (compile helpers) itself.
+    """
+    sys.path.insert(0, str(HERE))
+    from procs import kill_tree
+
     t0 = time.perf_counter()
     with open(log, "w") as f:
         f.write(f"$ {shlex.join(argv)}\n")
         f.flush()
-        proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env, start_new_session=True)
+        proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+        _ACTIVE.add(proc)
         try:
             rc = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            kill_tree(proc)
             rc = None
-    return rc, time.perf_counter() - t0
+        finally:
+            _ACTIVE.discard(proc)
+    return (None if _STOP.is_set() else rc), time.perf_counter() - t0
+
+
+def collect_row(row_path: Path, rc: int | None, spec: dict[str, Any], log: Path) -> dict[str, Any]:
+    """The worker's row. A worker writes it after every step, so one stopped at its limit leaves a
+    row with the steps that finished: kept, marked ``partial``. No row at all: timeout or error."""
+    if row_path.is_file():
+        row = json.loads(row_path.read_text())
+        row_path.unlink()
+        if rc is None:  # stopped at the limit
+            if row.get("status") == "partial":
+                done = (row.get("steps") or {}).get("done", 0)
+                row["error"] = (f"stopped at the time limit after {done} of "
+                                f"{spec.get('warmup_steps', 0) + spec.get('timed_steps', 0)} steps "
+                                "(partial: figures from the steps that finished)")
+            else:
+                row["status"], row["error"] = "timeout", "killed at the time limit (partial result)"
+        return row
+    return {"schema": "kitrec_fast.bench/v1", "name": spec["name"], "kind": spec["kind"], "backend": spec["backend"],
+            "status": "timeout" if rc is None else "error", "spec": spec,
+            "error": "killed at the time limit" if rc is None else f"worker exited {rc} without a result",
+            "log_tail": _tail(log)}
+
+
+def required_timeout(spec: dict[str, Any], remaining: list[dict[str, Any]], budget_left: float) -> float:
+    """A required configuration's share of what is left: in proportion to its estimate among the
+    required ones still to run (the fast path compiles, so it gets the larger share of the pair)."""
+    ests = [float(s.get("est_s") or 1.0) for s in remaining if s.get("required")]
+    return max(budget_left, 1.0) * float(spec.get("est_s") or 1.0) / max(sum(ests), 1e-9)
 
 
 def _tail(path: Path, n: int = 3000) -> str:
@@ -391,10 +448,13 @@ def main(argv: list[str] | None = None) -> int:
         env["KITREC_GIT_COMMIT"] = commit
     env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
 
-    # 1. the MFU reference, in a fresh process before anything else uses the card
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _on_stop)
+
+    # 1. the MFU reference, in a fresh process before anything else uses the card (~10 s on a GPU)
     cal_path = out / "calibration.json"
     rc, _ = run_worker([sys.executable, str(WORKER), "--calibrate", "--out", str(cal_path)],
-                       out / "logs" / "calibrate.log", 300, env)
+                       out / "logs" / "calibrate.log", min(120.0, args.budget_s or 120.0), env)
     calibration = json.loads(cal_path.read_text()) if rc == 0 and cal_path.is_file() else None
     on_gpu = bool(calibration) and not str(calibration.get("device", "")).startswith("CPU")
     if args.jobs > 1 and on_gpu:
@@ -443,29 +503,25 @@ def main(argv: list[str] | None = None) -> int:
         if spec.get("skip_reason"):
             return {"schema": "kitrec_fast.bench/v1", "name": name, "kind": spec["kind"], "backend": spec["backend"],
                     "status": "skipped", "error": spec["skip_reason"], "spec": spec}
-        if budget_left() < est and not spec.get("required"):
+        if _STOP.is_set() or (budget_left() < est and not spec.get("required")):
             return {"schema": "kitrec_fast.bench/v1", "name": name, "kind": spec["kind"], "backend": spec["backend"],
                     "status": "skipped", "spec": spec,
-                    "error": f"time budget: {budget_left():.0f}s left, this configuration needs ~{est:.0f}s"}
+                    "error": "the harness was stopped" if _STOP.is_set() else
+                    f"time budget: {budget_left():.0f}s left, this configuration needs ~{est:.0f}s"}
         spec_path, row_path, log = out / "specs" / f"{name}.json", out / "specs" / f"{name}.row.json", out / "logs" / f"{name}.log"
         spec_path.write_text(json.dumps(spec, indent=1) + "\n")
         row_path.unlink(missing_ok=True)
-        timeout = (min(args.timeout_s, max(budget_left(), 1.0)) if args.budget_s is not None and not spec.get("required")
-                   else args.timeout_s)
+        timeout = args.timeout_s
+        if args.budget_s is not None:
+            # within the budget; a required pair shares what is left (both backends must get a figure)
+            rest = specs[[s["name"] for s in specs].index(name):]
+            share = required_timeout(spec, rest, budget_left()) if spec.get("required") else budget_left()
+            timeout = min(args.timeout_s, max(share, 1.0))
         print(f"[harness] {name}: start (timeout {timeout:.0f}s)", file=sys.stderr, flush=True)
         rc, wall = run_worker([sys.executable, str(WORKER), "--spec", str(spec_path), "--out", str(row_path)],
                               log, timeout, env)
         observed[f"{spec['model']}|{spec['kind']}"] = max(wall, observed.get(f"{spec['model']}|{spec['kind']}", 0))
-        if row_path.is_file():
-            row = json.loads(row_path.read_text())
-            row_path.unlink()
-            if rc is None:  # stopped at the limit; a ceiling probe leaves what it had found so far
-                row["status"], row["error"] = "timeout", "killed at the time limit (partial result)"
-        else:
-            row = {"schema": "kitrec_fast.bench/v1", "name": name, "kind": spec["kind"], "backend": spec["backend"],
-                   "status": "timeout" if rc is None else "error", "spec": spec,
-                   "error": "killed at the time limit" if rc is None else f"worker exited {rc} without a result",
-                   "log_tail": _tail(log)}
+        row = collect_row(row_path, rc, spec, log)
         row["harness_wall_s"] = wall
         row["log"] = str(log.relative_to(out))
         print(f"[harness] {name}: {row['status']} in {wall:.0f}s", file=sys.stderr, flush=True)
@@ -503,6 +559,8 @@ def main(argv: list[str] | None = None) -> int:
 
         report.write_report(out)
     bad = [r["name"] for r in rows if r["status"] not in ("ok", "skipped")]
+    if _STOP.is_set():
+        print("[harness] stopped: rows so far kept", file=sys.stderr)
     print(f"[harness] {len(rows)} rows -> {results} ({len(bad)} failed: {bad})", file=sys.stderr)
     return 0 if not bad else 2
 

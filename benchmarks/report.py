@@ -294,6 +294,13 @@ def write_report(out_dir: str | Path) -> dict[str, Path]:
                "Longest fixed sequence length (from the probed grid) that trains at the batch size shown when the "
                "process's allocator is capped to emulate a smaller card (cap = card size - context reserve). "
                "'none': not even the shortest length fit.", "", md_table(cols, crecs), ""]
+    cut = [r for r in rows if r.get("kind") == "throughput" and r.get("status") == "partial" and r.get("throughput")]
+    if cut:
+        md += ["## Partial rows (stopped at the time limit)", "",
+               "A worker writes its row after every step; these were stopped before their last step. Their "
+               "figures cover the timed steps that finished (see `steps.done`) and are no full measurement; "
+               "targets and speed-ups above never use them.", "",
+               md_table(THROUGHPUT_COLUMNS, [throughput_record(r) for r in cut]), ""]
     bad = [r for r in rows if r.get("status") != "ok"]
     if bad:
         md += ["## Not measured", "", md_table(["config", "status", "reason"],

@@ -15,6 +15,12 @@ micro-batch. Only two things are changed on the trainer, both to make the measur
 the sampler is sequential (the harness fixes the data order, so both backends see the very same
 batches in the same order; a fingerprint of every batch is recorded to prove it), and checkpoint
 saving is switched off.
+
+The row is written as the run goes, after every step (status ``partial``: tokens/s over the timed
+steps so far, peak memory, step times, the first step's time, which includes the compile), so a
+worker stopped at its time limit still leaves a figure. A parity run (``save_grads`` in the spec)
+also saves every LoRA weight's gradient of the first step, taken as backward accumulates it, before
+the Trainer clips it.
 """
 
 from __future__ import annotations
@@ -302,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         if spec.get("kind", "throughput") == "ceiling":
             _run_ceiling(spec, cfg, backend, torch, row, args.out)
         else:
-            _run_throughput(spec, cfg, backend, torch, row)
+            _run_throughput(spec, cfg, backend, torch, row, args.out)
     except BaseException as exc:  # noqa: BLE001 - every failure must still produce a row
         row["status"] = "oom" if _is_oom(exc) else "error"
         row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
@@ -317,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
 def _finish(row: dict, out: str, t_start: float) -> None:
     row["wall_s"] = time.perf_counter() - t_start
     try:
-        row["env"] = environment()
+        row["env"] = row.get("env") or environment()
     except Exception as exc:  # noqa: BLE001
         row["env"] = {"error": repr(exc)}
     _write_json(out, row)
@@ -408,10 +414,12 @@ class _StepTimer:
                 if not timer.marks:
                     timer.sync()
                     timer.marks.append(time.perf_counter())
+                    timer.paused.append(0.0)
 
             def on_step_end(self, args, state, control, **kw):
                 timer.sync()
                 timer.marks.append(time.perf_counter())
+                timer.paused.append(0.0)
                 control.should_save = False  # no checkpoint at the last step
 
             def on_log(self, args, state, control, logs=None, **kw):
@@ -420,12 +428,16 @@ class _StepTimer:
 
         self.callback = _CB()
         self.marks: list[float] = []
+        self.paused: list[float] = []  # per mark: time after it that belongs to no step (writing the row)
         self.losses: list[float] = []
         self.sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
 
+    def exclude(self, seconds: float) -> None:
+        self.paused[-1] += seconds
+
     @property
     def step_s(self) -> list[float]:
-        return [b - a for a, b in zip(self.marks, self.marks[1:])]
+        return [b - a - p for a, p, b in zip(self.marks, self.paused, self.marks[1:])]
 
 
 def _tokenizer(cfg):
@@ -446,8 +458,11 @@ def _model_config(cfg) -> dict[str, Any]:
     return AutoConfig.from_pretrained(cfg.model.name).to_dict()
 
 
-def _train_once(cfg, loaded, tokenizer, ds, torch, out_dir: str):
-    """A fresh trainer over ``ds`` (in order); returns (trainer, timer, recorder) after training."""
+def _train_once(cfg, loaded, tokenizer, ds, torch, out_dir: str, on_step: Callable | None = None):
+    """A fresh trainer over ``ds`` (in order); returns (trainer, timer, recorder) after training.
+    ``on_step(trainer, timer, recorder)`` runs after every step (after the timer's mark)."""
+    from transformers import TrainerCallback
+
     from kitrec_fast.train.trainer import make_trainer
 
     timer = _StepTimer(torch)
@@ -455,13 +470,42 @@ def _train_once(cfg, loaded, tokenizer, ds, torch, out_dir: str):
     _sequential_sampler(trainer)
     recorder = BatchRecorder(trainer.data_collator)
     trainer.data_collator = recorder
+    if on_step is not None:
+        class _OnStep(TrainerCallback):
+            def on_step_end(self, args, state, control, **kw):
+                on_step(trainer, timer, recorder)
+
+        trainer.add_callback(_OnStep())
     trainer.train()
     return trainer, timer, recorder
 
 
-def _run_throughput(spec, cfg, backend, torch, row) -> None:
-    from flops import step_flops
+def capture_first_grads(model) -> tuple[dict[str, Any], Callable[[], None]]:
+    """Every trainable LoRA weight's gradient of the first backward, as backward accumulates it
+    (``register_post_accumulate_grad_hook``): before the Trainer clips gradients, which would scale
+    both backends' gradients to the same norm and hide a scale bug. Returns (store, remove)."""
+    store: dict[str, Any] = {}
+    handles = []
+    for name, param in model.named_parameters():
+        if param.requires_grad and "lora_" in name:
+            def hook(p, name=name):
+                if name not in store:  # gradient accumulation 1: the first call is the first step's
+                    store[name] = p.grad.detach().float().cpu().clone()
+            handles.append(param.register_post_accumulate_grad_hook(hook))
+    return store, lambda: [h.remove() for h in handles]
 
+
+def grad_key(name: str) -> str:
+    """A LoRA weight's name without what differs between wrappers: from ``layers.N.`` on, adapter name dropped."""
+    import re
+
+    m = re.search(r"layers\.\d+\..*", name)
+    return (m.group(0) if m else name).replace(".default", "")
+
+
+def _run_throughput(spec, cfg, backend, torch, row, out_path: str | None = None) -> None:
+    """Load, train ``warmup + timed`` steps, fill ``row``; with ``out_path`` the row is also written
+    after every step (status ``partial``) so that a run stopped at its limit leaves its figures."""
     cap = _apply_mem_cap(torch, spec.get("mem_cap_gib"), float(spec.get("context_reserve_gib", 0.5)))
     t0 = time.perf_counter()
     loaded = backend.load_model(cfg)
@@ -475,45 +519,78 @@ def _run_throughput(spec, cfg, backend, torch, row) -> None:
     mcfg = _model_config(cfg)
     ds = build_dataset(spec["data"], (warm + timed) * bsz, cfg.train.seed, int(mcfg["vocab_size"]))
     tokenizer = _tokenizer(cfg)
+    grads, unhook = capture_first_grads(loaded.model) if spec.get("save_grads") else ({}, lambda: None)
+    row.update({"model": _model_record(spec, mcfg), "env": environment()})
+
+    def fill(trainer, timer, rec) -> None:
+        row.update(_throughput_fields(spec, cfg, mcfg, loaded, trainer, timer, rec, torch, cap, mem_load))
+
+    def progress(trainer, timer, rec) -> None:
+        t = time.perf_counter()
+        fill(trainer, timer, rec)
+        row["status"] = "partial"
+        if out_path:
+            _write_json(out_path, row)
+        timer.exclude(time.perf_counter() - t)  # writing the row is not part of the next step
+
     with tempfile.TemporaryDirectory(prefix="kitrec-bench-") as tmp:
-        trainer, timer, rec = _train_once(cfg, loaded, tokenizer, ds, torch, tmp)
-    mem_train = _memory(torch)
+        trainer, timer, rec = _train_once(cfg, loaded, tokenizer, ds, torch, tmp, progress)
+    unhook()
     steps = timer.step_s
     if len(steps) != warm + timed or len(rec.batches) < warm + timed:
         raise RuntimeError(f"expected {warm + timed} steps, timed {len(steps)} with {len(rec.batches)} batches")
-    timed_steps, timed_batches = steps[warm:], rec.batches[warm:warm + timed]
+    fill(trainer, timer, rec)
+    if spec.get("save_grads"):
+        from safetensors.torch import save_file
+
+        save_file({grad_key(k): v.contiguous() for k, v in grads.items()}, spec["save_grads"])
+        row["grads"] = {"file": Path(spec["save_grads"]).name, "tensors": len(grads)}
+    row["status"] = "ok"
+
+
+def _throughput_fields(spec, cfg, mcfg, loaded, trainer, timer, rec, torch, cap, mem_load) -> dict[str, Any]:
+    """The row's figures over the steps finished so far (the timed ones after the warm-up)."""
+    from flops import step_flops
+
+    warm, timed = int(spec.get("warmup_steps", 0)), int(spec["timed_steps"])
+    bsz = cfg.train.per_device_batch_size
+    steps = timer.step_s
+    timed_steps = steps[warm:warm + timed]
+    n = len(timed_steps)
+    timed_batches = rec.batches[warm:warm + n]
     total_t = sum(timed_steps)
     tok = {k: sum(b[k] for b in timed_batches) for k in ("all", "nonpad", "trained", "samples")}
     cal = spec.get("calibration") or {}
     flops = [step_flops(mcfg, b["seq_lens"], b["trained"], cfg.lora.r, cfg.lora.target_modules) for b in timed_batches]
     flops_total = sum(f["total"] for f in flops)
-    achieved = flops_total / total_t / 1e12 if total_t > 0 else float("nan")
+    achieved = flops_total / total_t / 1e12 if total_t > 0 else None
     peak = cal.get("peak_tflops")
     layers = int(mcfg["num_hidden_layers"])
-    row.update({
-        "status": "ok",
-        "model": _model_record(spec, mcfg),
+    return {
         "settings": _settings(cfg, loaded, trainer),
+        "torch": {"version": torch.__version__, "cuda": torch.version.cuda},
         "data": {**{k: v for k, v in spec["data"].items() if k != "order"},
-                 "rows_per_step": bsz, "batch_sha1": [b["sha1"] for b in rec.batches[: warm + timed]],
-                 "tokens_per_step": {k: tok[k] / timed for k in ("all", "nonpad", "trained")}},
-        "steps": {"warmup": warm, "timed": timed, "warmup_s": steps[:warm], "timed_s": timed_steps,
-                  **step_stats(timed_steps)},
+                 "rows_per_step": bsz, "batch_sha1": [b["sha1"] for b in rec.batches[: len(steps)]],
+                 "tokens_per_step": {k: tok[k] / n for k in ("all", "nonpad", "trained")} if n else None},
+        "steps": {"warmup": warm, "timed": timed, "done": len(steps), "warmup_s": steps[:warm], "timed_s": timed_steps,
+                  # the first step includes the fast path's compile (and the first CUDA kernels' loading)
+                  "first_step_s": steps[0] if steps else None, **step_stats(timed_steps)},
         "throughput": {
             "tokens_per_s_all": tok["all"] / total_t, "tokens_per_s_nonpad": tok["nonpad"] / total_t,
             "tokens_per_s_trained": tok["trained"] / total_t, "samples_per_s": tok["samples"] / total_t,
-        },
+        } if total_t > 0 else None,
         "memory": {"device": "cuda" if torch.cuda.is_available() else "cpu", "cap": cap,
-                   "after_load": mem_load, "training": mem_train},
-        "mfu": {"model_tflops_per_step": flops_total / timed / 1e12,
-                "breakdown_tflops_per_step": {k: sum(f[k] for f in flops) / timed / 1e12
-                                              for k in ("linear", "attention", "lora", "lm_head")},
+                   "after_load": mem_load, "training": _memory(torch)},
+        "mfu": {"model_tflops_per_step": flops_total / n / 1e12 if n else None,
+                "breakdown_tflops_per_step": {k: sum(f[k] for f in flops) / n / 1e12
+                                              for k in ("linear", "attention", "lora", "lm_head")} if n else None,
                 "achieved_tflops": achieved, "reference_tflops": peak,
                 "reference_dtype": cal.get("dtype"),
-                "mfu": achieved / peak if peak else None},
-        "per_layer": {"layers": layers, "step_ms_per_layer": 1000 * statistics.median(timed_steps) / layers},
-        "losses": timer.losses,
-    })
+                "mfu": achieved / peak if peak and achieved is not None else None},
+        "per_layer": {"layers": layers,
+                      "step_ms_per_layer": 1000 * statistics.median(timed_steps) / layers if n else None},
+        "losses": list(timer.losses),
+    }
 
 
 def _model_record(spec, mcfg) -> dict[str, Any]:

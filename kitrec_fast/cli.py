@@ -18,6 +18,7 @@ _FAMILIES = {
     "push": "kitrec_fast.artifacts.cli",
     "eval": "kitrec_fast.eval.cli",
     "grid": "kitrec_fast.grid.cli",
+    "doctor": "kitrec_fast.doctor",
 }
 
 

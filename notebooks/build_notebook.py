@@ -4,7 +4,8 @@ The notebook is generated so that it is stored without outputs or execution coun
 state) and so that tags and time estimates are reviewed as code. ``tests/test_notebook.py`` checks
 that the stored notebook equals what this script builds.
 
-Tags: ``install`` (pip; CI has the package already), ``gpu`` (needs a CUDA card or a Hub login);
+Tags: ``install`` (pip, and the install check ``kitrec-fast doctor``; CI has the package already and
+runs the doctor in tests/test_doctor.py), ``gpu`` (needs a CUDA card or a Hub login);
 CI runs every other cell on CPU. ``heavy`` marks cells whose markdown gives a time per card.
 """
 
@@ -87,6 +88,17 @@ replaces torch or transformers, use *Runtime → Restart session* and continue w
 KITREC_FAST_SOURCE = "git+https://github.com/<owner>/kitrec_fast.git"  # or a path to a checkout
 %pip install -q "kitrec_fast @ {KITREC_FAST_SOURCE}"
 """, "install", "heavy"),
+
+    md("""
+Check the install (under 90 s on a GPU): versions, CUDA and the card's compute capability, the
+bitsandbytes CUDA library, triton, that unsloth imports, the attention kernel of each backend,
+Unsloth's fused LoRA kernels, a 3-step tiny training per backend (each in its own process) and their
+loss gap, and the free memory against the card's profile. Any `FAIL` row says what to fix; without a
+GPU the checks that need one are listed as `not run`. `kitrec-fast doctor --quick` skips the trainings.
+"""),
+    code("""
+!kitrec-fast doctor
+""", "install"),
 
     md("""
 ## 2. Environment check

@@ -3,14 +3,17 @@
 #
 #   bash benchmarks/gpu/run_all.sh [--phase 1|2] [OUT_DIR]   # OUT_DIR defaults to $OUT (the device tool's folder)
 #   bash benchmarks/gpu/run_all.sh --cpu-dry-run OUT_DIR     # the same plan on CPU, tiny model, same output files
+#   bash benchmarks/gpu/run_all.sh --only headline [STEP ...] -- OUT_DIR
+#                                   # a subset; the steps it needs (build-model) are added and named
 #
 # OUT_DIR receives exactly two files: kitrec-bench.tar.gz (everything, re-packed after every step,
 # so a run killed at its limit still returns what finished) and summary.md (the plan, its GPU
-# estimates, each step's status, the parity gap and the headline table). The work itself happens in
-# a scratch folder (see benchmarks/gpu_phases.py).
+# estimates against what each step took, each step's status, the parity verdict and the headline
+# table). The work itself happens in a scratch folder (see benchmarks/gpu_phases.py).
 #
-# Phase 1 (default, < 6 min): preflight, tests/gpu, the parity check, the headline pair (40 layers,
-# 2 x 5,120 tokens, smoothing on). Phase 2 (a later lease): token scaling and memory ceilings.
+# Phase 1 (default, budget 530 s): `kitrec-fast doctor --quick`, the model build, the headline pair
+# alone on the GPU (40 layers, 2 x 5,120 tokens, smoothing on), then the parity check and tests/gpu
+# if time is left. Phase 2 (a later lease): token scaling and memory ceilings.
 #
 # On a bare GPU machine without network: carry `.whl/` (`bash ../shared/device/make-wheelhouse` on
 # the dev machine); it is installed into /tmp/site first. Environment (optional):
@@ -20,11 +23,20 @@ set -euo pipefail
 
 PHASE=1
 DRY=()
+ONLY=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --phase) PHASE="$2"; shift 2 ;;
     --cpu-dry-run) DRY=(--cpu-dry-run); shift ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    --only)
+      shift
+      ONLY=(--only)
+      # step names up to "--" or the last argument (the output folder)
+      while [ $# -gt 0 ] && [ "$1" != "--" ] && { [ ${#ONLY[@]} -eq 1 ] || [ $# -gt 1 ]; } && [ "${1#-}" = "$1" ]; do
+        ONLY+=("$1"); shift
+      done
+      [ "${1:-}" = "--" ] && shift ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) break ;;
   esac
 done
@@ -47,4 +59,4 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 UNSLOTH_DISABLE_STATISTICS=1 TOKEN
 
 BUDGET=()
 [ -n "${BENCH_BUDGET_S:-}" ] && BUDGET=(--budget-s "$BENCH_BUDGET_S")
-exec "$PY" benchmarks/gpu_phases.py --phase "$PHASE" --out "$OUT_DIR" "${DRY[@]}" "${BUDGET[@]}"
+exec "$PY" benchmarks/gpu_phases.py --phase "$PHASE" --out "$OUT_DIR" "${DRY[@]}" "${BUDGET[@]}" "${ONLY[@]}"

@@ -79,16 +79,22 @@ def runtime_extras(model) -> dict:
     layers = getattr(getattr(base, "model", None), "layers", None) or []
     # patch_block_compile marks the decoder layer class's forward when it wraps it in torch.compile.
     facts["compile"] = bool(layers) and bool(getattr(type(layers[0]).forward, "_unsloth_block_compiled", False))
+    facts["attn_implementation"] = attention_backend()
+    return facts
+
+
+def attention_backend() -> str | None:
+    """The attention kernel Unsloth's dispatcher picks for training: flash, xformers or sdpa.
+
+    In training Unsloth drops a right-padding mask (unsloth/models/llama.py,
+    LlamaModel_fast_forward: causal attention never lets a trailing pad reach a real token), so its
+    attention (unsloth/models/qwen3.py) runs the dispatcher's pick
+    (``unsloth/utils/attention_dispatch.py:1146`` ``select_attention_backend``)."""
     try:
         from unsloth.utils.attention_dispatch import select_attention_backend
-
-        # In training Unsloth drops a right-padding mask (unsloth/models/llama.py,
-        # LlamaModel_fast_forward: causal attention never lets a trailing pad reach a real token), so
-        # its attention (unsloth/models/qwen3.py) runs the dispatcher's pick: flash, xformers or sdpa.
-        facts["attn_implementation"] = select_attention_backend(False)
     except ImportError:
-        pass
-    return facts
+        return None
+    return select_attention_backend(False)
 
 
 def _from_pretrained(cfg, max_seq_length: int):

@@ -82,13 +82,52 @@ def build_sft_config(cfg: RunConfig, output_dir: str, has_eval: bool, bf16: bool
     return SFTConfig(**kwargs)
 
 
-def _decoder_and_head(model):
-    """The causal LM's decoder stack and LM head under any peft/DDP/compile wrapping."""
+def _causal_lm(model):
+    """The causal LM (the module holding ``model`` and ``lm_head``) under any peft/DDP/compile wrapping."""
     from accelerate.utils import extract_model_from_parallel
 
     base = extract_model_from_parallel(model)
-    base = base.get_base_model() if hasattr(base, "get_base_model") else base
+    return base.get_base_model() if hasattr(base, "get_base_model") else base
+
+
+def _decoder_and_head(model):
+    """The causal LM's decoder stack and LM head under any peft/DDP/compile wrapping."""
+    base = _causal_lm(model)
     return base.model, base.lm_head
+
+
+@contextlib.contextmanager
+def lm_head_skipped(model):
+    """Swap the LM head for a stub for one forward: the chunked loss multiplies by the real head's
+    weight itself, so the forward must not.
+
+    Why: the stock transformers forward runs the head even with ``logits_to_keep=1``
+    (``transformers/models/qwen3/modeling_qwen3.py:495``, ``self.lm_head(hidden_states[:, slice, :])``),
+    and under bf16 autocast the baseline's fp32 head (``prepare_model_for_kbit_training`` upcasts every
+    non-quantized weight, ``peft/utils/other.py:205-208``)
+    is cast to bf16 on every forward: a 1.56 GB transient for Qwen3-14B that the fast path never
+    pays, which would flatter its peak memory. Unsloth's fast forward reads the head's weight (dtype,
+    device: ``unsloth/models/llama.py:2053-2056``) and returns before using it under
+    ``UNSLOTH_RETURN_HIDDEN_STATES`` (line 2070), so the stub keeps the weight reachable.
+    """
+    import torch
+
+    class _Stub(torch.nn.Module):
+        def __init__(self, head):
+            super().__init__()
+            # plain attributes, not registered: the real head keeps owning them
+            self.__dict__["weight"], self.__dict__["bias"] = head.weight, getattr(head, "bias", None)
+
+        def forward(self, hidden):
+            return hidden.new_empty(*hidden.shape[:-1], 0)  # no logits: nobody reads them
+
+    base = _causal_lm(model)
+    head = base.lm_head
+    base.lm_head = _Stub(head)
+    try:
+        yield
+    finally:
+        base.lm_head = head
 
 
 # Unsloth's fast CausalLM forward returns the final hidden states (as ``.logits``) instead of
@@ -215,7 +254,7 @@ def make_trainer(cfg: RunConfig, model, tokenizer, train_ds, eval_ds, output_dir
             else:
                 _, head = _decoder_and_head(model)
                 model_inputs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "position_ids")}
-                with final_hidden_states(model) as captured:
+                with final_hidden_states(model) as captured, lm_head_skipped(model):
                     model(**model_inputs, use_cache=False, logits_to_keep=1)
                 hidden = captured.get("hidden")
                 if hidden is None:
