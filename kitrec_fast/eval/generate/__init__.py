@@ -56,14 +56,14 @@ interruption test has a deterministic window in which the file is partly written
 """
 
 from kitrec_fast.eval.generate.cli import add_generate_parser
-from kitrec_fast.eval.generate.command import PAUSE_ENV, longest_prompt, prediction_record, run_generate
-from kitrec_fast.eval.generate.engines import Generated, HFEngine, VLLMEngine, cut_at_stop
+from kitrec_fast.eval.generate.command import PAUSE_ENV, prediction_record, run_generate
+from kitrec_fast.eval.generate.engines import Generated, HFEngine, VLLMEngine, choose_engine, cut_at_stop
 from kitrec_fast.eval.generate.options import (CONFIG_FILE, PREDICTIONS_FILE, GenerateError, GenerateOptions,
                                                resolve_config)
 from kitrec_fast.eval.generate.resume import LOCK_FILE, check_fingerprint, output_lock, read_done
-from kitrec_fast.eval.generate.rows import EvalRow, RowBuilder, select_rows
+from kitrec_fast.eval.generate.rows import EvalRow, PromptStore, RowBuilder, iter_selected, select_rows
 
 __all__ = ["CONFIG_FILE", "LOCK_FILE", "PAUSE_ENV", "PREDICTIONS_FILE", "EvalRow", "GenerateError",
-           "GenerateOptions", "Generated", "HFEngine", "RowBuilder", "VLLMEngine", "add_generate_parser",
-           "check_fingerprint", "cut_at_stop", "longest_prompt", "output_lock", "prediction_record", "read_done",
-           "resolve_config", "run_generate", "select_rows"]
+           "GenerateOptions", "Generated", "HFEngine", "PromptStore", "RowBuilder", "VLLMEngine", "add_generate_parser",
+           "check_fingerprint", "choose_engine", "cut_at_stop", "iter_selected", "output_lock", "prediction_record",
+           "read_done", "resolve_config", "run_generate", "select_rows"]
