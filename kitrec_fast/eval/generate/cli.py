@@ -36,7 +36,7 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
                       help="a row failing validation: stop (default) or skip it and report it")
     gen = p.add_argument_group("generation")
     gen.add_argument("--max-new-tokens", type=int, default=2048, help="default 2048")
-    gen.add_argument("--batch-size", type=int, help="rows per generate call (default 4; vLLM: 64)")
+    gen.add_argument("--batch-size", type=int, help="rows per generate call (default 4; vLLM: 256, also its max_num_seqs)")
     gen.add_argument("--max-candidates", type=int, metavar="N",
                      help="cut each prompt to N candidates with the training truncation, ground truth kept "
                           "(default: keep all, as the paper evaluates; a cut is recorded and makes the "
@@ -44,6 +44,9 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
     gen.add_argument("--max-prompt-tokens", type=int, help="also cut history/candidates to fit N prompt tokens")
     gen.add_argument("--no-sort", dest="sort_by_length", action="store_false",
                      help="keep dataset order instead of batching by prompt length")
+    gen.add_argument("--prepare-only", action="store_true",
+                     help="build every pending prompt, record the longest in generate_config.json and stop "
+                          "(no model; a check before a long GPU job)")
     p.add_argument("--output", required=True, type=Path, help="output directory (predictions.jsonl goes here)")
     p.set_defaults(func=_generate_command)
     return p

@@ -13,12 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from kitrec_fast.eval.generate.engines import Generated, HFEngine, VLLMEngine, choose_engine
+from kitrec_fast.eval.generate.engines import (Generated, HFEngine, VLLMEngine, check_unquantized_base,
+                                               choose_engine)
 from kitrec_fast.eval.generate.options import (CONFIG_FILE, PREDICTIONS_FILE, GenerateError, GenerateOptions,
                                                resolve_config)
 from kitrec_fast.eval.generate.resume import check_fingerprint, output_lock, read_done
 from kitrec_fast.eval.generate.rows import EvalRow, PromptStore, RowBuilder, iter_selected
 from kitrec_fast.fsio import atomic_write_json
+from kitrec_fast.grid.worker import _die_with_parent
 
 PAUSE_ENV = "KITREC_FAST_GENERATE_PAUSE_S"
 IM_END = "<|im_end|>"
@@ -93,7 +95,9 @@ def _one_after_another(opts: GenerateOptions, console) -> dict:
     for single in opts.single_runs():
         name = single.run_dir.name
         console.print(f"[green]run[/] {name} -> {single.output}")
-        proc = subprocess.run([sys.executable, "-m", "kitrec_fast", "eval", "generate", *single.argv()])
+        # The child dies with this process (a grid worker killed mid-run must not leave a writer behind).
+        proc = subprocess.run([sys.executable, "-m", "kitrec_fast", "eval", "generate", *single.argv()],
+                              preexec_fn=_die_with_parent)
         summaries[name] = {"output": str(single.output / PREDICTIONS_FILE), "exit_status": proc.returncode}
         if proc.returncode != 0:
             failed.append(f"{name} (exit status {proc.returncode})")
@@ -117,9 +121,13 @@ def _generate(opts: GenerateOptions, console, command: str) -> dict:
         bases = ", ".join(f"{s.run_dir.name}: {cfg.model.name}" for s, cfg, _ in resolved)
         raise GenerateError(f"--run: one engine serves one base model; these runs have different bases ({bases}). "
                             "Evaluate each base in its own command")
+    if opts.engine == "vllm":
+        from kitrec_fast.backends.common import resolve_model_path
+
+        check_unquantized_base(resolve_model_path(resolved[0][1].model.name))  # before minutes of work
     # The backend module before anything imports transformers: unsloth must patch it first.
     backend_module = None
-    if opts.engine == "hf":
+    if opts.engine == "hf" and not opts.prepare_only:
         from kitrec_fast.backends import get_backend
 
         backend_module = get_backend(resolved[0][1].backend)
@@ -133,7 +141,7 @@ def _generate(opts: GenerateOptions, console, command: str) -> dict:
                 stack.callback(plan.store.close)
             plans.append(plan)
         todo = [p for p in plans if p.store is not None and len(p.store)]
-        if todo:
+        if todo and not opts.prepare_only:
             engine = _start_engine(opts, todo, backend_module, console)
             for plan in todo:
                 _generate_rows(plan, engine, console)
@@ -175,9 +183,11 @@ def _prepare(opts: GenerateOptions, cfg, adapter: Optional[str], command: str, c
     batch_size = opts.effective_batch_size
     plan = _Plan(opts=opts, cfg=cfg, adapter=adapter, lora_name=opts.run_dir.name if opts.run_dir else "adapter",
                  out_dir=out_dir, config={}, summary={"output": str(pred_path), "selected": 0, "already_done": 0,
-                                                      "generated": 0, "skipped": [], "seconds": 0.0})
+                                                      "generated": 0, "skipped": [], "seconds": 0.0,
+                                                      "build_seconds": 0.0})
     window = max(batch_size * WINDOW_BATCHES, WINDOW_MIN_ROWS)
     selected, pending, buffer = 0, 0, []
+    t0 = time.perf_counter()
 
     def flush() -> None:
         if plan.builder is None:  # the tokenizer only when there is something to build
@@ -189,9 +199,11 @@ def _prepare(opts: GenerateOptions, cfg, adapter: Optional[str], command: str, c
             plan.stop_ids = [vocab[IM_END]] + ([vocab[END_OF_TEXT]] if END_OF_TEXT in vocab else [])
             plan.builder = RowBuilder(plan.tokenizer, cfg, max_candidates, opts.max_prompt_tokens, opts.on_bad_row)
             plan.store = PromptStore(out_dir)
+        t_build = time.perf_counter()
         plan.store.add(plan.builder.build([i for i, _ in buffer], [r for _, r in buffer]))
         plan.builder.renderer.clear()  # chunk ids of this window: not needed again, ~250 MB per 12k rows
         buffer.clear()
+        plan.summary["build_seconds"] += time.perf_counter() - t_build
 
     # One streaming pass: select, skip rows already written, build the rest window by window. The
     # longest prompt sizes the engine; bad rows stop here, before minutes of model loading.
@@ -207,7 +219,9 @@ def _prepare(opts: GenerateOptions, cfg, adapter: Optional[str], command: str, c
         flush()
     already = selected - pending
     longest = plan.store.longest if plan.store is not None else 0
-    plan.summary.update(selected=selected, already_done=already)
+    plan.summary.update(selected=selected, already_done=already, prepare_seconds=round(time.perf_counter() - t0, 2),
+                        build_seconds=round(plan.summary["build_seconds"], 2),
+                        prompts=len(plan.store or ()), prompt_tokens=plan.store.tokens if plan.store else 0)
     plan.config = {
         "fingerprint": fingerprint, "command": command, "run_dir": str(opts.run_dir) if opts.run_dir else None,
         "batch_size": batch_size, "limit": opts.limit, "user_types": opts.user_types,

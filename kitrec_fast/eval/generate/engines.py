@@ -112,7 +112,6 @@ class VLLMEngine:
                                 "(pip install -e '.[vllm]'; see README 'Evaluating at scale') or use --engine hf") from None
         import torch
 
-        check_unquantized_base(model_path)
         gpu = torch.cuda.is_available()
         self.precision = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if gpu else "float32"
         self.version = vllm.__version__

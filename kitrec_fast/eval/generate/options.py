@@ -12,7 +12,9 @@ from kitrec_fast.errors import UserError
 PREDICTIONS_FILE = "predictions.jsonl"
 CONFIG_FILE = "generate_config.json"
 ENGINES = ("auto", "hf", "vllm")
-DEFAULT_BATCH = {"hf": 4, "vllm": 64}
+# vllm: rows per engine call; continuous batching keeps the engine full only with a deep queue (a
+# call's slowest row otherwise sets its length), and a kill loses at most one call's rows.
+DEFAULT_BATCH = {"hf": 4, "vllm": 256}
 
 
 class GenerateError(UserError):
@@ -42,6 +44,7 @@ class GenerateOptions:
     tokenizer: Optional[str] = None
     on_bad_row: str = "error"
     sort_by_length: bool = True
+    prepare_only: bool = False  # build and measure the pending prompts, record them, start no engine
 
     def __post_init__(self) -> None:
         self.output = Path(self.output)
@@ -101,6 +104,8 @@ class GenerateOptions:
             args += ["--user-type", *self.user_types]
         if not self.sort_by_length:
             args.append("--no-sort")
+        if self.prepare_only:
+            args.append("--prepare-only")
         return args
 
 

@@ -157,6 +157,10 @@ class PromptStore:
         return self._where[i][1]
 
     @property
+    def tokens(self) -> int:
+        return self._end // 4
+
+    @property
     def longest(self) -> int:
         return max((n for _, n in self._where), default=0)
 
