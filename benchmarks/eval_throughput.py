@@ -71,7 +71,7 @@ def _summary(stdout: str) -> dict:
 def _train_adapter(run: Path, env: dict) -> None:
     cmd = [sys.executable, "-m", "kitrec_fast.recipes.dualft_music", "--smoke", "--backend", "peft",
            "--output-dir", str(run), f"model.name={HD64}", "model.load_in_4bit=false", "data.limit=8",
-           "data.max_length=1536", "data.max_candidates=10", "data.min_candidates=3", "train.max_steps=3",
+           "data.max_length=2048", "data.max_candidates=10", "data.min_candidates=3", "train.max_steps=3",
            "train.learning_rate=0.02", "train.warmup_ratio=0", "train.save_steps=3", "train.eval_steps=3",
            "train.gradient_accumulation_steps=1", "lora.r=16", "lora.alpha=32"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)

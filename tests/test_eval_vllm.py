@@ -68,7 +68,7 @@ def runs(tmp_path_factory) -> tuple[Path, Path]:
     proc = subprocess.run(
         [sys.executable, "-m", "kitrec_fast.recipes.dualft_music", "--smoke", "--backend", "peft",
          "--output-dir", str(first), f"model.name={HD64}", "model.load_in_4bit=false",
-         "data.limit=8", "data.max_length=1536", "data.max_candidates=10", "data.min_candidates=3",
+         "data.limit=8", "data.max_length=2048", "data.max_candidates=10", "data.min_candidates=3",
          "train.max_steps=3", "train.learning_rate=0.02", "train.warmup_ratio=0", "train.save_steps=3",
          "train.eval_steps=3", "train.gradient_accumulation_steps=1", "lora.r=16", "lora.alpha=32"],
         cwd=ROOT, capture_output=True, text=True, timeout=900)
@@ -160,7 +160,7 @@ def test_the_adapters_change_greedy_output(runs, hf_outputs, tmp_path):
 @pytest.mark.slow
 def test_vllm_gives_the_hf_tokens_for_each_adapter_of_one_engine(runs, hf_outputs, vllm_multi):
     out, stdout = vllm_multi
-    assert stdout.count("loaded in") == 1  # one engine for both runs
+    assert " ".join(stdout.split()).count(") loaded in ") == 1  # one engine for both runs (the console wraps)
     for run in runs:
         config = json.loads((out / run.name / "generate_config.json").read_text())
         engine = config["engine"]
@@ -208,3 +208,33 @@ def test_killed_vllm_generation_resumes_each_row_once_and_matches_the_engine_sha
     assert sorted(json.loads(ln)["row_id"] for ln in lines(pred)) == list(range(ROWS))
     # evaluated alone (and resumed) == evaluated beside another adapter in one engine
     assert predictions(out) == predictions(vllm_multi[0] / run.name)
+
+
+def test_grid_generates_the_jobs_of_one_test_set_together_once_their_training_is_done(tmp_path):
+    pytest.importorskip("ray")
+    from kitrec_fast.console import make_console
+    from kitrec_fast.grid.runner import GridRunner
+    from kitrec_fast.grid.spec import GridSpec
+    from kitrec_fast.grid.state import merge_state
+
+    spec = GridSpec(output=tmp_path, families=("singleft_music", "dualft_music"), sets=("A", "B"),
+                    backends=("peft",), smoke=True)
+    runner = GridRunner(spec, merge_state(spec, None, "test"), make_console())
+    a, b, c = "singleft_music_seta-peft", "singleft_music_setb-peft", "dualft_music_seta-peft"
+    assert runner.groups[a] == runner.groups[b] == [a, b]  # smoke: both sets use embedded:test_music
+    assert c not in runner.groups[a]  # other user types: another command
+    runner._record(a)["stages_done"].append("train")
+    assert runner._generate_group(a) is None  # b still trains
+    runner._record(b)["stages_done"].append("train")
+    assert runner._generate_group(a) == [a, b]
+    [cmd] = runner.jobs[a].generate_commands([runner.jobs[a], runner.jobs[b]])
+    runs = cmd[cmd.index("--run") + 1: cmd.index("--dataset")]
+    assert runs == [str(runner.jobs[a].run_dir), str(runner.jobs[b].run_dir)]
+    # eval generate writes OUTPUT/<run name>/: exactly each job's eval_dir
+    output = Path(cmd[cmd.index("--output") + 1])
+    assert [output / Path(r).name for r in runs] == [runner.jobs[a].eval_dir, runner.jobs[b].eval_dir]
+    runner._record(b).update(state="failed")  # a failed job no longer holds the others back
+    runner._record(b)["stages_done"].remove("train")
+    assert runner._generate_group(a) == [a]
+    alone = runner.jobs[a].generate_commands()[0]
+    assert Path(alone[alone.index("--output") + 1]) == runner.jobs[a].eval_dir

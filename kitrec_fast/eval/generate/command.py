@@ -275,7 +275,7 @@ def _start_engine(opts: GenerateOptions, plans: list[_Plan], backend_module, con
         trained_on = _base_record(plan.cfg)
         plan.config["engine"] = {**record, "adapter_trained_on": trained_on, "load_seconds": round(seconds, 1)}
         atomic_write_json(plan.out_dir / CONFIG_FILE, plan.config)
-        if opts.engine == "vllm" and plan.cfg.model.load_in_4bit:
+        if opts.engine == "vllm" and plan.adapter and plan.cfg.model.load_in_4bit:
             console.print(f"[yellow]note[/] {plan.lora_name}: adapter trained on a {trained_on} base, served on the "
                           f"{engine.precision} base (as the paper's evaluation did); predictions can differ "
                           "slightly from --engine hf, which loads the training quantization")

@@ -122,7 +122,7 @@ class VLLMEngine:
             "enable_prefix_caching": True, "enable_chunked_prefill": True,
             "gpu_memory_utilization": GPU_MEMORY_FRACTION if gpu else CPU_MEMORY_FRACTION,
         }
-        kwargs: dict[str, Any] = {"model": model_path, "seed": seed, "skip_tokenizer_init": True, **self.settings}
+        kwargs: dict[str, Any] = {"model": model_path, "seed": seed, **self.settings}
         if adapters:
             rank = max(r for _, r in adapters.values())
             kwargs.update(enable_lora=True, max_loras=len(adapters), max_cpu_loras=len(adapters),
