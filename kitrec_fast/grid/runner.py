@@ -50,7 +50,12 @@ class GridRunner:
     def __init__(self, spec: GridSpec, state: dict, console):
         self.spec, self.state, self.console = spec, state, console
         self.jobs = {j.id: j for j in spec.jobs()}
-        self.running: dict = {}  # ObjectRef -> (job id, stage, attempt, proc file, start time)
+        # Jobs evaluated together (same test set and user types): one `eval generate`, one engine.
+        groups: dict = {}
+        for j in spec.jobs():
+            groups.setdefault(j.eval_group, []).append(j.id)
+        self.groups = {job_id: ids for ids in groups.values() for job_id in ids}
+        self.running: dict = {}  # ObjectRef -> (job ids, stage, attempt, proc file, start time)
         self.env = forwarded_env()
 
     # -- stage bookkeeping -------------------------------------------------------------------
@@ -72,6 +77,23 @@ class GridRunner:
             return {"num_cpus": 1, "num_gpus": 0}
         return {"num_cpus": 1, "num_gpus": 1}
 
+    def _generate_group(self, job_id: str) -> list[str] | None:
+        """The jobs to generate with ``job_id`` now, or None while one of them still trains (or
+        the group's generation already runs). Failed jobs and finished generations are left out."""
+        members = [m for m in self.groups[job_id] if self._record(m)["state"] != "failed"
+                   and "generate" not in self._record(m)["stages_done"]]
+        busy = {m for ids, *_ in self.running.values() for m in ids}
+        if any(m in busy or self._next_stage(m) != "generate" for m in members):
+            return None
+        return members
+
+    def _kick_group(self, job_id: str) -> None:
+        """A group member finished or failed: start the group's generation if it was waiting for it."""
+        for m in self.groups[job_id]:
+            if m != job_id and self._record(m)["state"] == "queued" and self._generate_group(m):
+                self._submit(m)
+                return
+
     def _submit(self, job_id: str) -> None:
         import ray
 
@@ -86,68 +108,85 @@ class GridRunner:
             record.update(state="done", eta_s=None, step=final["step"], total=final["total"] or final["step"],
                           loss=final["loss"], pids={})
             return
+        job_ids = [job_id]
+        commands = job.commands(stage)
+        if stage == "generate":
+            group = self._generate_group(job_id)
+            if group is None:  # waits for the rest of its evaluation group's training
+                record.update(state="queued", pids={}, eta_s=None)
+                return
+            job_ids = group
+            commands = self.jobs[group[0]].generate_commands([self.jobs[m] for m in group])
+            job = self.jobs[group[0]]
         attempt = record["attempts"].get(stage, 0) + 1
-        record["attempts"][stage] = attempt
         log = job.log_path(stage, attempt)
         proc = log.with_suffix(".proc.json")
         proc.unlink(missing_ok=True)
         task = ray.remote(run_commands).options(max_retries=0, **self._resources(stage))
-        ref = task.remote(job.commands(stage), str(log), str(proc), self.env)
-        self.running[ref] = (job_id, stage, attempt, proc, time.time())
-        record.update(state="queued", log=str(log), pids={}, eta_s=None)
+        ref = task.remote(commands, str(log), str(proc), self.env)
+        self.running[ref] = (tuple(job_ids), stage, attempt, proc, time.time())
+        for m in job_ids:
+            self._record(m)["attempts"][stage] = attempt
+            self._record(m).update(state="queued", log=str(log), pids={}, eta_s=None)
 
     # -- outcome of a stage ------------------------------------------------------------------
     def _finish(self, ref) -> None:
         import ray
 
-        job_id, stage, attempt, proc, started = self.running.pop(ref)
-        record = self._record(job_id)
-        log = Path(record["log"])
+        job_ids, stage, attempt, proc, started = self.running.pop(ref)
+        job_id = job_ids[0]
+        log = Path(self._record(job_id)["log"])
         try:
             result = ray.get(ref)
-            rc, why = result["rc"], f"exit status {result['rc']}"
-            record["stage_seconds"][stage] = round(record["stage_seconds"].get(stage, 0) + result["seconds"], 1)
+            rc, why, seconds = result["rc"], f"exit status {result['rc']}", result["seconds"]
         except ray.exceptions.RayTaskError as exc:  # the task itself raised (e.g. the command cannot start)
-            rc, why = None, f"task error on its node: {str(exc.cause)[:300]}"
-            record["stage_seconds"][stage] = round(record["stage_seconds"].get(stage, 0) + time.time() - started, 1)
+            rc, why, seconds = None, f"task error on its node: {str(exc.cause)[:300]}", time.time() - started
         except ray.exceptions.RayError as exc:  # the worker or its node died
-            rc, why = None, f"worker lost ({type(exc).__name__})"
-            record["stage_seconds"][stage] = round(record["stage_seconds"].get(stage, 0) + time.time() - started, 1)
+            rc, why, seconds = None, f"worker lost ({type(exc).__name__})", time.time() - started
+        for m in job_ids:
+            done = self._record(m)["stage_seconds"]
+            done[stage] = round(done.get(stage, 0) + seconds, 1)
         if rc == 0:
-            record["stages_done"].append(stage)
-            self._say(f"[green]{job_id}[/] {stage} done")
-            self._submit(job_id)
+            for m in job_ids:
+                self._record(m)["stages_done"].append(stage)
+                self._say(f"[green]{m}[/] {stage} done")
+                self._submit(m)
             return
         retryable = rc is None or rc < 0
         if retryable and attempt <= self.spec.max_retries:
-            self._say(f"[yellow]{job_id}[/] {stage} attempt {attempt} failed: {why}; retrying "
+            self._say(f"[yellow]{', '.join(job_ids)}[/] {stage} attempt {attempt} failed: {why}; retrying "
                       f"({attempt}/{self.spec.max_retries} retries), resuming where it stopped")
             self._submit(job_id)
             return
         reason = why if retryable else f"{why}, not retried (the same command would fail again)"
-        record.update(state="failed", eta_s=None,
-                      error=f"{stage} failed after {attempt} attempt(s): {reason}; log {log}")
-        self._say(f"[red]{job_id}[/] {record['error']}\n{log_tail(log)}")
+        for m in job_ids:
+            self._record(m).update(state="failed", eta_s=None,
+                                   error=f"{stage} failed after {attempt} attempt(s): {reason}; log {log}")
+        self._say(f"[red]{', '.join(job_ids)}[/] {self._record(job_id)['error']}\n{log_tail(log)}")
+        for m in job_ids:
+            self._kick_group(m)  # the group's other jobs no longer wait for this one
 
     def _say(self, text: str) -> None:
         self.console.print(text)
 
     # -- progress ----------------------------------------------------------------------------
     def _poll_progress(self) -> None:
-        for job_id, stage, _, proc, started in self.running.values():
-            record = self._record(job_id)
+        for job_ids, stage, _, proc, started in self.running.values():
+            info = None
             if proc.is_file():
                 try:
                     info = json.loads(proc.read_text())
                 except ValueError:
                     info = None
+            for job_id in job_ids:
+                record = self._record(job_id)
                 if info:
                     record.update(state=stage, node=info["node"],
                                   pids={"worker": info["worker_pid"], "process": info["pid"]})
-            if record["state"] == "train":
-                record.update(train_progress(self.jobs[job_id].run_dir, since=started))
-            elif record["state"] == "generate":
-                record.update(generate_progress(self.jobs[job_id].eval_dir))
+                if record["state"] == "train":
+                    record.update(train_progress(self.jobs[job_id].run_dir, since=started))
+                elif record["state"] == "generate":
+                    record.update(generate_progress(self.jobs[job_id].eval_dir))
 
     def run(self) -> dict:
         """Run every job to done or failed; returns the final state."""

@@ -130,12 +130,22 @@ class Job:
             cmd.append("--dry-run")
         return cmd + list(self.spec.overrides)
 
-    def generate_commands(self) -> list[list[str]]:
-        """``eval generate`` into one predictions file; with a per-type limit, one call per type
+    @property
+    def eval_group(self) -> tuple[str, tuple[str, ...]]:
+        """Jobs with the same test set and user types are evaluated together: one engine, one
+        LoRA request per run (the grid's recipes share one base, Qwen3-14B; `eval generate`
+        refuses runs of different bases)."""
+        return test_dataset(self.family, self.set_name, self.spec.smoke), tuple(eval_user_types(self.family))
+
+    def generate_commands(self, group: "list[Job] | None" = None) -> list[list[str]]:
+        """``eval generate`` for this job, or for every job of its ``group`` through one engine
+        (each run's predictions in its own eval_dir); with a per-type limit, one call per type
         (its ``--limit`` counts all selected rows). Each call resumes: no row is written twice."""
-        base = ["-m", "kitrec_fast", "eval", "generate", "--run", str(self.run_dir),
+        group = group or [self]
+        output = self.eval_dir if len(group) == 1 else self.spec.output / "eval"  # several: OUTPUT/<run name>/
+        base = ["-m", "kitrec_fast", "eval", "generate", "--run", *(str(j.run_dir) for j in group),
                 "--dataset", test_dataset(self.family, self.set_name, self.spec.smoke), "--split", "test",
-                "--output", str(self.eval_dir)]
+                "--output", str(output)]
         if self.spec.eval_max_new_tokens is not None:
             base += ["--max-new-tokens", str(self.spec.eval_max_new_tokens)]
         types = eval_user_types(self.family)

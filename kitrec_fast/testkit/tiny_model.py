@@ -8,6 +8,16 @@ from pathlib import Path
 from kitrec_fast.testkit.tokenizer import QWEN3_VOCAB_SIZE, save_qwen3_tokenizer
 
 
+# The offline test models by name (``model.name``): cache folder and architecture. The first is the
+# project's tiny model (head_dim 16); vLLM's CPU attention only takes head sizes 32, 64, 80, 96,
+# 112, 128, ..., so the vLLM tests use the second, still tiny, with head_dim 64.
+TESTKIT_MODELS: dict[str, tuple[str, dict]] = {
+    "testkit:tiny-qwen3": ("tiny-qwen3-v1", {}),
+    "testkit:tiny-qwen3-hd64": ("tiny-qwen3-hd64-v1", {"hidden_size": 128, "heads": 2, "kv_heads": 1,
+                                                       "intermediate_size": 256}),
+}
+
+
 def tiny_qwen3_config(hidden_size: int = 64, num_layers: int = 2, heads: int = 4, kv_heads: int = 2,
                       intermediate_size: int = 128, max_positions: int = 8192):
     from transformers import Qwen3Config
@@ -49,3 +59,9 @@ def save_tiny_qwen3(path: str | os.PathLike, seed: int = 0, **config_kwargs) -> 
     build_tiny_qwen3(seed=seed, **config_kwargs).save_pretrained(str(path), safe_serialization=True)
     save_qwen3_tokenizer(path)
     return path
+
+
+def testkit_model_path(name: str, root: str | os.PathLike) -> Path:
+    """The directory of the offline test model ``name`` (a ``TESTKIT_MODELS`` key), built once under ``root``."""
+    folder, kwargs = TESTKIT_MODELS[name]
+    return save_tiny_qwen3(Path(root) / folder, **kwargs)

@@ -16,11 +16,15 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
                        description="Greedy generations, one JSONL line per row, resumable. See "
                                    "kitrec_fast/eval/generate/__init__.py for truncation and resume details.")
     src = p.add_argument_group("model")
-    src.add_argument("--run", dest="run_dir", type=Path, help="run directory (resolved_config.yaml + adapter/)")
+    src.add_argument("--run", dest="runs", type=Path, nargs="+", default=[], metavar="RUN_DIR",
+                     help="run directory (resolved_config.yaml + adapter/); several runs of one base: one engine, "
+                          "OUTPUT/<run name>/ each")
     src.add_argument("--model", help="base model (Hub id, directory, testkit:tiny-qwen3); overrides the run's")
     src.add_argument("--adapter", help="adapter directory (default with --run: RUN_DIR/adapter; without: none)")
     src.add_argument("--backend", choices=["unsloth", "peft"], help="model backend (default: the run's, else unsloth)")
-    src.add_argument("--engine", choices=["hf", "vllm"], default="hf", help="hf: backend model.generate; vllm: vLLM")
+    src.add_argument("--engine", choices=["auto", "hf", "vllm"], default="auto",
+                     help="hf: backend model.generate; vllm: vLLM, unquantized base + LoRA requests; "
+                          "auto (default): vllm where installed and a GPU is present, else hf")
     src.add_argument("--tokenizer", help="tokenizer (default: the run's data.tokenizer, else the model's)")
     data = p.add_argument_group("rows")
     data.add_argument("--dataset", required=True, help="Hub id, local .jsonl/.json/.parquet, or embedded:NAME")
@@ -32,7 +36,7 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
                       help="a row failing validation: stop (default) or skip it and report it")
     gen = p.add_argument_group("generation")
     gen.add_argument("--max-new-tokens", type=int, default=2048, help="default 2048")
-    gen.add_argument("--batch-size", type=int, help="rows per generate call (default 4; vLLM: 64)")
+    gen.add_argument("--batch-size", type=int, help="rows per generate call (default 4; vLLM: 256, also its max_num_seqs)")
     gen.add_argument("--max-candidates", type=int, metavar="N",
                      help="cut each prompt to N candidates with the training truncation, ground truth kept "
                           "(default: keep all, as the paper evaluates; a cut is recorded and makes the "
@@ -40,6 +44,9 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
     gen.add_argument("--max-prompt-tokens", type=int, help="also cut history/candidates to fit N prompt tokens")
     gen.add_argument("--no-sort", dest="sort_by_length", action="store_false",
                      help="keep dataset order instead of batching by prompt length")
+    gen.add_argument("--prepare-only", action="store_true",
+                     help="build every pending prompt, record the longest in generate_config.json and stop "
+                          "(no model; a check before a long GPU job)")
     p.add_argument("--output", required=True, type=Path, help="output directory (predictions.jsonl goes here)")
     p.set_defaults(func=_generate_command)
     return p

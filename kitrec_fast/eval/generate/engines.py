@@ -30,7 +30,7 @@ class HFEngine:
         self.pad_id = pad_id
         self.max_new_tokens = max_new_tokens
 
-    def generate(self, prompts: list[list[int]]) -> list[Generated]:
+    def generate(self, prompts: list[list[int]], adapter: Optional[str] = None) -> list[Generated]:
         import torch
 
         device = next(self.model.parameters()).device
@@ -50,35 +50,96 @@ class HFEngine:
         return [cut_at_stop(row, self.stop_ids) for row in out[:, width:].tolist()]
 
 
+# vLLM on a CPU-only machine reserves this fraction of host RAM for its KV cache (on a GPU the
+# setting is the fraction of device memory; vLLM's default 0.92 of a shared host's RAM fails).
+CPU_MEMORY_FRACTION = 0.1
+GPU_MEMORY_FRACTION = 0.9
+_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM accepts for max_lora_rank
+_PREQUANTIZED = ("-bnb-4bit", "-4bit", "-awq", "-gptq")
+
+
+def choose_engine(requested: str) -> tuple[str, str]:
+    """``(engine, why)``: ``auto`` is vLLM where it is installed and a GPU is present, else hf."""
+    if requested != "auto":
+        return requested, ""
+    import importlib.util
+
+    import torch
+
+    has_vllm = importlib.util.find_spec("vllm") is not None
+    gpu = torch.cuda.is_available()
+    if has_vllm and gpu:
+        return "vllm", "vLLM installed and a GPU present"
+    return "hf", ", ".join(why for why, missing in (("vLLM not installed", not has_vllm), ("no GPU", not gpu))
+                           if missing)
+
+
+def check_unquantized_base(model_path: str) -> None:
+    """vLLM serves the adapter on the unquantized base; a checkpoint stored only in 4 bits cannot be that base."""
+    import json
+    from pathlib import Path
+
+    quant = None
+    config = Path(model_path) / "config.json"
+    if config.is_file():
+        quant = (json.loads(config.read_text()).get("quantization_config") or {}).get("quant_method")
+    elif model_path.lower().endswith(_PREQUANTIZED):
+        quant = model_path.rsplit("-", 1)[-1]
+    if quant:
+        raise GenerateError(
+            f"--engine vllm: {model_path} is a pre-quantized ({quant}) checkpoint; vLLM loads the adapter on the "
+            "unquantized base model (bitsandbytes is not among vLLM's quantization methods). Give the 16-bit base "
+            "with --model (e.g. Qwen/Qwen3-14B for a run trained on unsloth/Qwen3-14B-bnb-4bit) or use --engine hf")
+
+
 class VLLMEngine:
-    """vLLM with the adapter as a LoRA request (optional dependency)."""
+    """vLLM: the unquantized base (bf16 on a GPU, fp32 on CPU) with each run's adapter as a LoRA request.
+
+    ``adapters`` maps a request name to ``(adapter dir, LoRA rank)``: several adapters of the same
+    base share one engine (``max_loras`` slots, one request per call).
+    """
 
     name = "vllm"
-    _LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # ranks vLLM accepts for max_lora_rank
 
-    def __init__(self, cfg, model_path: str, tokenizer_path: str, adapter: Optional[str], stop_ids: list[int],
-                 max_new_tokens: int):
+    def __init__(self, model_path: str, adapters: dict[str, tuple[str, int]], stop_ids: list[int],
+                 max_new_tokens: int, max_model_len: int, max_num_seqs: int, seed: int):
         try:
+            import vllm
             from vllm import LLM, SamplingParams
             from vllm.lora.request import LoRARequest
         except ImportError as exc:
             raise GenerateError(f"--engine vllm needs vLLM, which is not importable here ({exc}); install it "
-                            "(pip install vllm, on a CUDA machine) or use --engine hf") from None
-        kwargs: dict[str, Any] = {"model": model_path, "tokenizer": tokenizer_path, "seed": cfg.train.seed,
-                                  "enable_lora": adapter is not None}
-        if adapter is not None:
-            kwargs["max_lora_rank"] = next((r for r in self._LORA_RANKS if r >= cfg.lora.r), cfg.lora.r)
-        if cfg.model.load_in_4bit:
-            kwargs["quantization"] = "bitsandbytes"  # the same nf4 base the adapter was trained on
+                                "(pip install -e '.[vllm]'; see README 'Evaluating at scale') or use --engine hf") from None
+        import torch
+
+        gpu = torch.cuda.is_available()
+        self.precision = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if gpu else "float32"
+        self.version = vllm.__version__
+        self.settings: dict[str, Any] = {
+            "dtype": self.precision, "max_model_len": max_model_len, "max_num_seqs": max_num_seqs,
+            # KitREC prompts of one test set share the template and task sections; the prefix cache
+            # keeps their KV once. Chunked prefill lets 7k-token prefills interleave with decodes.
+            "enable_prefix_caching": True, "enable_chunked_prefill": True,
+            "gpu_memory_utilization": GPU_MEMORY_FRACTION if gpu else CPU_MEMORY_FRACTION,
+            # CPU runs are tests: torch.compile's C++ warm-up costs minutes per engine start there and
+            # gains nothing on a tiny model. GPUs keep compilation and CUDA graphs (decode speed).
+            "enforce_eager": not gpu,
+        }
+        kwargs: dict[str, Any] = {"model": model_path, "seed": seed, **self.settings}
+        if adapters:
+            rank = max(r for _, r in adapters.values())
+            kwargs.update(enable_lora=True, max_loras=len(adapters), max_cpu_loras=len(adapters),
+                          max_lora_rank=next((r for r in _LORA_RANKS if r >= rank), rank))
         self.llm = LLM(**kwargs)
+        # detokenize=False: prompts go in as ids and the command decodes the ids itself, as with hf.
         self.params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, stop_token_ids=stop_ids,
-                                     skip_special_tokens=False)
-        self.lora = LoRARequest("kitrec", 1, adapter) if adapter is not None else None
+                                     detokenize=False)
+        self.requests = {name: LoRARequest(name, i + 1, path) for i, (name, (path, _)) in enumerate(adapters.items())}
         self.stop_ids = stop_ids
 
-    def generate(self, prompts: list[list[int]]) -> list[Generated]:
-        outs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], self.params,
-                                 lora_request=self.lora, use_tqdm=False)
+    def generate(self, prompts: list[list[int]], adapter: Optional[str] = None) -> list[Generated]:
+        outs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], self.params,
+                                 lora_request=self.requests[adapter] if adapter else None, use_tqdm=False)
         results = []
         for o in outs:
             g = cut_at_stop(list(o.outputs[0].token_ids), self.stop_ids)

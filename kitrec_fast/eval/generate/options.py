@@ -5,14 +5,16 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from kitrec_fast.errors import UserError
 
 PREDICTIONS_FILE = "predictions.jsonl"
 CONFIG_FILE = "generate_config.json"
-ENGINES = ("hf", "vllm")
-DEFAULT_BATCH = {"hf": 4, "vllm": 64}
+ENGINES = ("auto", "hf", "vllm")
+# vllm: rows per engine call; continuous batching keeps the engine full only with a deep queue (a
+# call's slowest row otherwise sets its length), and a kill loses at most one call's rows.
+DEFAULT_BATCH = {"hf": 4, "vllm": 256}
 
 
 class GenerateError(UserError):
@@ -24,10 +26,13 @@ class GenerateOptions:
     dataset: str
     output: Path
     run_dir: Optional[Path] = None
+    # Several runs of one base (``--run A B ...``): one engine, OUTPUT/<run name>/ each. A single
+    # entry is the same as ``run_dir``.
+    runs: Sequence[Path] = ()
     model: Optional[str] = None
     adapter: Optional[str] = None
     backend: Optional[str] = None
-    engine: str = "hf"
+    engine: str = "auto"  # auto: vllm where importable and a GPU is present, else hf
     split: str = "test"
     limit: Optional[int] = None
     user_types: list[str] = field(default_factory=list)
@@ -39,11 +44,27 @@ class GenerateOptions:
     tokenizer: Optional[str] = None
     on_bad_row: str = "error"
     sort_by_length: bool = True
+    prepare_only: bool = False  # build and measure the pending prompts, record them, start no engine
 
     def __post_init__(self) -> None:
         self.output = Path(self.output)
         if self.engine not in ENGINES:
-            raise GenerateError(f"--engine: must be hf or vllm, got {self.engine!r}")
+            raise GenerateError(f"--engine: must be auto, hf or vllm, got {self.engine!r}")
+        runs = [Path(r) for r in (self.runs or ())]
+        if self.run_dir is not None and runs:
+            raise GenerateError("give the run directories once, as --run RUN_DIR [RUN_DIR ...]")
+        if len(runs) == 1:
+            self.run_dir, runs = runs[0], []
+        self.runs = tuple(runs)
+        if runs:
+            if self.adapter is not None:
+                raise GenerateError("--adapter names one adapter; with several --run directories each run's "
+                                    "own adapter/ is used")
+            names = [r.name for r in runs]
+            twice = sorted({n for n in names if names.count(n) > 1})
+            if twice:
+                raise GenerateError(f"--run: several runs are named {', '.join(twice)}; each run's predictions "
+                                    "go to OUTPUT/<run name>/, so the names must differ")
         if self.max_new_tokens < 1:
             raise GenerateError(f"--max-new-tokens: must be >= 1, got {self.max_new_tokens}")
         if self.limit is not None and self.limit < 1:
@@ -62,6 +83,30 @@ class GenerateOptions:
     @property
     def effective_batch_size(self) -> int:
         return self.batch_size or DEFAULT_BATCH[self.engine]
+
+    def single_runs(self) -> list["GenerateOptions"]:
+        """One options object per run: with several runs, run NAME writes to OUTPUT/NAME."""
+        if not self.runs:
+            return [self]
+        return [dataclasses.replace(self, run_dir=r, runs=(), output=self.output / r.name) for r in self.runs]
+
+    def argv(self) -> list[str]:
+        """The ``eval generate`` arguments that ask for exactly these options (one run or none)."""
+        args = ["--dataset", self.dataset, "--output", str(self.output), "--split", self.split,
+                "--engine", self.engine, "--max-new-tokens", str(self.max_new_tokens), "--on-bad-row", self.on_bad_row]
+        for flag, value in (("--run", self.run_dir), ("--model", self.model), ("--adapter", self.adapter),
+                            ("--backend", self.backend), ("--limit", self.limit), ("--batch-size", self.batch_size),
+                            ("--max-candidates", self.max_candidates), ("--max-prompt-tokens", self.max_prompt_tokens),
+                            ("--tokenizer", self.tokenizer)):
+            if value is not None:
+                args += [flag, str(value)]
+        if self.user_types:
+            args += ["--user-type", *self.user_types]
+        if not self.sort_by_length:
+            args.append("--no-sort")
+        if self.prepare_only:
+            args.append("--prepare-only")
+        return args
 
 
 def resolve_config(opts: GenerateOptions):

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Optional, Sequence
+
+import numpy as np
 
 from kitrec_fast.eval.generate.options import GenerateError
 
@@ -19,16 +24,26 @@ class EvalRow:
     gt_item_id: str
     gt_rating: Optional[float]
     candidate_ids: list[str]
-    prompt_ids: list[int]
+    prompt_ids: Sequence[int]  # the generation prompt (int32 array when built, list when read back)
+
+
+def iter_selected(raw: Iterable[dict], user_types: Sequence[str], limit: Optional[int]) -> Iterator[tuple[int, dict]]:
+    """``(index, row)`` of the rows to evaluate, streaming: user-type filter first, then the first ``limit``."""
+    from kitrec_fast.data.schema import row_user_type  # test rows may keep it in a nested metadata dict
+
+    wanted = set(user_types)
+    taken = 0
+    for i, r in enumerate(raw):
+        if limit is not None and taken >= limit:
+            return
+        if not wanted or row_user_type(r) in wanted:
+            taken += 1
+            yield i, r
 
 
 def select_rows(raw: Sequence[dict], user_types: Sequence[str], limit: Optional[int]) -> list[int]:
     """Indices of the rows to evaluate: user-type filter first, then the first ``limit``."""
-    from kitrec_fast.data.schema import row_user_type  # test rows may keep it in a nested metadata dict
-
-    wanted = set(user_types)
-    idx = [i for i, r in enumerate(raw) if not wanted or row_user_type(r) in wanted]
-    return idx[:limit] if limit is not None else idx
+    return [i for i, _ in iter_selected(raw, user_types, limit)]
 
 
 class RowBuilder:
@@ -70,7 +85,6 @@ class RowBuilder:
     def build(self, indices: Sequence[int], raws: Sequence[dict]) -> list[EvalRow]:
         """Rows ready for generation (bad rows raise or, under ``skip``, are recorded and left out)."""
         from kitrec_fast.data.schema import BadRowError, normalize_row
-        from kitrec_fast.render.chat import render_generation_prompt
         from kitrec_fast.truncate.truncate import truncate_prompt
 
         normalized = []
@@ -99,10 +113,69 @@ class RowBuilder:
             out.append(EvalRow(row_id=row.index, user_id=row.user_id, user_type=row.user_type,
                                gt_item_id=row.gt_item_id, gt_rating=row.gt_rating,
                                candidate_ids=list(parsed.candidate_ids),
-                               prompt_ids=render_generation_prompt(self.tokenizer, prompt)))
+                               # render_generation_prompt without its list copy: same renderer, same ids
+                               prompt_ids=r.generation_prompt(prompt)))
         return out
 
     def _bad(self, exc) -> None:
         if self.on_bad_row == "error":
             raise GenerateError(str(exc)) from None
         self._skipped[exc.index] = {"row_id": exc.index, "user_id": exc.user_id, "problem": exc.problem}
+
+
+class PromptStore:
+    """Built rows kept until generation: metadata in memory, prompt ids in an unlinked temporary file.
+
+    Every pending row is built exactly once, before the engine starts (its length sizes the
+    engine). 30,000 test prompts of ~7k tokens are ~840 MB of int32 ids: they go to disk, so the
+    process's memory holds only the rows' metadata (candidate ids, user) and one batch of ids at a
+    time. The file has no name (``TemporaryFile``): a killed process leaves nothing behind.
+    """
+
+    def __init__(self, directory: Path):
+        self._file = tempfile.TemporaryFile(dir=directory, prefix=".prompts-")
+        self._end = 0
+        self.rows: list[EvalRow] = []  # prompt_ids emptied; see _where
+        self._where: list[tuple[int, int]] = []  # (byte offset, tokens) per row
+
+    def add(self, rows: Sequence[EvalRow]) -> None:
+        if not rows:
+            return
+        ids = [np.asarray(r.prompt_ids, dtype=np.int32) for r in rows]
+        data = np.concatenate(ids).tobytes()
+        os.pwrite(self._file.fileno(), data, self._end)
+        for r, a in zip(rows, ids):
+            self._where.append((self._end, len(a)))
+            self._end += a.nbytes
+            r.prompt_ids = []
+            self.rows.append(r)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def length(self, i: int) -> int:
+        return self._where[i][1]
+
+    @property
+    def tokens(self) -> int:
+        return self._end // 4
+
+    @property
+    def longest(self) -> int:
+        return max((n for _, n in self._where), default=0)
+
+    def order(self, by_length: bool) -> list[int]:
+        """Row positions in generation order: longest prompt first (ties by row id), or as built."""
+        if not by_length:
+            return list(range(len(self.rows)))
+        return sorted(range(len(self.rows)), key=lambda i: (-self._where[i][1], self.rows[i].row_id))
+
+    def get(self, i: int) -> EvalRow:
+        """Row ``i`` with its prompt ids read back."""
+        offset, n = self._where[i]
+        ids = np.frombuffer(os.pread(self._file.fileno(), 4 * n, offset), dtype=np.int32).tolist()
+        r = self.rows[i]
+        return EvalRow(r.row_id, r.user_id, r.user_type, r.gt_item_id, r.gt_rating, r.candidate_ids, ids)
+
+    def close(self) -> None:
+        self._file.close()
