@@ -35,7 +35,7 @@ from kitrec_fast.artifacts import rundir
 from kitrec_fast.config import RunConfig
 from kitrec_fast.console import make_console
 from kitrec_fast.errors import UserError
-from kitrec_fast.fsio import atomic_write_json
+from kitrec_fast.fsio import atomic_write_json, check_writable
 
 
 class NoGPUError(UserError):
@@ -176,6 +176,7 @@ def validate(cfg: RunConfig, command: str, accept_config_change: bool = False, d
     if problem:
         notes.append(problem)
     check_dataset_source(cfg)
+    check_writable(cfg.resolved_output_dir, "--output-dir")
     state = inspect_run_dir(cfg, accept_config_change)
     if dry_run:
         check_trainer_names(cfg)
@@ -217,6 +218,7 @@ def run_training(cfg: RunConfig, command: str, console=None, accept_config_chang
     if problem:
         raise NoGPUError(problem)
     check_dataset_source(cfg)
+    check_writable(cfg.resolved_output_dir, "--output-dir")
     run_dir = Path(cfg.resolved_output_dir)
     state = inspect_run_dir(cfg, accept_config_change)
     if state.finished:

@@ -13,7 +13,7 @@ from kitrec_fast.eval.generate.options import (CONFIG_FILE, PREDICTIONS_FILE, Ge
                                                resolve_config)
 from kitrec_fast.eval.generate.resume import check_fingerprint, output_lock, read_done
 from kitrec_fast.eval.generate.rows import EvalRow, RowBuilder, select_rows
-from kitrec_fast.fsio import atomic_write_json
+from kitrec_fast.fsio import atomic_write_json, check_writable
 
 PAUSE_ENV = "KITREC_FAST_GENERATE_PAUSE_S"
 IM_END = "<|im_end|>"
@@ -53,6 +53,7 @@ def run_generate(opts: GenerateOptions, console=None, command: str = "") -> dict
     """Generate for every selected row not yet in ``OUT/predictions.jsonl``; returns a summary."""
     from kitrec_fast.console import make_console
 
+    check_writable(opts.output, "--output")
     console = console or make_console()
     batch_size = opts.effective_batch_size
     cfg, adapter = resolve_config(opts)
