@@ -254,6 +254,9 @@ def run_training(cfg: RunConfig, command: str, console=None, accept_config_chang
                                 f"(data.val_fraction={cfg.data.val_fraction}, data.limit={cfg.data.limit})")
 
     loaded = backend.load_model(cfg)
+    from kitrec_fast.backends.common import keep_4bit_layout_trainable
+
+    loaded.notes["cpu_4bit_repack"] = keep_4bit_layout_trainable(loaded.model)  # else evaluations break training
     trainable, total = loaded.trainable_parameters()
     fused = "n/a (peft baseline)" if loaded.fused_lora_modules is None else str(loaded.fused_lora_modules)
     console.print(f"[green]model[/] {loaded.weights} ({loaded.backend}, {loaded.compute_dtype}); "
