@@ -127,7 +127,8 @@ class DataConfig:
     def __post_init__(self):
         _check_types(self, "data")
         _check(bool(self.dataset), "data.dataset", "must not be empty")
-        _check(0 <= self.split_seed <= _SEED_MAX, "data.split_seed", f"must be in [0, {_SEED_MAX}], got {self.split_seed}")
+        _check(0 <= self.split_seed <= _SEED_MAX, "data.split_seed",
+               f"must be in [0, {_SEED_MAX}], got {self.split_seed}")
         _check(0.0 <= self.val_fraction < 1.0, "data.val_fraction", f"must be in [0, 1), got {self.val_fraction}")
         _check(self.max_length >= 256, "data.max_length", f"must be >= 256, got {self.max_length}")
         _check(self.max_candidates >= 1, "data.max_candidates", f"must be >= 1, got {self.max_candidates}")
@@ -244,7 +245,8 @@ class TrainSettings:
         _check(self.early_stopping_patience >= 0, "train.early_stopping_patience", "must be >= 0")
         _check(self.early_stopping_threshold >= 0, "train.early_stopping_threshold",
                f"must be >= 0, got {self.early_stopping_threshold}")
-        _check(self.max_grad_norm >= 0, "train.max_grad_norm", f"must be >= 0 (0: no clipping), got {self.max_grad_norm}")
+        _check(self.max_grad_norm >= 0, "train.max_grad_norm",
+               f"must be >= 0 (0: no clipping), got {self.max_grad_norm}")
         _check(0 <= self.seed <= _SEED_MAX, "train.seed", f"must be in [0, {_SEED_MAX}], got {self.seed}")
         _check(self.save_steps % self.eval_steps == 0, "train.save_steps",
                f"must be a multiple of eval_steps={self.eval_steps} (the best checkpoint is chosen by eval_loss), "

@@ -274,8 +274,8 @@ def test_a_resume_that_cannot_load_its_checkpoint_changes_nothing_in_the_run_dir
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-3000:]
     err = " ".join(proc.stderr.split())
     err = err[err.find("error: "):]  # after upstream's loading bars
-    assert err.startswith(f"error: {run / 'checkpoint-4'} does not fit the model these settings build (size mismatch for ") and \
-        "nothing in" in err and err.count("error: ") == 1, err
+    expected = f"error: {run / 'checkpoint-4'} does not fit the model these settings build (size mismatch for "
+    assert err.startswith(expected) and "nothing in" in err and err.count("error: ") == 1, err
     assert "Traceback" not in proc.stderr
     assert _tree(run) == before  # attempts.json, metrics, config: as they were
 

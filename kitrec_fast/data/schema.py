@@ -27,7 +27,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from kitrec_fast.badrow import BadRowError, UnreadableLine  # noqa: F401  (BadRowError also imported from here by kitrec_fast.eval)
+# BadRowError is also imported from here by kitrec_fast.eval
+from kitrec_fast.badrow import BadRowError, UnreadableLine  # noqa: F401
 from kitrec_fast.truncate.sections import ParsedPrompt, PromptFormatError, parse_prompt
 
 _KNOWN = {"instruction", "input", "output", "user_id", "user_type", "gt_item_id", "gt_title", "gt_rating",
