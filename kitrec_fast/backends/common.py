@@ -124,10 +124,6 @@ def keep_4bit_layout_trainable(model) -> dict:
     gradients without an error. Training never wants that layout: turn it off on every 4-bit layer
     and undo a repack already done. Returns what the environment record keeps.
     """
-    import sys
-
-    if "bitsandbytes" not in sys.modules:  # no 4-bit layer without it
-        return {"cpu_avx512_bf16": None, "layers": 0, "unpacked": 0}
     import bitsandbytes as bnb
     from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse, has_avx512bf16
 
