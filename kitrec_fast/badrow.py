@@ -33,3 +33,14 @@ class BadRowError(UserError):
         self.problem = problem
         msg = f"{row_label(index)}, user_id={user_id!r}: {problem}"
         super().__init__(f"{msg}; {hint}" if hint else msg)
+
+
+class UnreadableLine:
+    """Stands in the row stream for a JSON Lines line that is not a row (not JSON, not UTF-8), so
+    that with ``on_bad_row=skip`` it is skipped and reported like any other bad row, at its own
+    position; validation raises ``BadRowError(index, None, problem)`` for it."""
+
+    __slots__ = ("problem",)
+
+    def __init__(self, problem: str):
+        self.problem = problem

@@ -7,8 +7,10 @@ A recipe YAML (top-level ``recipes/``) maps one-to-one onto ``RunConfig``: its t
 from __future__ import annotations
 
 import dataclasses
+import functools
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 from kitrec_fast.errors import UserError
 
@@ -26,6 +28,57 @@ def _check(cond: bool, option: str, msg: str) -> None:
 
 def _choice(value: Any, option: str, choices: tuple) -> None:
     _check(value in choices, option, f"must be one of {', '.join(map(str, choices))}, got {value!r}")
+
+
+def _type_error(hint, value: Any) -> Optional[str]:
+    """Why ``value`` is not of the annotated type ``hint`` (None if it is)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Union:  # Optional[X]
+        if value is None and type(None) in args:
+            return None
+        return _type_error(next(a for a in args if a is not type(None)), value)
+    if origin is Literal:
+        return None if value in args else f"must be one of {', '.join(map(str, args))}, got {value!r}"
+    if origin is list:
+        ok = isinstance(value, list) and all(isinstance(v, args[0]) for v in value)
+        return None if ok else f"expects a list of {args[0].__name__}, got {value!r}"
+    if hint is bool:
+        return None if isinstance(value, bool) else f"expects true or false, got {value!r}"
+    if hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        return None if ok else f"expects a whole number, got {value!r}"
+    if hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return None if ok else f"expects a number, got {value!r}"
+    if isinstance(hint, type):
+        return None if isinstance(value, hint) else f"expects {hint.__name__}, got {value!r}"
+    return None
+
+
+@functools.cache
+def _field_hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def _check_types(obj, section: str) -> None:
+    """Every field against its annotation, so that a value of the wrong kind (1.5 rows per batch, a
+    seed of 1.9) stops here instead of deep inside the trainer; ranges are checked after this.
+
+    A whole-valued float for an int field (``2.0``) becomes the int; an int for a float field the float."""
+    prefix = f"{section}." if section else ""
+    for f in dataclasses.fields(obj):
+        hint, value = _field_hints(type(obj))[f.name], getattr(obj, f.name)
+        if hint is int and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        elif hint is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        problem = _type_error(hint, value)
+        _check(problem is None, f"{prefix}{f.name}", problem or "")
+        setattr(obj, f.name, value)
+
+
+# Seeds go to numpy, which takes 0 .. 2**32 - 1.
+_SEED_MAX = 2**32 - 1
 
 
 # Names as transformers' ``report_to`` spells them; "none" turns tracking off.
@@ -72,7 +125,10 @@ class DataConfig:
     limit: Optional[int] = field(default=None, metadata={"help": "Use only the first N rows (debugging)."})
 
     def __post_init__(self):
+        _check_types(self, "data")
         _check(bool(self.dataset), "data.dataset", "must not be empty")
+        _check(0 <= self.split_seed <= _SEED_MAX, "data.split_seed",
+               f"must be in [0, {_SEED_MAX}], got {self.split_seed}")
         _check(0.0 <= self.val_fraction < 1.0, "data.val_fraction", f"must be in [0, 1), got {self.val_fraction}")
         _check(self.max_length >= 256, "data.max_length", f"must be >= 256, got {self.max_length}")
         _check(self.max_candidates >= 1, "data.max_candidates", f"must be >= 1, got {self.max_candidates}")
@@ -101,6 +157,7 @@ class ModelConfig:
     revision: Optional[str] = field(default=None, metadata={"help": "Hub revision of the model."})
 
     def __post_init__(self):
+        _check_types(self, "model")
         _check(bool(self.name), "model.name", "must not be empty")
         _choice(self.weights, "model.weights", ("exact", "unsloth-dynamic"))
         _choice(self.quant_type, "model.quant_type", ("nf4", "fp4"))
@@ -119,6 +176,7 @@ class LoraSettings:
         "help": "Projections that get an adapter."})
 
     def __post_init__(self):
+        _check_types(self, "lora")
         _check(self.r > 0, "lora.r", f"must be positive, got {self.r}")
         _check(self.alpha > 0, "lora.alpha", f"must be positive, got {self.alpha}")
         _check(0.0 <= self.dropout < 1.0, "lora.dropout", f"must be in [0, 1), got {self.dropout}")
@@ -170,6 +228,8 @@ class TrainSettings:
                 "1/world_size of the micro-batches."})
 
     def __post_init__(self):
+        self.report_to = _tracker_list(self.report_to)  # a name or comma-separated names, as a list
+        _check_types(self, "train")
         for name in ("per_device_batch_size", "gradient_accumulation_steps", "eval_steps", "save_steps",
                      "save_total_limit", "logging_steps", "loss_chunk_size", "world_size"):
             _check(getattr(self, name) >= 1, f"train.{name}", f"must be >= 1, got {getattr(self, name)}")
@@ -183,12 +243,16 @@ class TrainSettings:
         _check(self.neftune_alpha is None or self.neftune_alpha > 0, "train.neftune_alpha",
                f"must be positive or null, got {self.neftune_alpha}")
         _check(self.early_stopping_patience >= 0, "train.early_stopping_patience", "must be >= 0")
+        _check(self.early_stopping_threshold >= 0, "train.early_stopping_threshold",
+               f"must be >= 0, got {self.early_stopping_threshold}")
+        _check(self.max_grad_norm >= 0, "train.max_grad_norm",
+               f"must be >= 0 (0: no clipping), got {self.max_grad_norm}")
+        _check(0 <= self.seed <= _SEED_MAX, "train.seed", f"must be in [0, {_SEED_MAX}], got {self.seed}")
         _check(self.save_steps % self.eval_steps == 0, "train.save_steps",
                f"must be a multiple of eval_steps={self.eval_steps} (the best checkpoint is chosen by eval_loss), "
                f"got {self.save_steps}")
         _choice(self.gradient_checkpointing, "train.gradient_checkpointing", ("auto", "unsloth", "standard", "off"))
         _choice(self.loss, "train.loss", ("auto", "chunked", "library"))
-        self.report_to = _tracker_list(self.report_to)
 
     @property
     def effective_batch_size(self) -> int:
@@ -213,6 +277,7 @@ class RunConfig:
     train: TrainSettings = field(default_factory=TrainSettings)
 
     def __post_init__(self):
+        _check_types(self, "")
         _choice(self.backend, "backend", ("unsloth", "peft"))
         _check(not (self.backend == "peft" and self.model.weights == "unsloth-dynamic"), "model.weights",
                "unsloth-dynamic checkpoints are for the unsloth backend; use 'exact' with --backend peft")
@@ -246,7 +311,7 @@ def config_from_dict(raw: dict) -> RunConfig:
     return _build(RunConfig, {**raw, **sections}, "recipe")
 
 
-def _coerce(text: str, current: Any, option: str) -> Any:
+def _coerce(text: str, current: Any, option: str, hint=None) -> Any:
     """Parse an override string with YAML rules, then check it against the current value's type."""
     import yaml
 
@@ -254,6 +319,8 @@ def _coerce(text: str, current: Any, option: str) -> Any:
         value = yaml.safe_load(text) if isinstance(text, str) else text
     except yaml.YAMLError as exc:
         raise ConfigError(f"{option}: cannot parse {text!r}: {exc}") from None
+    if hint in (str, Optional[str]) and value is not None and isinstance(text, str):
+        return text  # a text setting (a revision "1234") stays the text typed
     if current is None or value is None:
         return value
     if isinstance(current, bool):
@@ -285,15 +352,16 @@ def apply_overrides(raw: dict, overrides: dict[str, Any]) -> dict:
     defaults = RunConfig().to_dict()
     for key, text in overrides.items():
         parts = key.split(".")
-        node, ref = out, defaults
+        node, ref, cls = out, defaults, RunConfig
         for part in parts[:-1]:
             if not isinstance(ref, dict) or part not in ref:
                 raise ConfigError(f"{key}: unknown option (no section {part!r})")
             node = node.setdefault(part, {})
             ref = ref[part]
+            cls = _field_hints(cls).get(part)
         leaf = parts[-1]
         if not isinstance(ref, dict) or leaf not in ref or isinstance(ref[leaf], dict):
             raise ConfigError(f"{key}: unknown option")
         current = node.get(leaf, ref[leaf])
-        node[leaf] = _coerce(text, current, key)
+        node[leaf] = _coerce(text, current, key, _field_hints(cls).get(leaf))
     return out

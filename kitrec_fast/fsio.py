@@ -9,6 +9,50 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from kitrec_fast.errors import UserError
+
+
+class OutputNotWritable(UserError):
+    """An output path this user cannot create or write."""
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_writable(path: str | os.PathLike, option: str, *, file: bool = False, replaced_whole: bool = False) -> None:
+    """Refuse an output that cannot be written, before any work is done; creates nothing, so a dry
+    run can call it too.
+
+    ``path`` is a folder the command writes into (made with its parents if missing), or with ``file``
+    a file (written next to itself and renamed into place, so its folder must be writable). A folder
+    ``replaced_whole`` is built next to itself and swapped in: its parent must be writable as well.
+    Root passes permission checks, but not a read-only file system or a file where a folder should be.
+    """
+    target = Path(path).expanduser().absolute()
+    if target.is_dir() and file:
+        raise OutputNotWritable(f"{option}: {path} is a folder; give a file name")
+    if target.exists() and not target.is_dir() and not file:
+        raise OutputNotWritable(f"{option}: {path} exists and is not a folder")
+    places = [_nearest_existing(target.parent if file or replaced_whole else target)]
+    if not file and target.is_dir():
+        places.append(target)
+    for place in places:
+        if not place.is_dir():
+            raise OutputNotWritable(f"{option}: cannot create {path}: {place} is a file, not a folder")
+        if not os.access(place, os.W_OK | os.X_OK):
+            why = "is on a read-only file system" if _read_only(place) else "is not writable by this user"
+            raise OutputNotWritable(f"{option}: cannot write {path}: {place} {why}")
+
+
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
 
 def atomic_write_text(path: str | os.PathLike, text: str, mode: int = 0o644) -> None:
     path = Path(path)

@@ -135,3 +135,24 @@ def test_skipped_rows_are_listed_with_the_same_numbering(tmp_path, capsys):
     printed = " ".join(capsys.readouterr().out.split())
     assert "skipped row 2 (1-based; the file line for JSONL), user_id='U1' (validate)" in printed
     assert json.loads((tmp_path / "o" / "report.json").read_text())["skipped"][0]["row"] == 2
+
+
+def test_skip_also_skips_a_line_that_is_not_json(tmp_path, capsys):
+    from kitrec_prompts import make_row
+
+    rows = [make_row(user_id=f"U{i}", words=4) for i in range(4)]
+    rows[2]["gt_item_id"] = "NOPE0000"
+    # line 2 cut short (an interrupted download, a bad merge)
+    data = _jsonl(tmp_path / "rows.jsonl", rows, {1: json.dumps(rows[1])[:-1]})
+    # without skip: the line is named, with the way out
+    assert _prepare(data, tmp_path / "e") != 0
+    err = " ".join("".join(capsys.readouterr()).split())
+    assert "row 2 (1-based; the file line for JSONL) is not valid JSON" in err and "--on-bad-row skip" in err
+    assert _prepare(data, tmp_path / "o", "--on-bad-row", "skip") == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "skipped row 2 (1-based; the file line for JSONL), user_id=None (parse)" in printed
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert [(s["row"], s["stage"]) for s in report["skipped"]] == [(2, "parse"), (3, "validate")]
+    assert report["skipped"][0]["problem"].startswith("the line is not valid JSON: ")
+    assert report["skipped"][1]["user_id"] == "U2"  # the rows after it keep their own line numbers
+    assert report["rows"]["train"]["out"] + report["rows"]["validation"]["out"] == 2

@@ -131,3 +131,46 @@ def test_an_option_given_twice_is_an_error():
     with pytest.raises(SystemExit) as exc:  # argparse's own error: usage + message, status 2
         main("dualft_music", ["--dry-run", "--max-steps", "10", "--max-steps", "20"])
     assert exc.value.code == 2
+
+
+def _int_settings() -> list[str]:
+    """Every whole-number setting of the config dataclasses, read from their annotations."""
+    import dataclasses
+    import typing
+
+    from kitrec_fast.config import _SECTIONS
+
+    keys = []
+    for section, cls in _SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            hint = typing.get_type_hints(cls)[f.name]
+            if hint is int or hint == typing.Optional[int]:
+                keys.append(f"{section}.{f.name}")
+    return keys
+
+
+def test_every_whole_number_setting_refuses_a_fraction_before_anything_loads(capsys):
+    from kitrec_fast.recipes._main import main
+
+    keys = _int_settings()
+    assert {"train.per_device_batch_size", "train.gradient_accumulation_steps", "train.seed", "lora.r",
+            "data.max_length", "data.limit"} <= set(keys)
+    raw = yaml.safe_load(RECIPES[0].read_text())
+    for key in keys:
+        with pytest.raises(ConfigError, match=rf"^{key}: expects a whole number, got 2\.7$"):
+            config_from_dict(apply_overrides(raw, {key: "2.7"}))
+    # the issue's commands: one error line in the dry run, exit 2
+    for override in ("train.per_device_batch_size=1.5", "train.gradient_accumulation_steps=2.7", "train.seed=1.9"):
+        assert main("dualft_music", ["--dry-run", "--smoke", override]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {override.split('=')[0]}: expects a whole number") and err.count("\n") == 1
+    # a whole-valued float is that number; text settings stay text; ranges still apply
+    cfg = config_from_dict(apply_overrides(raw, {"lora.r": "8.0", "model.revision": "1234", "train.epochs": "2"}))
+    assert (cfg.lora.r, cfg.model.revision, cfg.train.epochs) == (8, "1234", 2.0)
+    assert type(cfg.lora.r) is int and type(cfg.train.epochs) is float
+    for key, value in (("train.seed", "-1"), ("data.split_seed", str(2**32)), ("train.max_grad_norm", "-1"),
+                       ("train.early_stopping_threshold", "-0.1")):
+        with pytest.raises(ConfigError, match=rf"^{key}: must be"):
+            config_from_dict(apply_overrides(raw, {key: value}))
+    with pytest.raises(ConfigError, match=r"^model.load_in_4bit: expects true or false"):
+        config_from_dict({**raw, "model": {**raw["model"], "load_in_4bit": "yes"}})

@@ -235,6 +235,51 @@ def test_resume_with_changed_training_settings_is_refused_unless_accepted(smoke_
     assert "learning_rate: 0.001" in (run / "resolved_config.yaml").read_text()
 
 
+def _tree(run: Path) -> dict:
+    """Every file of a run directory with its bytes: what a refused or failed rerun must leave alone."""
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_a_change_no_checkpoint_can_hold_is_refused_up_front_even_when_accepted(smoke_run, tmp_path):
+    run = _interrupted_copy(smoke_run, tmp_path, keep_step=4)
+    before = _tree(run)
+    for extra, change in ((["lora.r=8"], "lora.r: 32 -> 8"), (["model.load_in_4bit=false"],
+                                                            "model.load_in_4bit: True -> False")):
+        proc = subprocess.run(smoke_run.command(run, *extra, "--accept-config-change"), cwd=ROOT,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+        err = " ".join(proc.stderr.split())
+        assert err.startswith("error: ") and "cannot take these changes" in err and change in err, err
+        assert "Traceback" not in proc.stderr and "prepared in" not in proc.stdout  # before data and model
+        assert _tree(run) == before
+    # what a checkpoint does hold stays accepted (the scale, dropout, learning rate; AdamW fused or not)
+    from kitrec_fast.artifacts.rundir import changes_no_checkpoint_holds
+
+    held = {"lora.alpha": (64, 16), "lora.dropout": (0.08, 0.0), "train.learning_rate": (2e-4, 1e-3),
+            "train.optim": ("adamw_torch", "adamw_torch_fused"), "lora.target_modules": (["q_proj", "v_proj"],
+                                                                                       ["v_proj", "q_proj"])}
+    assert changes_no_checkpoint_holds(held) == {}
+    assert changes_no_checkpoint_holds({"train.optim": ("adamw_torch", "adafactor")}) != {}
+
+
+@pytest.mark.slow
+def test_a_resume_that_cannot_load_its_checkpoint_changes_nothing_in_the_run_directory(smoke_run, tmp_path):
+    # the state an earlier version left behind: resolved_config.yaml says r 8, checkpoint-4 holds rank 32
+    run = _interrupted_copy(smoke_run, tmp_path, keep_step=4)
+    config = run / "resolved_config.yaml"
+    config.write_text(config.read_text().replace("  r: 32\n", "  r: 8\n", 1))
+    before = _tree(run)
+    proc = subprocess.run(smoke_run.command(run, "lora.r=8"), cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-3000:]
+    err = " ".join(proc.stderr.split())
+    err = err[err.find("error: "):]  # after upstream's loading bars
+    expected = f"error: {run / 'checkpoint-4'} does not fit the model these settings build (size mismatch for "
+    assert err.startswith(expected) and "nothing in" in err and err.count("error: ") == 1, err
+    assert "Traceback" not in proc.stderr
+    assert _tree(run) == before  # attempts.json, metrics, config: as they were
+
+
 # --- interrupts ---
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from kitrec_fast.errors import UserError
+from kitrec_fast.fsio import check_writable
 
 
 def add_parser(sub) -> None:
@@ -25,6 +26,7 @@ def _export(args) -> int:
     from kitrec_fast.artifacts.export import export_merged
     from kitrec_fast.console import make_console
 
+    check_writable(args.out, "--merged-16bit")
     console = make_console()
     try:
         out = export_merged(args.run_dir, args.out, dtype=args.dtype, base_model=args.base_model)

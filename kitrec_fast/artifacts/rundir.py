@@ -32,6 +32,31 @@ FREE_ON_RESUME = frozenset({
     "train.gradient_checkpointing", "train.loss_chunk_size", "train.report_to", "train.trackers",
 })
 
+# Settings a checkpoint is made of, which therefore no resume can change, with
+# --accept-config-change or without: the adapter's tensors (their rank and the modules that carry
+# them), the base weights those tensors were trained on top of (model, revision, which weights,
+# quantization), and the optimizer whose state is saved. A change would fail to load, or load the
+# adapter onto other weights than it was trained for.
+NOT_HELD_BY_CHECKPOINT = frozenset({
+    "lora.r", "lora.target_modules", "model.name", "model.revision", "model.weights", "model.load_in_4bit",
+    "model.quant_type", "model.double_quant", "train.optim",
+})
+# Optimizer names that save the same state (torch AdamW, fused kernel or not).
+_OPTIMIZER_STATE = {"adamw_torch": "torch-adamw", "adamw_torch_fused": "torch-adamw"}
+
+
+def changes_no_checkpoint_holds(relevant: dict) -> dict:
+    """The part of ``relevant`` (from ``config_changes``) that a resume cannot accept."""
+    out = {}
+    for key, (old, new) in relevant.items():
+        if key == "lora.target_modules" and sorted(old or []) == sorted(new or []):
+            continue
+        if key == "train.optim" and _OPTIMIZER_STATE.get(old, old) == _OPTIMIZER_STATE.get(new, new):
+            continue
+        if key in NOT_HELD_BY_CHECKPOINT:
+            out[key] = (old, new)
+    return out
+
 
 def write_resolved_config(run_dir: Path, cfg, command: str) -> Path:
     """The fully resolved recipe, starting with the command that produced it (so it can be rerun)."""

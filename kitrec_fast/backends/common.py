@@ -112,3 +112,31 @@ def runtime_facts(model, trainer=None) -> dict:
         facts["activation_dtype"] = seen["autocast_dtype"] if seen["autocast"] else seen["hidden_dtype"]
         facts["final_hidden_dtype"] = seen["hidden_dtype"]
     return facts
+
+
+def keep_4bit_layout_trainable(model) -> dict:
+    """Stop bitsandbytes from switching a trained model's 4-bit weights to its CPU inference layout.
+
+    On a CPU with AVX512-BF16, ``bnb.nn.Linear4bit.forward`` repacks the weight into a layout for
+    its fused inference kernel the first time the layer runs in eval mode on an input without
+    gradients (an evaluation), and keeps it. Every later forward, training included, then goes
+    through ``gemv_4bit``, an op without an autograd formula: the gradient through the frozen base
+    weights to their inputs is dropped, and training after the first evaluation follows wrong
+    gradients without an error. Training never wants that layout: turn it off on every 4-bit layer
+    and undo a repack already done. Returns what the environment record keeps.
+    """
+    import bitsandbytes as bnb
+    from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse, has_avx512bf16
+
+    layers = unpacked = 0
+    for module in model.modules():
+        if not isinstance(module, bnb.nn.Linear4bit):
+            continue
+        layers += 1
+        module.support_avx512bf16_for_cpu = False
+        state = getattr(module.weight, "quant_state", None)
+        if getattr(state, "packing_format_for_cpu", False):
+            module.weight.data, module.weight.quant_state = _convert_weight_packed_for_cpu_inverse(
+                module.weight.data, state)
+            unpacked += 1
+    return {"cpu_avx512_bf16": bool(has_avx512bf16()), "layers": layers, "unpacked": unpacked}

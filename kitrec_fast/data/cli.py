@@ -11,6 +11,7 @@ from kitrec_fast.badrow import row_label
 from kitrec_fast.config import ConfigError, DataConfig
 from kitrec_fast.console import make_console
 from kitrec_fast.errors import UserError
+from kitrec_fast.fsio import check_writable
 
 _D = DataConfig.__dataclass_fields__  # the defaults live in DataConfig; the flags only name them
 
@@ -75,6 +76,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 2
+    check_writable(args.output, "--output", replaced_whole=True)
     try:
         tok = load_tokenizer(args.tokenizer)
         with rows_progress(console) as progress:
@@ -156,6 +158,7 @@ def print_summary(console: Any, report: dict, seconds: float, out: Any) -> None:
 def cmd_synth(args: argparse.Namespace) -> int:
     from kitrec_fast.data.synth import generate_rows, write_jsonl
 
+    check_writable(args.output, "--output", file=True)
     try:
         rows = generate_rows(args.rows, seed=args.seed, domain=args.domain, kind=args.kind, split=args.split,
                              layout=args.layout)

@@ -24,7 +24,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from kitrec_fast.badrow import row_label
+from kitrec_fast.badrow import SKIP_HINT, UnreadableLine, row_label
 from kitrec_fast.errors import UserError
 
 EMBEDDED_PREFIX = "embedded:"
@@ -50,18 +50,22 @@ def load_raw(dataset: str, split: str = "train") -> list[dict[str, Any]]:
     return list(rows)
 
 
-def iter_raw(dataset: str, split: str = "train") -> tuple[Iterable[dict[str, Any]], int]:
+def iter_raw(dataset: str, split: str = "train",
+             skip_bad_lines: bool = False) -> tuple[Iterable[dict[str, Any] | UnreadableLine], int]:
     """``(rows, count)`` where JSON-lines files and Hub datasets are read one row at a time.
+
+    With ``skip_bad_lines`` a JSON Lines line that cannot be decoded is yielded as an
+    ``UnreadableLine`` in its place (for ``on_bad_row=skip``); without, it is a DatasetLoadError.
 
     Holding 12k raw KitREC rows as Python objects costs ~0.5 GB; streaming them lets the prepare
     step keep only the rows in flight. ``count`` is known up front (a quick line count for JSON
     lines), so progress and the spread of verified rows need no second pass over parsed rows.
     """
     if dataset.startswith(EMBEDDED_PREFIX):
-        return _iter_local(embedded_path(dataset[len(EMBEDDED_PREFIX):]), split)
+        return _iter_local(embedded_path(dataset[len(EMBEDDED_PREFIX):]), split, skip_bad_lines)
     path = Path(dataset).expanduser()
     if path.is_file():
-        return _iter_local(path, split)
+        return _iter_local(path, split, skip_bad_lines)
     if dataset.lower().endswith(_LOCAL_SUFFIXES):
         raise DatasetLoadError(f"data.dataset (--dataset): file not found: {dataset}")
     import datasets
@@ -70,12 +74,12 @@ def iter_raw(dataset: str, split: str = "train") -> tuple[Iterable[dict[str, Any
     return iter(ds), len(ds)
 
 
-def _iter_local(path: Path, split: str) -> tuple[Iterable[dict[str, Any]], int]:
+def _iter_local(path: Path, split: str, skip_bad_lines: bool) -> tuple[Iterable[dict[str, Any]], int]:
     if _is_jsonl(path):
         with _open_binary(path) as f:
             count = sum(1 for line in f if line.strip())
-        return _iter_jsonl(path), count
-    rows = read_local(path, split)
+        return _iter_jsonl(path, skip_bad_lines), count
+    rows = read_local(path, split, skip_bad_lines)
     return rows, len(rows)
 
 
@@ -88,7 +92,7 @@ def _open_binary(path: Path):
     return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
 
 
-def read_local(path: Path, split: str = "train") -> list[dict[str, Any]]:
+def read_local(path: Path, split: str = "train", skip_bad_lines: bool = False) -> list[dict[str, Any]]:
     name = path.name[:-3] if path.name.endswith(".gz") else path.name
     if name.endswith(".parquet"):
         import pyarrow.parquet as pq
@@ -110,10 +114,10 @@ def read_local(path: Path, split: str = "train") -> list[dict[str, Any]]:
             if isinstance(obj.get("data"), list):
                 return obj["data"]
             raise DatasetLoadError(f"data.dataset (--dataset): {path} holds an object without a {split!r} list")
-    return list(_iter_jsonl(path))
+    return list(_iter_jsonl(path, skip_bad_lines))
 
 
-def _iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+def _iter_jsonl(path: Path, skip_bad_lines: bool = False) -> Iterator[dict[str, Any] | UnreadableLine]:
     # one line at a time: decoding the whole file first would hold the text twice more
     # (12k KitREC rows are ~300 MB of UTF-8, twice that as Python str)
     blank_at = None  # the first blank line of a run; an error only if a row follows it
@@ -126,11 +130,15 @@ def _iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
                 raise DatasetLoadError(f"data.dataset (--dataset): {path} {row_label(blank_at)} is blank; a JSON "
                                        "Lines file holds one row per line (blank lines only at the end)")
             try:
-                yield json.loads(line)
+                row = json.loads(line)
             except json.JSONDecodeError as exc:
                 # exc.msg alone drops the position ("Invalid control character at"); its line is always 1 here
-                raise DatasetLoadError(f"data.dataset (--dataset): {path} {row_label(index)} is not valid JSON: "
-                                       f"{exc.msg}: column {exc.colno} (char {exc.pos})") from None
+                problem = f"is not valid JSON: {exc.msg}: column {exc.colno} (char {exc.pos})"
             except UnicodeDecodeError as exc:
-                raise DatasetLoadError(f"data.dataset (--dataset): {path} {row_label(index)} is not UTF-8 text "
-                                       f"({exc.reason} at byte {exc.start})") from None
+                problem = f"is not UTF-8 text ({exc.reason} at byte {exc.start})"
+            else:
+                yield row
+                continue
+            if not skip_bad_lines:
+                raise DatasetLoadError(f"data.dataset (--dataset): {path} {row_label(index)} {problem}; {SKIP_HINT}")
+            yield UnreadableLine(f"the line {problem}")

@@ -42,7 +42,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 
 import numpy as np
 
-from kitrec_fast.badrow import BadRowError, row_label
+from kitrec_fast.badrow import BadRowError, UnreadableLine, row_label
 from kitrec_fast.config import DataConfig
 from kitrec_fast.data.load import iter_raw
 from kitrec_fast.data.schema import KitrecRow, normalize_row
@@ -194,7 +194,8 @@ def prepare(cfg: DataConfig, tokenizer: Any, *, rows: Optional[list[dict]] = Non
     drawn at the end from the rows' user types and ids, exactly as if all rows were held.
     """
     t0 = time.perf_counter()
-    raw, total = iter_raw(cfg.dataset, cfg.dataset_split) if rows is None else (rows, len(rows))
+    raw, total = (iter_raw(cfg.dataset, cfg.dataset_split, skip_bad_lines=cfg.on_bad_row == "skip") if rows is None
+                  else (rows, len(rows)))
     if cfg.limit is not None:
         raw, total = itertools.islice(raw, cfg.limit), min(total, cfg.limit)
     if not total:
@@ -249,7 +250,7 @@ def prepare(cfg: DataConfig, tokenizer: Any, *, rows: Optional[list[dict]] = Non
             except BadRowError as exc:
                 if cfg.on_bad_row == "error":
                     raise
-                skipped.append(_skip_entry(exc, "validate"))
+                skipped.append(_skip_entry(exc, "parse" if isinstance(r, UnreadableLine) else "validate"))
         del raw_block
         # Both Python phases overlap the Rust tokenizer: this block was parsed while the previous
         # block's chunks were being tokenized; the previous block is truncated and rendered while

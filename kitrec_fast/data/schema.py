@@ -27,7 +27,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from kitrec_fast.badrow import BadRowError  # noqa: F401  (also imported from here by kitrec_fast.eval)
+# BadRowError is also imported from here by kitrec_fast.eval
+from kitrec_fast.badrow import BadRowError, UnreadableLine  # noqa: F401
 from kitrec_fast.truncate.sections import ParsedPrompt, PromptFormatError, parse_prompt
 
 _KNOWN = {"instruction", "input", "output", "user_id", "user_type", "gt_item_id", "gt_title", "gt_rating",
@@ -116,6 +117,8 @@ def _domain_from_prompt(parsed: ParsedPrompt, label: str) -> str:
 
 def normalize_row(raw: dict, index: int, require_target: bool) -> KitrecRow:
     """Validate ``raw`` (0-based position ``index``) and return it as a KitrecRow with its parsed prompt."""
+    if isinstance(raw, UnreadableLine):
+        raise BadRowError(index, None, raw.problem)
     if not isinstance(raw, dict):
         raise BadRowError(index, None, f"row is a {type(raw).__name__}, expected an object")
     fields = _Fields(raw, index)

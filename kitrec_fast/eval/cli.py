@@ -65,9 +65,11 @@ def run_score(args: argparse.Namespace) -> int:
     from kitrec_fast.console import make_console
 
     from kitrec_fast.eval.score import score_predictions, write_report
+    from kitrec_fast.fsio import check_writable
 
     from kitrec_fast.errors import UserError
 
+    check_writable(args.output, "--output")
     console = make_console()
     try:
         report = score_predictions(args.predictions, protocol=args.protocol, n_bootstrap=args.bootstrap,
@@ -89,9 +91,12 @@ def run_compare(args: argparse.Namespace) -> int:
     from kitrec_fast.console import make_console
 
     from kitrec_fast.eval.compare import compare_runs, write_comparison
+    from kitrec_fast.fsio import check_writable
 
     from kitrec_fast.errors import UserError
 
+    if args.output is not None:
+        check_writable(args.output, "--output")
     console = make_console()
     try:
         result = compare_runs(args.a, args.b, protocol=args.protocol, force=args.force, n_bootstrap=args.bootstrap,

@@ -140,3 +140,17 @@ class ProjectCardOnSave(TrainerCallback):
 
     def on_save(self, args, state, control, **kw):
         self.write(state)
+
+
+class OnTrainBegin(TrainerCallback):
+    """Calls ``fn`` once training has really started: the Trainer fires ``on_train_begin`` after it
+    has loaded a resumed checkpoint's weights, optimizer and scheduler."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.fired = False
+
+    def on_train_begin(self, args, state, control, **kw):
+        if not self.fired:
+            self.fired = True
+            self.fn()

@@ -17,8 +17,9 @@ Run directory layout::
       README.md                the model card (marked "interrupted"/"in progress" until finished)
       summary.json             final numbers (wall time counts every attempt)
 
-Nothing is written before the data is prepared and the model loaded, so a bad dataset or model
-name leaves no run directory behind; a crash before the first checkpoint removes the directory it
+Nothing is written before training has really started (data prepared, model loaded, a resumed
+checkpoint's state loaded), so a bad dataset or model name leaves no run directory behind and a
+resume that cannot start leaves it as it was; a crash before the first checkpoint removes the directory it
 created. Under torchrun / accelerate launch only rank 0 writes all of this (the Trainer has every
 rank write its own RNG state into each checkpoint).
 """
@@ -35,7 +36,7 @@ from kitrec_fast.artifacts import rundir
 from kitrec_fast.config import RunConfig
 from kitrec_fast.console import make_console
 from kitrec_fast.errors import UserError
-from kitrec_fast.fsio import atomic_write_json
+from kitrec_fast.fsio import atomic_write_json, check_writable
 
 
 class NoGPUError(UserError):
@@ -157,6 +158,12 @@ def inspect_run_dir(cfg: RunConfig, accept_config_change: bool = False) -> RunDi
         raise ConfigChangedError(
             f"{run_dir} is a finished run trained with other settings ({changes}); nothing was trained. "
             "Use another --output-dir to train with these settings.")
+    unheld = rundir.changes_no_checkpoint_holds(state.relevant_changes)
+    if unheld:
+        raise ConfigChangedError(
+            f"{run_dir} holds a run to resume ({state.resume.name}) whose checkpoint cannot take these changes, "
+            f"--accept-config-change or not: {rundir.describe_changes(unheld)} (the saved adapter and optimizer "
+            "state are made for the old values). Restore them, or use another --output-dir to start a new run.")
     if not accept_config_change:
         raise ConfigChangedError(
             f"{run_dir} holds a run to resume ({state.resume.name}) trained with other settings: {changes}. "
@@ -176,6 +183,7 @@ def validate(cfg: RunConfig, command: str, accept_config_change: bool = False, d
     if problem:
         notes.append(problem)
     check_dataset_source(cfg)
+    check_writable(cfg.resolved_output_dir, "--output-dir")
     state = inspect_run_dir(cfg, accept_config_change)
     if dry_run:
         check_trainer_names(cfg)
@@ -209,6 +217,7 @@ def run_training(cfg: RunConfig, command: str, console=None, accept_config_chang
     if problem:
         raise NoGPUError(problem)
     check_dataset_source(cfg)
+    check_writable(cfg.resolved_output_dir, "--output-dir")
     run_dir = Path(cfg.resolved_output_dir)
     state = inspect_run_dir(cfg, accept_config_change)
     if state.finished:
@@ -237,6 +246,9 @@ def run_training(cfg: RunConfig, command: str, console=None, accept_config_chang
                                 f"(data.val_fraction={cfg.data.val_fraction}, data.limit={cfg.data.limit})")
 
     loaded = backend.load_model(cfg)
+    from kitrec_fast.backends.common import keep_4bit_layout_trainable
+
+    loaded.notes["cpu_4bit_repack"] = keep_4bit_layout_trainable(loaded.model)  # else evaluations break training
     trainable, total = loaded.trainable_parameters()
     fused = "n/a (peft baseline)" if loaded.fused_lora_modules is None else str(loaded.fused_lora_modules)
     console.print(f"[green]model[/] {loaded.weights} ({loaded.backend}, {loaded.compute_dtype}); "
@@ -255,11 +267,8 @@ def run_training(cfg: RunConfig, command: str, console=None, accept_config_chang
 
     from kitrec_fast.parallel import is_main_process
 
-    # From here on the run directory is written (by rank 0 alone when data parallel).
     main = is_main_process()
     created = not run_dir.exists()
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
     attempts = rundir.read_attempts(run_dir)
     attempt = {"attempt": len(attempts) + 1, "command": command, "started_at": started_at,
                "resumed_from": state.resume.name if state.resume else None,
@@ -268,7 +277,14 @@ def run_training(cfg: RunConfig, command: str, console=None, accept_config_chang
                "wall_seconds": None, "outcome": "running"}
     attempts.append(attempt)
     resume_step = int(state.resume.name.split("-")[-1]) if state.resume else 0
-    if main:
+
+    def start_attempt() -> None:
+        # The run directory is written from here on (by rank 0 alone when data parallel): once training
+        # has really started, with the checkpoint's weights and optimizer state loaded. A resume that
+        # fails before that leaves every file as it was.
+        if not main:
+            return
+        run_dir.mkdir(parents=True, exist_ok=True)
         moved = rundir.retire_abandoned_metrics(run_dir, resume_step, attempt["attempt"] - 1)
         if moved:
             console.print(f"[cyan]metrics[/] {moved} rows of an earlier attempt after step {resume_step} moved to "
@@ -280,7 +296,8 @@ def run_training(cfg: RunConfig, command: str, console=None, accept_config_chang
         atomic_write_json(run_dir / "data_report.json", prepared.report)
         atomic_write_json(run_dir / rundir.ENVIRONMENT, env)
 
-    from kitrec_fast.train.callbacks import CheckpointOnSignal, MetricsLogger, ProjectCardOnSave, RichProgress
+    from kitrec_fast.train.callbacks import (CheckpointOnSignal, MetricsLogger, OnTrainBegin, ProjectCardOnSave,
+                                             RichProgress)
     from kitrec_fast.train.trainer import make_trainer
     from transformers import EarlyStoppingCallback
 
@@ -290,7 +307,8 @@ def run_training(cfg: RunConfig, command: str, console=None, accept_config_chang
         "weights": loaded.weights, "global_step": st.global_step, "max_steps": st.max_steps,
         "best_eval_loss": st.best_metric, "best_checkpoint": st.best_model_checkpoint,
         "status": "in progress", "warnings": getattr(cfg, "_warnings", [])}))
-    callbacks = [metrics_cb, RichProgress(console), stop_cb, card_cb] if main else [stop_cb]
+    started = OnTrainBegin(start_attempt)
+    callbacks = [started, metrics_cb, RichProgress(console), stop_cb, card_cb] if main else [started, stop_cb]
     has_eval = len(prepared.validation) > 0
     if has_eval and cfg.train.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(cfg.train.early_stopping_patience,
@@ -305,7 +323,7 @@ def run_training(cfg: RunConfig, command: str, console=None, accept_config_chang
     def end_attempt(outcome: str) -> None:
         attempt["wall_seconds"] = round(time.perf_counter() - t0, 1)
         attempt["outcome"] = outcome
-        if main:
+        if main and started.fired:
             rundir.write_attempts(run_dir, attempts)
 
     stop_cb.install()
@@ -326,6 +344,15 @@ def run_training(cfg: RunConfig, command: str, console=None, accept_config_chang
             shutil.rmtree(run_dir, ignore_errors=True)  # nothing trained: leave no run directory behind
         if isinstance(exc, torch.OutOfMemoryError):
             raise UserError(f"{OOM_HELP}\n({exc.__class__.__name__}: {str(exc).splitlines()[0]})") from None
+        if state.resume is not None and not started.fired and "state_dict" in str(exc):
+            # torch's load_state_dict: the checkpoint's tensors do not fit this model; name the first misfit
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+            detail = next((ln for ln in lines if ln.startswith(("size mismatch", "Missing key", "Unexpected key"))),
+                          lines[0])
+            raise ConfigChangedError(
+                f"{state.resume} does not fit the model these settings build ({detail}); "
+                f"nothing in {run_dir} was changed. Was it trained with other LoRA or model settings than "
+                f"{rundir.RESOLVED_CONFIG} records? Use another --output-dir to start a new run.") from None
         raise
     stop_cb.uninstall()
     # What the training steps really ran with (autocast, activation dtype) is known only now.

@@ -19,7 +19,7 @@ from kitrec_fast.eval.generate.options import (CONFIG_FILE, PREDICTIONS_FILE, Ge
                                                resolve_config)
 from kitrec_fast.eval.generate.resume import check_fingerprint, output_lock, read_done
 from kitrec_fast.eval.generate.rows import EvalRow, PromptStore, RowBuilder, iter_selected
-from kitrec_fast.fsio import atomic_write_json
+from kitrec_fast.fsio import atomic_write_json, check_writable
 from kitrec_fast.grid.worker import _die_with_parent
 
 PAUSE_ENV = "KITREC_FAST_GENERATE_PAUSE_S"
@@ -77,6 +77,7 @@ def run_generate(opts: GenerateOptions, console=None, command: str = "") -> dict
     """
     from kitrec_fast.console import make_console
 
+    check_writable(opts.output, "--output")
     console = console or make_console()
     engine, why = choose_engine(opts.engine)
     if opts.engine == "auto":
