@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kitrec_fast.quiet import KNOWN_NOISE
+from kitrec_fast.quiet import KNOWN_BARS, KNOWN_NOISE, KNOWN_WARNINGS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,8 +24,10 @@ def test_known_lines_hidden_others_kept():
     seen = [text for _, text in KNOWN_NOISE if text in loud]
     # the real imports on this CPU machine log at least the pytree and bitsandbytes lines
     assert any("Enum subclass" in t for t in seen) and any("gemm_4bit_forward" in t for t in seen), loud[-2000:]
-    for text in seen:
-        assert text not in quiet, text
+    assert any("PAD/BOS/EOS" in t for t in seen), loud[-2000:]
+    for text in seen + list(KNOWN_WARNINGS) + list(KNOWN_BARS):
+        assert text in loud, text  # the probe really produces each one ...
+        assert text not in quiet, text  # ... and the filters hide it
     for probe in ("probe: an unrelated torchao warning", "probe: an unrelated bitsandbytes warning"):
         assert probe in loud and probe in quiet
 
@@ -34,4 +36,6 @@ def test_commands_hide_them_unless_verbose():
     quiet, verbose = _stderr("cli"), _stderr("cli", "--verbose")
     assert "gemm_4bit_forward" in verbose and "Enum subclass" in verbose
     assert "gemm_4bit_forward" not in quiet and "Enum subclass" not in quiet
+    for text in KNOWN_WARNINGS + KNOWN_BARS:
+        assert text in verbose and text not in quiet, text
     assert "probe: an unrelated torchao warning" in quiet

@@ -90,6 +90,9 @@ def run_generate(opts: GenerateOptions, console=None, command: str = "") -> dict
         except DatasetLoadError as exc:
             raise GenerateError(str(exc)) from None
         selected = select_rows(raw, opts.user_types, opts.limit)
+        if not selected:  # before anything is written: an empty selection leaves the folder as it was
+            wanted = f" with user type {', '.join(opts.user_types)}" if opts.user_types else ""
+            raise GenerateError(f"no row of {opts.dataset} ({opts.split}, {len(raw)} rows){wanted} to generate for")
         pending = [i for i in selected if i not in done]
         already = len(selected) - len(pending)
         config = {
@@ -126,8 +129,8 @@ def run_generate(opts: GenerateOptions, console=None, command: str = "") -> dict
         longest = longest_prompt(builder, raw, pending, window)
         max_seq_length = longest + opts.max_new_tokens
         config["prompts"] = {"longest_tokens": longest, "max_seq_length": max_seq_length}
-        atomic_write_json(out_dir / CONFIG_FILE, config)
         if not longest:
+            atomic_write_json(out_dir / CONFIG_FILE, config)
             summary["skipped"] = builder.skipped
             _report_skipped(console, builder.skipped)
             return summary
@@ -141,6 +144,8 @@ def run_generate(opts: GenerateOptions, console=None, command: str = "") -> dict
         else:
             engine = VLLMEngine(cfg, resolve_model_path(cfg.model.name), tokenizer_name, adapter, stop_ids,
                                 opts.max_new_tokens)
+        # Written once the engine stands: a missing engine (vLLM not installed) leaves no file behind.
+        atomic_write_json(out_dir / CONFIG_FILE, config)
         console.print(f"[green]model[/] {cfg.model.name} + {adapter or 'no adapter'} "
                       f"({opts.engine}{'/' + cfg.backend if opts.engine == 'hf' else ''}) "
                       f"loaded in {time.perf_counter() - t_load:.1f}s")
