@@ -39,3 +39,16 @@ def test_commands_hide_them_unless_verbose():
     for text in KNOWN_WARNINGS + KNOWN_BARS:
         assert text in verbose and text not in quiet, text
     assert "probe: an unrelated torchao warning" in quiet
+
+
+def test_setup_final_check_hides_them_too():
+    # the last line of scripts/setup.sh, run as setup runs it
+    line = (ROOT / "scripts/setup.sh").read_text().strip().splitlines()[-1]
+    code = line.split(' -c "', 1)[1].rsplit('"', 1)[0]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("KITREC_FAST_VERBOSE", None)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("kitrec_fast ")
+    for text in [t for _, t in KNOWN_NOISE] + list(KNOWN_WARNINGS):
+        assert text not in proc.stdout + proc.stderr, text
