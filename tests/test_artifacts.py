@@ -94,7 +94,8 @@ def test_export_refuses_the_run_directory_and_a_folder_in_use(tmp_path, tiny_dir
     from kitrec_fast.cli import main
 
     run = _fake_run(tmp_path, tiny_dir)
-    card = (run / "README.md").write_text("the run's own card") or (run / "README.md").read_text()
+    card = "the run's own card"
+    (run / "README.md").write_text(card)
     used = tmp_path / "used"
     used.mkdir()
     (used / "notes.txt").write_text("mine")

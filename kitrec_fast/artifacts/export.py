@@ -46,7 +46,7 @@ def merge_lora_fp32(peft_model) -> tuple[int, int]:
 
     merged, layers = 0, set()
     with torch.no_grad():
-        for name, module in peft_model.named_modules():
+        for path, module in peft_model.named_modules():
             if not isinstance(module, LoraLayer):
                 continue
             base = module.get_base_layer()
@@ -61,8 +61,8 @@ def merge_lora_fp32(peft_model) -> tuple[int, int]:
                 total += delta.T if getattr(module, "fan_in_fan_out", False) else delta
             weight.data.copy_(total.to(weight.dtype))
             merged += 1
-            layer = _LAYER.search(f".{name}.")
-            layers.add(layer.group(1) if layer else name)
+            layer = _LAYER.search(f".{path}.")
+            layers.add(layer.group(1) if layer else path)
     return merged, len(layers)
 
 
