@@ -24,6 +24,11 @@ _FAMILIES = {
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kitrec-fast", description="Fast QLoRA fine-tuning for KitREC.")
+    # Both are taken off the command line by run_cli, wherever they stand; listed here for --help.
+    parser.add_argument("--verbose", action="store_true",
+                        help="show the harmless library lines every command hides (why each is harmless: "
+                             "kitrec_fast/quiet.py); also KITREC_FAST_VERBOSE=1")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (for bug reports)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     seen = set()
     for name, module in _FAMILIES.items():

@@ -74,6 +74,15 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> Non
     atomic_write_text(path, json.dumps(obj, indent=indent, default=str) + "\n")
 
 
+def make_shareable(directory: str | os.PathLike) -> None:
+    """Every file under ``directory`` readable by group and others: safetensors and some tokenizer
+    files are written 0600 (private temp files renamed into place), while a run's adapter or an
+    exported model is meant to be served by other users' processes, like every other run file."""
+    for path in Path(directory).rglob("*"):
+        if path.is_file():
+            path.chmod(path.stat().st_mode | 0o644)
+
+
 def cache_root() -> Path:
     """Where built artifacts are cached (offline tokenizer, tiny model): $KITREC_FAST_CACHE, else
     $XDG_CACHE_HOME/kitrec_fast, else ~/.cache/kitrec_fast."""

@@ -13,6 +13,16 @@ else those libraries log still shows. Why each is harmless:
   Unsloth's trainer patches are missing.
 * torchao ``Failed to load ..._C.so``: torchao's optional compiled ops do not match the installed
   torch; nothing in kitrec_fast uses torchao.
+* transformers "The tokenizer has new PAD/BOS/EOS tokens ...": the Trainer copies the tokenizer's
+  special-token ids into the model's config (each data-parallel process says so, hence twice under
+  torchrun). kitrec_fast's collator pads and its generation stops with the tokenizer's ids given
+  explicitly, so the copy changes nothing it does; the adapter does not carry the model config.
+* torch "'pin_memory' argument is set as true but no accelerator is found": the Trainer's
+  DataLoader asks for pinned memory, which only speeds up copies to a GPU; on a CPU-only run there
+  is no copy to speed up (with a GPU the warning does not arise).
+* Progress bars "Loading weights" and "Writing model shards" (transformers) and "Saving the dataset"
+  (datasets): each command prints its own line once the model is loaded or the data saved; the
+  bars would be drawn into logs as carriage-return noise. Hub download bars are not touched.
 """
 
 from __future__ import annotations
@@ -24,7 +34,11 @@ KNOWN_NOISE = (
     ("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward from kernels-community"),
     ("unsloth_zoo.log", "Could not build the patched trl.trainer."),
     ("torchao", "Failed to load "),
+    ("transformers.trainer_utils", "The tokenizer has new PAD/BOS/EOS tokens"),
 )
+# Python warnings (message start) and tqdm bars (description start) hidden likewise.
+KNOWN_WARNINGS = ("'pin_memory' argument is set as true but no accelerator is found",)
+KNOWN_BARS = ("Loading weights", "Writing model shards", "Saving the dataset")
 
 
 def _cuda_present() -> bool:
@@ -53,6 +67,29 @@ def hide_known_noise() -> None:
     global _installed
     if _installed:
         return
+    import re
+    import warnings
+
     for name, text in KNOWN_NOISE:
         logging.getLogger(name).addFilter(_DropLine(text, only_without_cuda=name == "unsloth_zoo.log"))
+    for text in KNOWN_WARNINGS:
+        warnings.filterwarnings("ignore", message=re.escape(text))
+    _hide_bars(KNOWN_BARS)
     _installed = True
+
+
+def _hide_bars(descriptions: tuple[str, ...]) -> None:
+    """tqdm bars whose description starts with one of ``descriptions`` are created disabled.
+
+    tqdm itself is patched (not transformers or datasets): importing those before unsloth would
+    break the fast path's import order, and every bar named here goes through tqdm's constructor."""
+    from tqdm import std
+
+    original = std.tqdm.__init__
+
+    def __init__(self, *args, **kwargs):
+        if str(kwargs.get("desc") or "").startswith(descriptions):
+            kwargs["disable"] = True
+        original(self, *args, **kwargs)
+
+    std.tqdm.__init__ = __init__

@@ -52,15 +52,19 @@ def test_merged_export_matches_the_adapter_model(tmp_path, tiny_dir):
     from transformers import AutoModelForCausalLM
 
     run = _fake_run(tmp_path, tiny_dir)
+    # the run's summary names the 4-bit weights it trained on; the merge goes into the 16-bit ones
+    (run / rundir.SUMMARY).write_text(json.dumps({"weights": "org/tiny-unsloth-bnb-4bit", "status": "finished"}))
     out = export_merged(run, tmp_path / "merged", dtype="float32")
     assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
     for path in out.iterdir():  # an export is shared: every file readable by group and others
         assert path.stat().st_mode & 0o044 == 0o044, (path.name, oct(path.stat().st_mode))
     card = (out / "README.md").read_text()
-    assert card.startswith("---\nbase_model: ") and "library_name: transformers" in card
+    assert card.startswith(f"---\nbase_model: {tiny_dir}\n") and "library_name: transformers" in card
     assert "merged into float32 weights" in card and "AutoModelForCausalLM" in card and "AutoPeft" not in card
     info = json.loads((out / "kitrec_export.json").read_text())
-    assert info["merged_layers"] == 2 * 3  # 2 layers x (q, v, down)
+    assert info["base_model"] == str(tiny_dir)
+    assert info["merged_modules"] == 2 * 3 and info["merged_layers"] == 2  # 2 layers x (q, v, down)
+    assert "to 6 modules in 2 layers" in card
 
     ids = torch.randint(0, 151_000, (2, 24), generator=torch.Generator().manual_seed(0))
     base = AutoModelForCausalLM.from_pretrained(str(tiny_dir), dtype=torch.float32)
@@ -84,6 +88,23 @@ def test_prequantized_weights_merge_into_their_origin():
     assert base_for_merge("unsloth/Qwen3-14B-unsloth-bnb-4bit") == "unsloth/Qwen3-14B"
     assert base_for_merge("unsloth/Qwen3-14B-bnb-4bit") == "unsloth/Qwen3-14B"
     assert base_for_merge("Qwen/Qwen3-14B") == "Qwen/Qwen3-14B"
+
+
+def test_export_refuses_the_run_directory_and_a_folder_in_use(tmp_path, tiny_dir, capsys):
+    from kitrec_fast.cli import main
+
+    run = _fake_run(tmp_path, tiny_dir)
+    card = "the run's own card"
+    (run / "README.md").write_text(card)
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "notes.txt").write_text("mine")
+    for out, says in ((run, "inside the run directory"), (run / "merged", "inside the run directory"),
+                      (used, "is not an empty folder"), (used / "notes.txt", "is not an empty folder")):
+        assert main(["export", str(run), "--merged-16bit", str(out)]) == 2
+        assert says in capsys.readouterr().err
+    assert (run / "README.md").read_text() == card and not (run / "merged").exists()
+    assert sorted(p.name for p in used.iterdir()) == ["notes.txt"]
 
 
 def test_export_cli_on_a_directory_without_adapter(tmp_path):

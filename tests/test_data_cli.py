@@ -39,8 +39,8 @@ def test_prepare_reports_bad_row(tmp_path, capsys):
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     code = main(["data", "prepare", "--dataset", str(data), "--tokenizer", "offline:qwen3", "--output",
                  str(tmp_path / "o")])
-    assert code == 1
-    err = capsys.readouterr().out
+    assert code == 2  # a user error, as in every other command
+    err = capsys.readouterr().err
     assert "row 2 (1-based" in err and "U1" in err and "--on-bad-row" in err
 
 
@@ -67,8 +67,8 @@ def test_every_error_names_the_same_file_line(tmp_path, capsys, break_line3, exp
 
     rows = [make_row(user_id=f"U{i}", words=4) for i in range(4)]
     data = _jsonl(tmp_path / "rows.jsonl", rows, break_line3(rows))
-    assert _prepare(data, tmp_path / "o") == 1
-    err = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
+    assert _prepare(data, tmp_path / "o") == 2
+    err = capsys.readouterr().err
     assert "row 3 (1-based; the file line for JSONL)" in err and expected in err
     assert not (tmp_path / "o").exists()
 
@@ -87,8 +87,16 @@ def test_blank_line_inside_jsonl_is_an_error_at_the_end_it_is_not(tmp_path):
 def test_empty_dataset_is_an_error(tmp_path, capsys):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    assert _prepare(empty, tmp_path / "o") == 1
-    assert "has no rows" in capsys.readouterr().out and not (tmp_path / "o").exists()
+    assert _prepare(empty, tmp_path / "o") == 2
+    assert "has no rows" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("rows", ["-3", "0"])
+def test_synth_needs_at_least_one_row(tmp_path, capsys, rows):
+    out = tmp_path / "rows.jsonl"
+    assert main(["data", "synth", "--rows", rows, "--output", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: --rows: must be >= 1, got {rows}"
+    assert not out.exists()
 
 
 def test_prepare_replaces_its_output_folder_whole(tmp_path, capsys):

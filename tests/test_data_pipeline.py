@@ -100,3 +100,27 @@ def test_prepare_documented_training_rows_with_nested_metadata(qwen3_tokenizer):
     # an evaluation row has no target: training refuses it, naming the 1-based row
     with pytest.raises(BadRowError, match=r"row 5 \(1-based.*user_id='AEVAL1'.*'output'"):
         prepare(DataConfig(dataset="unused"), qwen3_tokenizer, rows=rows + [eval_row("json_list")])
+
+
+def test_whole_text_fallback_keeps_every_row_of_a_partial_last_block(qwen3_tokenizer, synth_rows, monkeypatch):
+    """A tokenizer whose chunked counts are not exact is tokenized whole, row by row (the renderer's
+    ``chunked`` False, as its probe sets it). 10 rows in blocks of 4 end in a partial block of 2:
+    every row must come out, with the ids the chunked path gives."""
+    import copy
+
+    from kitrec_fast.data import pipeline
+    from kitrec_fast.render.chat import get_renderer
+
+    monkeypatch.setattr(pipeline, "WARM_BLOCK", 4)
+    cfg = DataConfig(dataset="unused", max_length=3072, val_fraction=0.2)
+    whole_tok = copy.deepcopy(qwen3_tokenizer)  # its own renderer: the shared one keeps its cache
+    get_renderer(whole_tok).chunked = False
+    whole = prepare(cfg, whole_tok, rows=synth_rows[:10], verify_rows=10)
+    chunked = prepare(cfg, qwen3_tokenizer, rows=synth_rows[:10], verify_rows=0)
+    assert whole.report["tokenization"]["chunked"] is False and chunked.report["tokenization"]["chunked"] is True
+
+    def by_row(prepared):
+        return {ex["source_index"]: ex["input_ids"] for split in (prepared.train, prepared.validation) for ex in split}
+
+    assert sorted(by_row(whole)) == list(range(10))
+    assert by_row(whole) == by_row(chunked)

@@ -246,6 +246,15 @@ def test_vllm_engine_without_vllm_fails_clearly(run_dir, tmp_path):
                            limit=1, max_new_tokens=4)
     with pytest.raises(UserError, match="--engine vllm needs vLLM"):
         run_generate(opts)
+    assert not (tmp_path / "v" / "generate_config.json").exists()  # nothing claims a generation that never ran
+
+
+def test_empty_selection_is_an_error_that_writes_nothing(run_dir, tmp_path):
+    opts = GenerateOptions(dataset="embedded:test_music", output=tmp_path / "e", run_dir=run_dir,
+                           user_types=["cold_start_9core_music"], max_new_tokens=4)
+    with pytest.raises(UserError, match="no row of embedded:test_music .* with user type cold_start_9core_music"):
+        run_generate(opts)
+    assert not (tmp_path / "e" / "generate_config.json").exists()
 
 
 def _rows_and_engine(run_dir: Path, backend_name: str, max_new_tokens: int):

@@ -228,3 +228,14 @@ def test_python_dash_m_entry_point(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads((out / "report.json").read_text())["overall"]["metrics"]["hit@1"] == 1.0
+
+
+@pytest.mark.parametrize("case", [str.lower, str.swapcase, lambda s: f"  {s} "])
+def test_ground_truth_id_matches_whatever_its_case(case) -> None:
+    # item ids are case-insensitive (B0004 and b0004 are one ASIN), on the ground-truth side too:
+    # only the ground truth's spelling changes here, the candidates and the answer keep theirs
+    rows = [record(1, "A", 1), record(2, "A", 3), record(3, "A", None)]
+    plain = score_predictions(rows, n_bootstrap=50).overall.metrics
+    varied = score_predictions([{**r, "gt_item_id": case(r["gt_item_id"])} for r in rows], n_bootstrap=50)
+    assert plain["hit@1"] == pytest.approx(1 / 3) and plain["mrr"] == pytest.approx((1 + 1 / 3) / 3)
+    assert varied.overall.metrics == plain

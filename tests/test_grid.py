@@ -271,3 +271,67 @@ def test_rerun_with_other_settings_into_the_same_output_is_refused(tmp_path):
                        overrides=("train.max_steps=8",))
     with pytest.raises(GridError, match=r"overrides: \['train.max_steps=4'\] there, \['train.max_steps=8'\] now"):
         merge_state(changed, read_state(tmp_path), "changed")
+
+
+# -- smoke sizes, progress of generation, the report's figure ------------------------------------
+
+def test_smoke_grid_evaluates_a_few_short_rows_per_type(tmp_path):
+    from kitrec_fast.grid.spec import GridSpec
+
+    spec = GridSpec(output=tmp_path, families=("dualft_music",), sets=("A",), backends=("peft",), smoke=True)
+    (job,) = spec.jobs()
+    commands = job.generate_commands()
+    assert len(commands) == 4  # one per user type of the domain, each with its own limit
+    for cmd in commands:
+        opts = dict(zip(cmd, cmd[1:]))
+        assert opts["--limit"] == "2" and opts["--max-new-tokens"] == "32" and opts["--max-candidates"] == "20"
+    assert job.eval_rows_expected == 8
+    assert spec.settings()["eval_limit_per_type"] == 2 and spec.settings()["eval_max_new_tokens"] == 32
+    # given sizes win; a real grid keeps eval generate's own (every row, 2,048 tokens, all candidates)
+    mine = GridSpec(output=tmp_path, families=("dualft_music",), smoke=True, eval_limit_per_type=5,
+                    eval_max_new_tokens=8)
+    assert mine.eval_limit_per_type == 5 and mine.eval_max_new_tokens == 8
+    real = GridSpec(output=tmp_path, families=("dualft_music",), sets=("A",))
+    (cmd,) = real.jobs()[0].generate_commands()
+    assert "--limit" not in cmd and "--max-new-tokens" not in cmd and "--max-candidates" not in cmd
+    assert real.jobs()[0].eval_rows_expected is None
+
+
+def test_status_shows_generation_rows_of_their_total_with_an_eta(tmp_path):
+    from rich.console import Console
+
+    from kitrec_fast.grid.progress import generate_progress, jobs_table
+    from kitrec_fast.grid.state import new_job_record
+    from kitrec_fast.grid.spec import GridSpec
+
+    spec = GridSpec(output=tmp_path, families=("singleft_music",), sets=("A",), backends=("peft",), smoke=True)
+    (job,) = spec.jobs()
+    job.eval_dir.mkdir(parents=True)
+    # 3 rows written in batches of 1 and 2, at 4 s per row: 2 rows of 5 (limit 5 x 1 type) to go
+    rows = [{"row_id": 0, "gen_seconds": 4.0, "batch_size": 1},
+            {"row_id": 1, "gen_seconds": 8.0, "batch_size": 2}, {"row_id": 2, "gen_seconds": 8.0, "batch_size": 2}]
+    (job.eval_dir / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    progress = generate_progress(job.eval_dir, total=5)
+    assert progress["step"] == 3 and progress["total"] == 5 and progress["eta_s"] == pytest.approx(8.0)
+    # without a known total, the running command's own selection (its generate_config.json)
+    (job.eval_dir / "generate_config.json").write_text(json.dumps({"rows": {"selected": 7}}))
+    assert generate_progress(job.eval_dir)["total"] == 7
+    record = {**new_job_record(job), "state": "generate", "attempts": {"generate": 1}, **progress}
+    console = Console(record=True, width=120)
+    console.print(jobs_table({"jobs": {job.id: record}}))
+    text = console.export_text()
+    assert "3/5 rows" in text and "0:00:08" in text
+
+
+def test_report_figure_says_when_every_metric_is_zero():
+    from kitrec_fast.grid.report import METRICS, figure
+
+    def entry(job, value, rows):
+        return {"job": job, "metrics": dict.fromkeys(METRICS, value), "eval_loss": 11.9, "eval_rows": rows}
+
+    def words(fig):
+        return [t.get_text() for ax in fig.axes for t in ax.texts]
+
+    assert words(figure([entry("a", 0.0, 8), entry("b", 0.0, 8)])) == ["every metric is 0 for every job"]
+    assert words(figure([entry("a", None, None)])) == ["no job has a score yet"]
+    assert words(figure([entry("a", 0.0, 8), entry("b", 0.25, 8)])) == []

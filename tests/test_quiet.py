@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kitrec_fast.quiet import KNOWN_NOISE
+from kitrec_fast.quiet import KNOWN_BARS, KNOWN_NOISE, KNOWN_WARNINGS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,8 +24,10 @@ def test_known_lines_hidden_others_kept():
     seen = [text for _, text in KNOWN_NOISE if text in loud]
     # the real imports on this CPU machine log at least the pytree and bitsandbytes lines
     assert any("Enum subclass" in t for t in seen) and any("gemm_4bit_forward" in t for t in seen), loud[-2000:]
-    for text in seen:
-        assert text not in quiet, text
+    assert any("PAD/BOS/EOS" in t for t in seen), loud[-2000:]
+    for text in seen + list(KNOWN_WARNINGS) + list(KNOWN_BARS):
+        assert text in loud, text  # the probe really produces each one ...
+        assert text not in quiet, text  # ... and the filters hide it
     for probe in ("probe: an unrelated torchao warning", "probe: an unrelated bitsandbytes warning"):
         assert probe in loud and probe in quiet
 
@@ -34,4 +36,19 @@ def test_commands_hide_them_unless_verbose():
     quiet, verbose = _stderr("cli"), _stderr("cli", "--verbose")
     assert "gemm_4bit_forward" in verbose and "Enum subclass" in verbose
     assert "gemm_4bit_forward" not in quiet and "Enum subclass" not in quiet
+    for text in KNOWN_WARNINGS + KNOWN_BARS:
+        assert text in verbose and text not in quiet, text
     assert "probe: an unrelated torchao warning" in quiet
+
+
+def test_setup_final_check_hides_them_too():
+    # the last line of scripts/setup.sh, run as setup runs it
+    line = (ROOT / "scripts/setup.sh").read_text().strip().splitlines()[-1]
+    code = line.split(' -c "', 1)[1].rsplit('"', 1)[0]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("KITREC_FAST_VERBOSE", None)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("kitrec_fast ")
+    for text in [t for _, t in KNOWN_NOISE] + list(KNOWN_WARNINGS):
+        assert text not in proc.stdout + proc.stderr, text

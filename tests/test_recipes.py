@@ -126,11 +126,39 @@ def test_an_option_given_twice_is_an_error():
                            "train.max_steps=50"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "train.max_steps: set twice (--max-steps 10 and train.max_steps=50)" in proc.stderr
+
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--dry-run", "--max-steps", "10", "--max-steps", "20"], "--max-steps"),
+    (["--dry-run", "--set", "B", "--set", "A"], "--set"),
+    (["--smoke", "--dry-run", "--smoke"], "--smoke"),  # store_true flags too
+    (["--dry-run", "--dry-run"], "--dry-run"),
+])
+def test_a_flag_given_twice_is_one_error_line(argv, flag, capsys):
     from kitrec_fast.recipes._main import main
 
-    with pytest.raises(SystemExit) as exc:  # argparse's own error: usage + message, status 2
-        main("dualft_music", ["--dry-run", "--max-steps", "10", "--max-steps", "20"])
-    assert exc.value.code == 2
+    assert main("dualft_music", argv) == 2
+    captured = capsys.readouterr()
+    assert captured.err == f"error: {flag}: given twice; give it once\n" and "usage" not in captured.out
+
+
+def test_help_lists_verbose_and_debug():
+    for cmd in (["-m", "kitrec_fast", "--help"], ["-m", "kitrec_fast", "train", "--help"]):
+        proc = subprocess.run([sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0 and "--verbose" in proc.stdout and "--debug" in proc.stdout, proc.stdout
+
+
+@pytest.mark.parametrize("content", ["", "\n  \n"])
+def test_dry_run_refuses_an_empty_dataset(tmp_path, capsys, content):
+    from kitrec_fast.recipes._main import main
+
+    empty = tmp_path / "rows.jsonl"
+    empty.write_text(content)
+    assert main("dualft_music", ["--dry-run", "--smoke", "--dataset", str(empty),
+                                 "--output-dir", str(tmp_path / "run")]) == 2
+    assert f"{empty} is empty" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 def _int_settings() -> list[str]:

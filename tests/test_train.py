@@ -175,6 +175,31 @@ def test_smoke_run_directory_describes_one_finished_attempt(smoke_run):
     assert env["attn_implementation"] == "sdpa"
     card = (run / "README.md").read_text()
     assert "# dualft_music_seta: KitREC LoRA adapter" in card and "Interrupted" not in card
+    for path in (run / "adapter").iterdir():  # shared like every run file (safetensors writes 0600)
+        assert path.stat().st_mode & 0o644 == 0o644, (path.name, oct(path.stat().st_mode))
+
+
+def test_logged_train_nll_is_bounded_by_the_smoothed_loss(smoke_run):
+    """Per token the smoothed loss is (1-e)*nll + e*U with U = mean_j(-log p_j) = logsumexp(z) - mean(z)
+    >= ln V (Jensen: the mean of exp(z_j) is at least exp of the mean of z_j). So
+    nll <= (loss - e*ln V) / (1-e) for every token, hence for the token mean of a step, which is what
+    loss and nll log with one row per step and no accumulation (the smoke run's settings). A logged nll
+    summed instead of averaged, scaled by the accumulation steps, or not divided by the token count
+    breaks the bound; nll is also a cross-entropy, so positive."""
+    import math
+
+    import yaml
+
+    from kitrec_fast.testkit.tokenizer import QWEN3_VOCAB_SIZE
+
+    cfg = yaml.safe_load((smoke_run.run_dir / "resolved_config.yaml").read_text())
+    eps = cfg["train"]["label_smoothing"]
+    assert 0 < eps < 1 and cfg["train"]["gradient_accumulation_steps"] == 1 and cfg["train"]["logging_steps"] == 1
+    rows = [r for r in metrics(smoke_run.run_dir) if "loss" in r]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    for r in rows:
+        bound = (r["loss"] - eps * math.log(QWEN3_VOCAB_SIZE)) / (1 - eps)
+        assert 0 < r["nll"] <= bound + 1e-3, (r["step"], r["nll"], r["loss"], bound)
 
 
 @pytest.mark.slow
@@ -186,6 +211,11 @@ def test_resume_picks_the_newest_checkpoint_and_continues_the_same_data(smoke_ru
     rows = metrics(run)
     loss_steps = [(r["attempt"], r["step"]) for r in rows if "loss" in r]
     assert loss_steps == [(1, 1), (1, 2), (1, 3), (1, 4), (2, 5), (2, 6)]  # one clean run, no step twice
+    # train_loss: the mean over all 6 steps of both attempts (one loss row per step), not the
+    # resumed steps' sum over 6 as the Trainer alone computes it
+    (final,) = [r for r in rows if "train_loss" in r]
+    per_step = [r["loss"] for r in rows if "loss" in r]
+    assert final["train_loss"] == pytest.approx(sum(per_step) / 6, rel=1e-4)
     # same data order and state: steps 5 and 6 reproduce the uninterrupted run's losses
     reference = {r["step"]: r["loss"] for r in metrics(smoke_run.run_dir) if "loss" in r}
     for r in rows:
@@ -299,23 +329,9 @@ def test_ctrl_c_once_checkpoints_and_exits_130_twice_aborts_cleanly(tmp_path):
     args = [sys.executable, "-m", "kitrec_fast.recipes.dualft_music", "--smoke", "--backend", "peft",
             "--output-dir", str(run), *FAST, "data.val_fraction=0", "train.max_steps=40",
             "train.gradient_accumulation_steps=1", "train.save_steps=20", "train.eval_steps=20"]
-    # twice: abort at once, no traceback, no checkpoint written. The second press is sent once the
-    # first one's notice is out: two signals that arrive while the main thread is inside one long
-    # C call reach Python's handler as one.
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
-    reader.start()
-    _wait_for_step(proc, run, 1)
-    proc.send_signal(signal.SIGINT)
-    deadline = time.time() + 120
-    while time.time() < deadline and not any("Press Ctrl-C again" in line for line in lines):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=300)
-    reader.join(timeout=30)
-    out = "".join(lines)
-    assert proc.returncode == 130, out[-3000:]
+    # twice: abort at once, no traceback, no checkpoint written
+    returncode, out = _ctrl_c_twice(args, run, step=1, attempt=1)
+    assert returncode == 130, out[-3000:]
     assert "Press Ctrl-C again to abort without saving" in out and "SIGINT again: aborting now" in out
     assert "error: aborted at step" in out and "Traceback" not in out
     assert not list(run.glob("checkpoint-*"))
@@ -339,6 +355,32 @@ def test_ctrl_c_once_checkpoints_and_exits_130_twice_aborts_cleanly(tmp_path):
     abandoned = (run / "metrics.abandoned.jsonl").read_text().splitlines()
     assert abandoned and all(json.loads(line)["attempt"] == 1 for line in abandoned)
     assert [a["outcome"] for a in json.loads((run / "attempts.json").read_text())] == ["aborted", "interrupted"]
+
+    # twice after a checkpoint: the card no longer claims the state of that checkpoint's attempt
+    returncode, out = _ctrl_c_twice(args, run, step=stopped + 1, attempt=3)
+    assert returncode == 130 and "SIGINT again: aborting now" in out, out[-3000:]
+    card = (run / "README.md").read_text()
+    assert "**Aborted** at step" in card and f"resume from checkpoint-{stopped}." in card
+    assert "Interrupted" not in card and "In progress" not in card
+
+
+def _ctrl_c_twice(args: list[str], run: Path, step: int, attempt: int) -> tuple[int, str]:
+    """Start training, press Ctrl-C twice once ``step`` of ``attempt`` is logged. The second press is
+    sent once the first one's notice is out: two signals that arrive while the main thread is inside
+    one long C call reach Python's handler as one."""
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    _wait_for_step(proc, run, step, attempt=attempt)
+    proc.send_signal(signal.SIGINT)
+    deadline = time.time() + 120
+    while time.time() < deadline and not any("Press Ctrl-C again" in line for line in lines):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=300)
+    reader.join(timeout=30)
+    return proc.returncode, "".join(lines)
 
 
 # --- bad input under `train` ---

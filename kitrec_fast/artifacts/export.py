@@ -11,9 +11,26 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from kitrec_fast.fsio import atomic_write_json, atomic_write_text
+from kitrec_fast.errors import UserError
+from kitrec_fast.fsio import atomic_write_json, atomic_write_text, make_shareable
 
 _PREQUANT = re.compile(r"(-unsloth)?-bnb-4bit$")
+_LAYER = re.compile(r"\.layers\.(\d+)\.")
+
+
+class ExportError(UserError):
+    """An export that cannot be written as asked (no finished run, an output folder in use)."""
+
+
+def check_output(run_dir: Path, out_dir: Path) -> None:
+    """The merged model gets a folder of its own: written into the run directory it would replace
+    the run's README.md (and more); into a folder that holds files, it would mix two models."""
+    run, out = run_dir.resolve(), out_dir.resolve()
+    if out == run or run in out.parents:
+        raise ExportError(f"--merged-16bit: {out_dir} is inside the run directory {run_dir}; "
+                          "give a folder of its own (e.g. merged/)")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ExportError(f"--merged-16bit: {out_dir} exists and is not an empty folder; give a new or empty one")
 
 
 def base_for_merge(weights: str) -> str:
@@ -21,14 +38,15 @@ def base_for_merge(weights: str) -> str:
     return _PREQUANT.sub("", weights)
 
 
-def merge_lora_fp32(peft_model) -> int:
-    """Fold every LoRA adapter into its base Linear in float32; returns the number of layers merged."""
+def merge_lora_fp32(peft_model) -> tuple[int, int]:
+    """Fold every LoRA adapter into its base Linear in float32; returns (LoRA modules merged,
+    decoder layers they sit in)."""
     import torch
     from peft.tuners.lora import LoraLayer
 
-    merged = 0
+    merged, layers = 0, set()
     with torch.no_grad():
-        for module in peft_model.modules():
+        for path, module in peft_model.named_modules():
             if not isinstance(module, LoraLayer):
                 continue
             base = module.get_base_layer()
@@ -43,7 +61,9 @@ def merge_lora_fp32(peft_model) -> int:
                 total += delta.T if getattr(module, "fan_in_fan_out", False) else delta
             weight.data.copy_(total.to(weight.dtype))
             merged += 1
-    return merged
+            layer = _LAYER.search(f".{path}.")
+            layers.add(layer.group(1) if layer else path)
+    return merged, len(layers)
 
 
 def export_merged(run_dir: str | Path, out_dir: str | Path, dtype: str = "bfloat16",
@@ -62,6 +82,7 @@ def export_merged(run_dir: str | Path, out_dir: str | Path, dtype: str = "bfloat
     adapter = run_dir / rundir.ADAPTER_DIR
     if not (adapter / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{adapter}: no adapter_config.json (is {run_dir} a finished run?)")
+    check_output(run_dir, out_dir)
     env_path = run_dir / rundir.ENVIRONMENT
     weights = json.loads(env_path.read_text()).get("weights") if env_path.is_file() else None
     if base_model is None:
@@ -72,21 +93,18 @@ def export_merged(run_dir: str | Path, out_dir: str | Path, dtype: str = "bfloat
     # and merge each layer in float32 (merge_lora_fp32), which bounds the extra memory to one layer.
     model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch_dtype, low_cpu_mem_usage=True)
     model = PeftModel.from_pretrained(model, str(adapter))
-    n = merge_lora_fp32(model)
+    n, layers = merge_lora_fp32(model)
     if n == 0:
         raise RuntimeError(f"{adapter}: no LoRA layers found to merge")
     model = model.unload()  # drop the LoRA modules, keeping the merged base weights
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out_dir), safe_serialization=True)
     AutoTokenizer.from_pretrained(str(adapter)).save_pretrained(str(out_dir))
-    info = {"run_dir": str(run_dir), "base_model": base_model, "dtype": dtype, "merged_layers": n}
+    info = {"run_dir": str(run_dir), "base_model": base_model, "dtype": dtype, "merged_modules": n,
+            "merged_layers": layers}
     atomic_write_json(out_dir / "kitrec_export.json", info)
     write_merged_card(out_dir, run_dir, info)
-    # safetensors and some tokenizer files are written 0600 (private temp files renamed into place);
-    # an exported model is meant to be shared and served by other users' processes.
-    for path in out_dir.rglob("*"):
-        if path.is_file():
-            path.chmod(path.stat().st_mode | 0o644)
+    make_shareable(out_dir)
     return out_dir
 
 

@@ -49,12 +49,18 @@ def render_model_card(cfg, summary: dict, env: dict) -> str:
         "",
     ]
     status = summary.get("status", "finished")
-    if status != "finished":
+    if status == "aborted":  # a second Ctrl-C: the steps after the newest checkpoint are lost
+        newest = summary.get("newest_checkpoint")
+        lines += [f"> **Aborted** at step {summary.get('global_step', '?')} of {summary.get('max_steps', '?')} "
+                  "without saving: not a finished model. Rerun the training command to resume from "
+                  + (f"{newest}." if newest else "the start (no checkpoint was written)."), ""]
+    elif status != "finished":
         lines += [f"> **{status.capitalize()}** at step {summary.get('global_step', '?')} of "
                   f"{summary.get('max_steps', '?')}: not a finished model. Rerun the training command to "
                   "resume from the newest checkpoint.", ""]
     if cfg.smoke:
-        lines += ["> **Smoke run**: tiny random model and embedded synthetic data. Not a usable model.", ""]
+        data = ("embedded synthetic data" if d.dataset.startswith("embedded:") else f"`{d.dataset}`")
+        lines += [f"> **Smoke run**: tiny random model trained a few steps on {data}. Not a usable model.", ""]
     for warning in summary.get("warnings", []):
         lines += [f"> **Note**: {warning}", ""]
     lines += [
@@ -109,7 +115,8 @@ def render_merged_card(cfg, summary: dict, env: dict, info: dict) -> str:
         card_metadata(cfg, {**summary, "base_model": info["base_model"]}, "transformers", ("merged",)),
         f"# {cfg.recipe}: KitREC model (LoRA merged into {info['dtype']} weights)",
         "",
-        f"`{info['base_model']}` with the run's LoRA adapter added in float32 to {info['merged_layers']} layers, "
+        f"`{info['base_model']}` with the run's LoRA adapter added in float32 to {info['merged_modules']} "
+        f"modules in {info['merged_layers']} layers, "
         f"written as {info['dtype']}. Load it as a plain transformers model:",
         "",
         "```python",

@@ -83,8 +83,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
             prepared = prepare(cfg, tok, progress=progress)
         out = save_prepared(prepared, args.output)
     except (UserError, ValueError) as exc:  # BadRowError, DatasetLoadError, RenderError...: messages name row/option
-        console.print(f"[red]error:[/red] {exc}")
-        return 1
+        raise UserError(str(exc)) from None  # one `error:` line, exit 2, like every user error
     print_summary(console, prepared.report, time.perf_counter() - t0, out)
     return 0
 
@@ -158,6 +157,8 @@ def print_summary(console: Any, report: dict, seconds: float, out: Any) -> None:
 def cmd_synth(args: argparse.Namespace) -> int:
     from kitrec_fast.data.synth import generate_rows, write_jsonl
 
+    if args.rows < 1:  # an empty file would only be refused later by every command that reads it
+        raise UserError(f"--rows: must be >= 1, got {args.rows}")
     check_writable(args.output, "--output", file=True)
     try:
         rows = generate_rows(args.rows, seed=args.seed, domain=args.domain, kind=args.kind, split=args.split,

@@ -52,10 +52,26 @@ def train_progress(run_dir: Path, since: float | None) -> dict:
     return out
 
 
-def generate_progress(eval_dir: Path) -> dict:
+def _selected_rows(eval_dir: Path) -> int | None:
+    """Rows the running ``eval generate`` selected (its generate_config.json), if it wrote it yet."""
+    try:
+        return int(json.loads((Path(eval_dir) / "generate_config.json").read_text())["rows"]["selected"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def generate_progress(eval_dir: Path, total: int | None = None) -> dict:
+    """Rows written, their total (``total``, else what the running command selected) and an ETA
+    from the recent rows' generation time per row."""
     path = Path(eval_dir) / "predictions.jsonl"
     rows = sum(1 for line in path.open("rb") if line.strip()) if path.is_file() else 0
-    return {"step": rows, "total": None, "loss": None, "eta_s": None}
+    total = total or _selected_rows(Path(eval_dir))
+    recent = [r for r in _tail_rows(path) if isinstance(r.get("gen_seconds"), (int, float))]
+    eta = None
+    if total and recent:
+        per_row = sum(r["gen_seconds"] / max(int(r.get("batch_size") or 1), 1) for r in recent) / len(recent)
+        eta = per_row * max(total - rows, 0)
+    return {"step": rows, "total": total, "loss": None, "eta_s": eta}
 
 
 def _fmt_eta(seconds) -> str:
@@ -78,7 +94,7 @@ def jobs_table(state: dict, title: str = "kitrec-fast grid"):
         if r["step"] is None:
             steps = "-"
         elif st == "generate":
-            steps = f"{r['step']} rows"
+            steps = f"{r['step']}/{r['total'] or '?'} rows"
         else:
             steps = f"{r['step']}/{r['total'] or '?'}"
         loss = "-" if r["loss"] is None else f"{r['loss']:.4f}"

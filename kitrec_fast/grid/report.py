@@ -79,7 +79,9 @@ def markdown(entries: list[dict], spec_settings: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(entries: list[dict], path: Path) -> None:
+def figure(entries: list[dict]):
+    """The report figure: test metrics per job, and best eval loss per job. A panel whose values
+    are all zero (or missing) says so in words: a blank chart reads as a broken report."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -92,19 +94,34 @@ def plot(entries: list[dict], path: Path) -> None:
     x = np.arange(len(names))
     shown = ("hit@1", "hit@5", "hit@10", "mrr", "ndcg@10")
     width = 0.8 / len(shown)
+    everything = []
     for i, k in enumerate(shown):
         vals = [e["metrics"][k] if e["metrics"][k] is not None else 0.0 for e in entries]
+        everything += vals
         ax1.bar(x + (i - (len(shown) - 1) / 2) * width, vals, width, label=k)
     ax1.set_xticks(x, names, rotation=30, ha="right", fontsize=8)
     ax1.set_ylim(0, 1)
     ax1.set_ylabel("score (overall)")
     ax1.set_title("test metrics")
     ax1.legend(fontsize=8)
+    if not any(everything):
+        scored = any(e["eval_rows"] for e in entries)
+        ax1.text(0.5, 0.5, "every metric is 0 for every job" if scored else "no job has a score yet",
+                 ha="center", va="center", transform=ax1.transAxes, fontsize=12)
     losses = [e["eval_loss"] if e["eval_loss"] is not None else 0.0 for e in entries]
     ax2.bar(x, losses, color="gray")
     ax2.set_xticks(x, names, rotation=30, ha="right", fontsize=8)
     ax2.set_title("best eval loss (smoothed)")
+    if not any(losses):
+        ax2.text(0.5, 0.5, "no eval loss recorded", ha="center", va="center", transform=ax2.transAxes)
     fig.tight_layout()
+    return fig
+
+
+def plot(entries: list[dict], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = figure(entries)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)

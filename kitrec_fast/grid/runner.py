@@ -186,7 +186,8 @@ class GridRunner:
                 if record["state"] == "train":
                     record.update(train_progress(self.jobs[job_id].run_dir, since=started))
                 elif record["state"] == "generate":
-                    record.update(generate_progress(self.jobs[job_id].eval_dir))
+                    job = self.jobs[job_id]
+                    record.update(generate_progress(job.eval_dir, job.eval_rows_expected))
 
     def run(self) -> dict:
         """Run every job to done or failed; returns the final state."""

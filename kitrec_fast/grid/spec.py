@@ -13,6 +13,13 @@ SETS = ("A", "B")
 BACKENDS = ("unsloth", "peft")
 # Stages of one job, in order; each is one command in a fresh process.
 STAGES = ("train", "generate", "score")
+# Smoke evaluation sizes (used where --eval-limit-per-type / --eval-max-new-tokens are not given):
+# the tiny random model answers nonsense either way, so a few rows with short answers check the
+# whole evaluation path. With eval generate's defaults (every row, 2,048 new tokens, all 100
+# candidates: prompts past the tiny model's 8,192 positions) one smoke job took ~7 minutes.
+SMOKE_EVAL_LIMIT_PER_TYPE = 2
+SMOKE_EVAL_MAX_NEW_TOKENS = 32
+SMOKE_EVAL_MAX_CANDIDATES = 20
 
 
 class GridError(UserError):
@@ -72,6 +79,11 @@ class GridSpec:
             raise GridError(f"--eval-max-new-tokens: must be >= 1, got {self.eval_max_new_tokens}")
         if self.max_retries < 0:
             raise GridError(f"--max-retries: must be >= 0, got {self.max_retries}")
+        if self.smoke:  # frozen: the smoke sizes become the grid's recorded settings
+            if self.eval_limit_per_type is None:
+                object.__setattr__(self, "eval_limit_per_type", SMOKE_EVAL_LIMIT_PER_TYPE)
+            if self.eval_max_new_tokens is None:
+                object.__setattr__(self, "eval_max_new_tokens", SMOKE_EVAL_MAX_NEW_TOKENS)
 
     def settings(self) -> dict:
         """What changes the result of a job; a rerun into the same --output must match it."""
@@ -148,10 +160,20 @@ class Job:
                 "--output", str(output)]
         if self.spec.eval_max_new_tokens is not None:
             base += ["--max-new-tokens", str(self.spec.eval_max_new_tokens)]
+        if self.spec.smoke:
+            base += ["--max-candidates", str(SMOKE_EVAL_MAX_CANDIDATES)]
         types = eval_user_types(self.family)
         if self.spec.eval_limit_per_type is None:
             return [base + ["--user-type", *types]]
         return [base + ["--user-type", t, "--limit", str(self.spec.eval_limit_per_type)] for t in types]
+
+    @property
+    def eval_rows_expected(self) -> int | None:
+        """Rows the job's generation writes in all, when the grid knows it (a per-type limit; a type
+        with fewer rows ends sooner); otherwise the running command's selection tells."""
+        if self.spec.eval_limit_per_type is None:
+            return None
+        return self.spec.eval_limit_per_type * len(eval_user_types(self.family))
 
     def score_command(self) -> list[str]:
         return ["-m", "kitrec_fast", "eval", "score",

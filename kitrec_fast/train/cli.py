@@ -18,14 +18,30 @@ SHORTHANDS = {"backend": "backend", "max_steps": "train.max_steps", "output_dir"
               "dataset": "data.dataset", "model": "model.name", "push_to_hub": "push_to_hub"}
 
 
+def _first_time(namespace, dest: str, option_string: str) -> None:
+    # A UserError, not parser.error: one `error:` line from run_cli instead of the whole usage.
+    if getattr(namespace, f"_seen_{dest}", False):
+        raise ConfigError(f"{option_string}: given twice; give it once")
+    setattr(namespace, f"_seen_{dest}", True)
+
+
 class _Once(argparse.Action):
     """store, but giving the same option twice is an error (which value was meant is unknowable)."""
 
     def __call__(self, parser, namespace, values, option_string=None):
-        if getattr(namespace, f"_seen_{self.dest}", False):
-            parser.error(f"{option_string}: given twice; give it once")
-        setattr(namespace, f"_seen_{self.dest}", True)
+        _first_time(namespace, self.dest, option_string)
         setattr(namespace, self.dest, values)
+
+
+class _OnceFlag(argparse.Action):
+    """store_true, given at most once (``--smoke --smoke`` is a slip to point out, like any repeat)."""
+
+    def __init__(self, option_strings, dest, default=False, required=False, help=None):
+        super().__init__(option_strings, dest, nargs=0, const=True, default=default, required=required, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        _first_time(namespace, self.dest, option_string)
+        setattr(namespace, self.dest, True)
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,9 +49,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="Candidate set of the recipe family (default A).")
     p.add_argument("--backend", action=_Once, choices=["unsloth", "peft"],
                    help="unsloth (fast path) or peft (baseline).")
-    p.add_argument("--smoke", action="store_true",
+    p.add_argument("--smoke", action=_OnceFlag,
                    help="Tiny offline Qwen3, embedded sample data, a few steps: runs on CPU in about a minute.")
-    p.add_argument("--dry-run", action="store_true",
+    p.add_argument("--dry-run", action=_OnceFlag,
                    help="Resolve and check everything the run would (config, names, run directory), print, exit.")
     p.add_argument("--profile", action=_Once, choices=["auto", "16gb", "24gb", "48gb", "80gb"], default=None,
                    help="GPU memory profile (max length, micro-batch, checkpointing); default: the recipe as is.")
@@ -44,10 +60,12 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", action=_Once, help="Shorthand for data.dataset=D (Hub id or local file).")
     p.add_argument("--model", action=_Once, help="Shorthand for model.name=M (Hub id or local directory).")
     p.add_argument("--push-to-hub", action=_Once, metavar="REPO", help="Upload the best adapter to this Hub repo.")
-    p.add_argument("--accept-config-change", action="store_true",
+    p.add_argument("--accept-config-change", action=_OnceFlag,
                    help="Resume although training-relevant settings differ from the run directory's; the "
                         "change is recorded in the run (attempts.json).")
     p.add_argument("--debug", action="store_true", help="Show the traceback of an error (for bug reports).")
+    p.add_argument("--verbose", action="store_true",
+                   help="Show the harmless library lines kitrec-fast hides (see kitrec_fast/quiet.py).")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="Any recipe key, dotted, anywhere on the line: train.learning_rate=1e-4 data.max_length=4096")
 

@@ -36,7 +36,7 @@ from kitrec_fast.artifacts import rundir
 from kitrec_fast.config import RunConfig
 from kitrec_fast.console import make_console
 from kitrec_fast.errors import UserError
-from kitrec_fast.fsio import atomic_write_json, check_writable
+from kitrec_fast.fsio import atomic_write_json, check_writable, make_shareable
 
 
 class NoGPUError(UserError):
@@ -131,6 +131,23 @@ def check_dataset_source(cfg: RunConfig) -> None:
     looks_local = path.suffix in (".jsonl", ".json", ".parquet", ".gz") or name.startswith((".", "/", "~"))
     if looks_local and not path.expanduser().exists():
         raise TrainingDataError(f"data.dataset (--dataset): file not found: {name}")
+    if path.expanduser().is_file() and not _has_content(path.expanduser()):
+        raise TrainingDataError(f"data.dataset (--dataset): {name} is empty (no rows to train on)")
+
+
+def _has_content(path: Path) -> bool:
+    """Whether a local data file holds anything but whitespace (read up to the first such byte)."""
+    import gzip
+
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as fh:
+            while chunk := fh.read(1 << 16):
+                if chunk.strip():
+                    return True
+    except (OSError, EOFError):
+        return True  # unreadable or not gzip after all: the loader names the problem
+    return False
 
 
 def run_is_complete(run_dir: Path) -> bool:
@@ -333,6 +350,12 @@ def run_training(cfg: RunConfig, command: str, console=None, accept_config_chang
         stop_cb.uninstall()
         end_attempt("aborted")
         newest = rundir.last_checkpoint(run_dir)
+        if main and run_dir.is_dir():  # the card of the last checkpoint would still say "in progress"
+            _write_card(run_dir, cfg, env, {
+                "weights": loaded.weights, "global_step": trainer.state.global_step,
+                "max_steps": trainer.state.max_steps, "best_eval_loss": trainer.state.best_metric,
+                "best_checkpoint": trainer.state.best_model_checkpoint, "status": "aborted",
+                "newest_checkpoint": newest.name if newest else None, "warnings": getattr(cfg, "_warnings", [])})
         raise TrainingAborted(
             f"aborted at step {trainer.state.global_step} without saving; "
             + (f"rerun the same command to resume from {newest.name}." if newest else
@@ -388,6 +411,7 @@ def run_training(cfg: RunConfig, command: str, console=None, accept_config_chang
     if not main:
         return RunResult(run_dir, summary)
     tokenizer.save_pretrained(str(adapter_dir))
+    make_shareable(adapter_dir)  # safetensors writes its file 0600; every run file is 0644
     from kitrec_fast.artifacts.plots import plot_loss_curves
 
     plot_loss_curves(rundir.read_metrics(run_dir), run_dir / "loss_curves.png", title=f"{cfg.recipe} ({cfg.backend})")

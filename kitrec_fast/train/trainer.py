@@ -14,6 +14,24 @@ from kitrec_fast.config import RunConfig
 from kitrec_fast.train.collator import KitrecCollator
 
 
+# In each checkpoint: the sum of the per-step training losses of every step up to it. The Trainer's
+# train_loss divides the loss sum of the steps this attempt ran by all steps, so after a resume it
+# would count the earlier attempts' steps as zero.
+LOSS_SUM_FILE = "kitrec_loss_sum.json"
+
+
+def read_loss_sum(checkpoint) -> float:
+    """The loss sum stored in ``checkpoint`` (0.0 when training starts fresh)."""
+    import json
+
+    if not checkpoint:
+        return 0.0
+    try:
+        return float(json.loads((Path(checkpoint) / LOSS_SUM_FILE).read_text())["loss_sum"])
+    except (OSError, ValueError, KeyError):
+        return 0.0  # a checkpoint written before this file existed: train_loss counts this attempt only
+
+
 def loss_path(cfg: RunConfig, on_cuda: bool) -> str:
     """'chunked' (the project's smoothed loss) or 'library' (the backend's own fused loss)."""
     if cfg.train.loss != "auto":
@@ -279,7 +297,25 @@ def make_trainer(cfg: RunConfig, model, tokenizer, train_ds, eval_ds, output_dir
                 return loss, {"loss": loss}
             return loss
 
+        def train(self, resume_from_checkpoint=None, *args, **kwargs):
+            self.kitrec_prior_loss_sum = read_loss_sum(resume_from_checkpoint)
+            return super().train(resume_from_checkpoint, *args, **kwargs)
+
+        def _save_checkpoint(self, model, trial):
+            super()._save_checkpoint(model, trial)
+            if self.args.should_save:
+                from kitrec_fast.fsio import atomic_write_json
+
+                pending = getattr(self, "_tr_loss", None)  # steps not yet drained into a log event
+                done = self._total_loss_scalar + (float(pending.item()) if pending is not None else 0.0)
+                folder = Path(self._get_output_dir(trial)) / f"checkpoint-{self.state.global_step}"
+                atomic_write_json(folder / LOSS_SUM_FILE, {"loss_sum": self.kitrec_prior_loss_sum + done,
+                                                           "global_step": self.state.global_step})
+
         def log(self, logs, *args, **kwargs):
+            if "train_loss" in logs and self.kitrec_prior_loss_sum and self.state.global_step:
+                # the Trainer's train_loss is this attempt's sum / all steps; add the earlier steps' sum
+                logs = {**logs, "train_loss": logs["train_loss"] + self.kitrec_prior_loss_sum / self.state.global_step}
             # Into the Trainer's own log event, so every report_to tracker receives them too.
             super().log(self.kitrec_metrics.add_to(logs), *args, **kwargs)
 
@@ -321,6 +357,7 @@ def make_trainer(cfg: RunConfig, model, tokenizer, train_ds, eval_ds, output_dir
     # dividing by the number of accumulation steps.
     trainer.model_accepts_loss_kwargs = True
     trainer.kitrec_loss_path = path
+    trainer.kitrec_prior_loss_sum = 0.0
     # Filled by the first training forward (see final_hidden_states); read by backends.runtime_facts.
     trainer.kitrec_observed = {}
     return trainer

@@ -218,6 +218,9 @@ def _prepare(opts: GenerateOptions, cfg, adapter: Optional[str], command: str, c
             flush()
     if buffer:
         flush()
+    if not selected:  # before anything is written: an empty selection leaves the folder as it was
+        wanted = f" with user type {', '.join(opts.user_types)}" if opts.user_types else ""
+        raise GenerateError(f"no row of {opts.dataset} ({opts.split}, {loaded} rows){wanted} to generate for")
     already = selected - pending
     longest = plan.store.longest if plan.store is not None else 0
     plan.summary.update(selected=selected, already_done=already, prepare_seconds=round(time.perf_counter() - t0, 2),
@@ -236,7 +239,9 @@ def _prepare(opts: GenerateOptions, cfg, adapter: Optional[str], command: str, c
     }
     if pending:
         plan.config["prompts"] = {"longest_tokens": longest, "max_seq_length": longest + opts.max_new_tokens}
-    atomic_write_json(out_dir / CONFIG_FILE, plan.config)
+    if not pending or opts.prepare_only:
+        # Otherwise written once the engine stands: a missing engine leaves no record of a generation.
+        atomic_write_json(out_dir / CONFIG_FILE, plan.config)
     console.print(f"[green]rows[/] {selected} selected from {opts.dataset} ({opts.split}, {loaded} rows); "
                   f"{already} already in {pred_path}, {pending} to generate")
     if longest:
