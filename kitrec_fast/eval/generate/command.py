@@ -84,7 +84,7 @@ def run_generate(opts: GenerateOptions, console=None, command: str = "") -> dict
 
     with output_lock(out_dir):
         check_fingerprint(out_dir, fingerprint)
-        done = read_done(pred_path)
+        done = read_done(pred_path, notice=lambda line: console.print(f"[yellow]predictions[/] {line}"))
         try:
             raw = load_raw(opts.dataset, opts.split)
         except DatasetLoadError as exc:
