@@ -265,7 +265,7 @@ def test_staging_and_broken_folders_are_invisible_to_the_trainers_rotation(tmp_p
     for step in (2, 4):
         (run / f"checkpoint-{step}").mkdir(parents=True)
         time.sleep(0.01)
-    staged = run / checkpoints.STAGING / "checkpoint-6"
+    staged = checkpoints.staging_path(run, "checkpoint-6")
     aside = run / checkpoints.BROKEN / "checkpoint-8"
     for folder in (staged, aside):
         folder.mkdir(parents=True)

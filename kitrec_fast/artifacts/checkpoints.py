@@ -33,6 +33,12 @@ TRAINER_STATE = "trainer_state.json"
 _TORCH_STATES = ("optimizer.pt", "scheduler.pt")
 
 
+def staging_path(run_dir: Path, name: str) -> Path:
+    """Where ``name`` (``checkpoint-N``, ``adapter``) is written before it is renamed into place: in
+    a subfolder, as a sibling such as ``checkpoint-N.tmp`` would match the Trainer's glob and regex."""
+    return Path(run_dir) / STAGING / name
+
+
 def step_of(path: Path) -> int | None:
     tail = path.name[len(PREFIX):]
     return int(tail) if path.name.startswith(PREFIX) and tail.isdigit() else None
@@ -272,15 +278,16 @@ class AtomicCheckpoints:
             self.add_callback(cb)
 
     def _get_output_dir(self, trial):
+        # While staging, the Trainer's own save writes <run>/.staging/checkpoint-N (staging_path).
         out = super()._get_output_dir(trial)
-        return os.path.join(out, STAGING) if self._kitrec_staging else out
+        return str(staging_path(out, "")) if self._kitrec_staging else out
 
     def _save_checkpoint(self, model, trial):
         from transformers.trainer_utils import rotate_checkpoints
 
         run_dir = Path(self._get_output_dir(trial))
         name = f"{PREFIX}{self.state.global_step}"
-        staged, final = run_dir / STAGING / name, run_dir / name
+        staged, final = staging_path(run_dir, name), run_dir / name
         previous = next(iter(checkpoint_dirs(run_dir)), None)
         needed = lambda: self.kitrec_checkpoint_bytes or (dir_bytes(previous) if previous else 0)  # noqa: E731
         with stop_on_full_disk(name, run_dir, needed, staged if self.args.should_save else None):

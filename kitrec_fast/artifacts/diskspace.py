@@ -19,6 +19,18 @@ from kitrec_fast.errors import DiskFullError
 SMALL_FILES = 32 * 2**20
 
 
+def trained_element_size(model, param) -> int:
+    """Bytes per element of a trainable parameter as training holds it: TRL's SFTTrainer casts the
+    LoRA weights of a 4/8-bit base to bf16 when it is built (trl/trainer/sft_trainer.py, after the
+    QLoRA paper), which is after this check runs; on a 16/32-bit base they keep their dtype."""
+    quantized = getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)
+    return 2 if quantized and param.is_floating_point() else param.element_size()
+
+
+def trainable_bytes(model) -> int:
+    return sum(p.numel() * trained_element_size(model, p) for p in model.parameters() if p.requires_grad)
+
+
 def optimizer_state_bytes(model, optim: str) -> int:
     """Optimizer state of the trainable parameters: Adam keeps two moments in each parameter's dtype
     (``torch.zeros_like``), the 8-bit variants one byte per moment; SGD and Adafactor (whose factored
@@ -28,7 +40,7 @@ def optimizer_state_bytes(model, optim: str) -> int:
     if "8bit" in name:
         return sum(2 * p.numel() for p in params)
     moments = 1 if ("adafactor" in name or name.startswith("sgd")) else 2
-    return sum(moments * p.numel() * p.element_size() for p in params)
+    return sum(moments * p.numel() * trained_element_size(model, p) for p in params)
 
 
 @dataclass(frozen=True)
@@ -53,10 +65,6 @@ class RunEstimate:
     def describe(self) -> str:
         return (f"{self.checkpoints} checkpoint(s) of {gb(self.checkpoint)} (adapter {gb(self.adapter)}, optimizer "
                 f"state {gb(self.optimizer)}) + the final adapter")
-
-
-def trainable_bytes(model) -> int:
-    return sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
 
 
 def estimate_run(model, cfg, run_dir: Path, train_rows: int) -> RunEstimate:

@@ -381,7 +381,7 @@ def run_training(cfg: RunConfig, command: str, console=None, accept_config_chang
         return RunResult(run_dir, summary, exit_code=128 + int(getattr(signal, interrupted)))
 
     adapter_dir = run_dir / rundir.ADAPTER_DIR
-    staged = run_dir / checkpoints.STAGING / rundir.ADAPTER_DIR  # complete or absent, as checkpoints
+    staged = checkpoints.staging_path(run_dir, rundir.ADAPTER_DIR)  # complete or absent, as checkpoints
     summary["adapter_dir"] = str(adapter_dir)
     with checkpoints.stop_on_full_disk("the adapter", run_dir, lambda: space.adapter + SMALL_FILES,
                                        staged if main else None):
