@@ -37,7 +37,7 @@ SEED = 20
 # 1e-6 sits far above that (~1e-9 on weights of ~1e-2) and far below what one skipped or repeated
 # optimizer step moves a LoRA weight (lr 2e-4 Adam: ~2e-4 per step).
 ADAPTER_ATOL = 1e-6
-LOSS_DECIMALS = 4
+LOSS_ATOL = 1e-6
 
 
 def _command(out: Path) -> list[str]:
@@ -167,9 +167,10 @@ def test_metrics_hold_every_step_once_with_the_uninterrupted_losses(walk):
     assert steps == list(range(1, MAX_STEPS + 1)), steps
     assert [r["step"] for r in _eval_rows(run)] == list(range(EVERY, MAX_STEPS + 1, EVERY))
     for key, rows in (("loss", _train_rows), ("eval_loss", _eval_rows)):
-        got = [round(r[key], LOSS_DECIMALS) for r in rows(run)]
-        want = [round(r[key], LOSS_DECIMALS) for r in rows(ref)]
-        assert got == want, key
+        got, want = [r[key] for r in rows(run)], [r[key] for r in rows(ref)]
+        worst = max(abs(g - w) for g, w in zip(got, want))
+        print(f"\n{key}: max |diff| {worst:.3g} over {len(got)} rows")
+        assert worst <= LOSS_ATOL, (key, got, want)
 
 
 @pytest.mark.slow
