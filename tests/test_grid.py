@@ -106,7 +106,7 @@ def killed_grid(ray_address, tmp_path_factory):
                             stderr=subprocess.STDOUT, text=True, env=_env(KITREC_FAST_FAULT=fault))
     child = None
     try:
-        deadline = time.time() + 300
+        deadline = time.time() + 480  # the second save of a job: two steps later than the first
         victim = None
         while victim is None:
             assert proc.poll() is None, f"grid ended before the kill:\n{proc.stdout.read()}"
@@ -125,7 +125,7 @@ def killed_grid(ray_address, tmp_path_factory):
                 break
             time.sleep(0.1)
         orphan = not _gone(child)
-        output, _ = proc.communicate(timeout=420)
+        output, _ = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
             proc.kill()
