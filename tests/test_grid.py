@@ -78,20 +78,21 @@ def _checkpoints(run_dir: Path) -> list[int]:
     return sorted(int(p.parent.name.split("-")[1]) for p in run_dir.glob("checkpoint-*/trainer_state.json"))
 
 
-def _gone(pid: int) -> bool:
+def _proc_state(pid: int) -> str | None:
+    """The state letter of a process (R, S, T stopped, Z zombie...); None once it is gone."""
     try:
         with open(f"/proc/{pid}/status") as fh:
-            return any(line.split()[1:2] == ["Z"] for line in fh if line.startswith("State:"))
+            return next((line.split()[1] for line in fh if line.startswith("State:")), None)
     except FileNotFoundError:
-        return True
+        return None
+
+
+def _gone(pid: int) -> bool:
+    return _proc_state(pid) in (None, "Z")
 
 
 def _stopped(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            return any(line.split()[1:2] == ["T"] for line in fh if line.startswith("State:"))
-    except FileNotFoundError:
-        return False
+    return _proc_state(pid) == "T"
 
 
 @pytest.fixture(scope="module")
