@@ -255,6 +255,7 @@ def stop_on_full_disk(what: str, run_dir: Path, needed, partial: Path | None):
             raise
         if partial is not None:
             shutil.rmtree(partial, ignore_errors=True)
+            _drop_if_empty(partial.parent)
         kept = f"{previous.name} is intact; " if previous is not None else "no checkpoint was written yet; "
         raise DiskFullError(
             f"disk full while writing {what} in {run_dir}: needed about {gb(needed())}, "
