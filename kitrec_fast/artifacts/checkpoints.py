@@ -211,18 +211,22 @@ def _drop_if_empty(folder: Path) -> None:
 
 
 _FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+_NEARLY_FULL = 256 * 2**20
 
 
-def disk_full(exc: BaseException) -> bool:
+def disk_full(exc: BaseException, where: Path | None = None) -> bool:
     """Whether ``exc`` (or what caused it) is the disk running out of space.
 
-    torch.save and safetensors report a failed write without an errno (``file write failed``):
-    those count when the disk is indeed (nearly) full."""
+    torch.save reports a failed write without an errno (``PytorchStreamWriter failed writing file
+    ...: file write failed``): that counts when the disk of ``where`` is indeed nearly full."""
     seen = exc
     while seen is not None:
         if isinstance(seen, OSError) and seen.errno in _FULL:
             return True
-        if "No space left on device" in str(seen) or "Disk quota exceeded" in str(seen):
+        text = str(seen)
+        if "No space left on device" in text or "Disk quota exceeded" in text:
+            return True
+        if "file write failed" in text and where is not None and free_bytes(where) < _NEARLY_FULL:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
@@ -251,7 +255,7 @@ def stop_on_full_disk(what: str, run_dir: Path, needed, partial: Path | None):
     try:
         yield
     except Exception as exc:
-        if not disk_full(exc):
+        if not disk_full(exc, run_dir):
             raise
         if partial is not None:
             shutil.rmtree(partial, ignore_errors=True)
