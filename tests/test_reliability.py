@@ -374,3 +374,20 @@ def test_export_refuses_a_disk_too_small_for_the_merged_model(smoke_run, small_d
     with pytest.raises(DiskFullError, match=r"merged model takes about .* 2 bytes\), .* free"):
         export_merged(smoke_run.run_dir, out)
     assert not out.exists()
+
+
+def test_what_counts_as_a_full_disk(tmp_path, small_disk):
+    import errno
+
+    assert checkpoints.disk_full(OSError(errno.ENOSPC, "No space left on device"))
+    wrapped = RuntimeError("save failed")
+    wrapped.__cause__ = OSError(errno.EDQUOT, "Disk quota exceeded")
+    assert checkpoints.disk_full(wrapped)
+    assert not checkpoints.disk_full(OSError(errno.EACCES, "Permission denied"))
+    # torch.save's own message carries no errno: a full disk only when the disk is nearly full
+    torch_msg = RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing "
+                             "file data/3: file write failed")
+    small_disk(4096)
+    assert checkpoints.disk_full(torch_msg, tmp_path)
+    small_disk(10 * 2**30)
+    assert not checkpoints.disk_full(torch_msg, tmp_path)
