@@ -4,6 +4,11 @@ Every stage raises a subclass of :class:`UserError` (a bad row, a bad option, a 
 not match the run directory); ``kitrec-fast`` and ``python -m kitrec_fast.recipes.*`` catch it in
 :func:`run_cli` and print the message without a traceback (``--debug`` shows it). Anything else is
 a bug and keeps its traceback.
+
+Exit statuses: 0 done; 1 a bug (traceback); 2 a user error; 74 the disk is full (found before a
+run or an export, or a save failed with ENOSPC; the previous checkpoint is intact); 130 / 143
+interrupted by Ctrl-C / SIGTERM (a checkpoint was written; rerun to resume). The grid retries none
+of these: only a stage whose process or node was killed is rerun.
 """
 
 from __future__ import annotations
@@ -45,3 +50,12 @@ def run_cli(main: Callable[[list[str]], int], argv: list[str] | None = None) -> 
             raise
         print("interrupted", file=sys.stderr)
         return 130
+
+
+class DiskFullError(UserError):
+    """The disk cannot hold what a run or an export writes (found before, or when a save failed).
+
+    Its own exit status, so that a scheduler (the grid) does not retry: the rerun would fill the
+    same disk. The previous checkpoint is intact; after freeing space the same command resumes."""
+
+    exit_code = 74  # EX_IOERR (sysexits.h)

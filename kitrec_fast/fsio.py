@@ -1,5 +1,5 @@
-"""Files: atomic writes (a reader, or a rerun after a kill, sees the old file or the new one, never
-half) and the project's cache directory."""
+"""Files: atomic, synced writes (a reader, or a rerun after a kill or a power loss, sees the old
+file or the new one, never half) and the project's cache directory."""
 
 from __future__ import annotations
 
@@ -54,6 +54,24 @@ def _read_only(path: Path) -> bool:
         return False
 
 
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make a rename or a new entry in ``path`` durable: without this a power loss can undo a
+    rename whose file data is already on disk."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: str | os.PathLike) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write_text(path: str | os.PathLike, text: str, mode: int = 0o644) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -68,6 +86,7 @@ def atomic_write_text(path: str | os.PathLike, text: str, mode: int = 0o644) -> 
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> None:

@@ -60,11 +60,13 @@ def no_unsloth() -> None:
 def test_read_done_cuts_a_torn_last_line(tmp_path):
     path = tmp_path / "p.jsonl"
     path.write_text('{"row_id": 3, "raw_text": "a"}\n{"row_id": 1, "raw_text": "b"}\n{"row_id": 7, "raw_')
-    assert read_done(path) == {3, 1}
+    notices = []
+    assert read_done(path, notice=notices.append) == {3, 1}
     assert path.read_text() == '{"row_id": 3, "raw_text": "a"}\n{"row_id": 1, "raw_text": "b"}\n'
+    assert len(notices) == 1 and "torn last line (19 bytes after row 2)" in notices[0]
     # A whole record whose newline was never written is kept, and its line is completed.
     path.write_text('{"row_id": 3}\n{"row_id": 4}')
-    assert read_done(path) == {3, 4}
+    assert read_done(path, notice=notices.append) == {3, 4} and len(notices) == 1
     assert path.read_text() == '{"row_id": 3}\n{"row_id": 4}\n'
     assert read_done(tmp_path / "missing.jsonl") == set()
 

@@ -1,5 +1,6 @@
 """``kitrec-fast grid`` on a real local Ray cluster (2 CPUs): a 2-job smoke grid with evaluation
-survives a SIGKILLed training worker, and bad input is refused before any job starts."""
+survives a training worker SIGKILLed in the middle of a checkpoint save (its node dies mid-save),
+and bad input is refused before any job starts."""
 
 from __future__ import annotations
 
@@ -77,52 +78,63 @@ def _checkpoints(run_dir: Path) -> list[int]:
     return sorted(int(p.parent.name.split("-")[1]) for p in run_dir.glob("checkpoint-*/trainer_state.json"))
 
 
-def _gone(pid: int) -> bool:
+def _proc_state(pid: int) -> str | None:
+    """The state letter of a process (R, S, T stopped, Z zombie...); None once it is gone."""
     try:
         with open(f"/proc/{pid}/status") as fh:
-            return any(line.split()[1:2] == ["Z"] for line in fh if line.startswith("State:"))
+            return next((line.split()[1] for line in fh if line.startswith("State:")), None)
     except FileNotFoundError:
-        return True
+        return None
+
+
+def _gone(pid: int) -> bool:
+    return _proc_state(pid) in (None, "Z")
+
+
+def _stopped(pid: int) -> bool:
+    return _proc_state(pid) == "T"
 
 
 @pytest.fixture(scope="module")
 def killed_grid(ray_address, tmp_path_factory):
-    """Run the grid; once job A's training wrote its first checkpoint, freeze its process and
-    SIGKILL the Ray worker that runs it. Returns what the tests below check."""
+    """Run the grid with a fault that freezes the first training process to reach its second save
+    (checkpoint-4 staged, nothing synced or renamed yet; kitrec_fast/faults.py), then SIGKILL the Ray
+    worker that runs it: a node dying mid-save. Returns what the tests below check."""
     out = tmp_path_factory.mktemp("grid")
     args = GRID_ARGS + ["--output", str(out), "--address", ray_address]
+    fault = f"stop:save=2,once={out / 'fault.fired'}"
     proc = subprocess.Popen([sys.executable, "-m", "kitrec_fast", "grid", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=_env())
-    run_a = out / "runs" / JOB_A
+                            stderr=subprocess.STDOUT, text=True, env=_env(KITREC_FAST_FAULT=fault))
     child = None
     try:
-        deadline = time.time() + 300
-        while True:
+        deadline = time.time() + 480  # the second save of a job: two steps later than the first
+        victim = None
+        while victim is None:
             assert proc.poll() is None, f"grid ended before the kill:\n{proc.stdout.read()}"
-            assert time.time() < deadline, "job A never reached a checkpoint"
-            state = _read_state(out)
-            rec = (state or {}).get("jobs", {}).get(JOB_A, {})
-            if rec.get("state") == "train" and rec.get("pids") and _checkpoints(run_a):
-                break
+            assert time.time() < deadline, "no training process reached its second save"
+            for job, rec in ((_read_state(out) or {}).get("jobs") or {}).items():
+                if rec.get("state") == "train" and rec.get("pids") and _stopped(rec["pids"]["process"]):
+                    victim = job
+                    child, worker = rec["pids"]["process"], rec["pids"]["worker"]
             time.sleep(0.05)
-        child, worker = rec["pids"]["process"], rec["pids"]["worker"]
-        # Freeze the trainer first so the kill lands right after a known checkpoint.
-        os.kill(child, signal.SIGSTOP)
-        killed_at = max(_checkpoints(run_a))
+        run = out / "runs" / victim
+        staged = sorted(p.name for p in (run / ".staging").iterdir()) if (run / ".staging").is_dir() else []
+        killed_at = max(_checkpoints(run))
         os.kill(worker, signal.SIGKILL)
         for _ in range(100):
             if _gone(child):
                 break
             time.sleep(0.1)
         orphan = not _gone(child)
-        output, _ = proc.communicate(timeout=420)
+        output, _ = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
             proc.kill()
         if child is not None and not _gone(child):
             os.kill(child, signal.SIGKILL)
+    other = JOB_B if victim == JOB_A else JOB_A
     return {"out": out, "args": args, "rc": proc.returncode, "output": output, "killed_at": killed_at,
-            "orphan": orphan}
+            "orphan": orphan, "victim": victim, "other": other, "staged_at_kill": staged}
 
 
 @pytest.mark.slow
@@ -132,13 +144,19 @@ def test_killed_worker_is_retried_and_resumes_from_checkpoint(killed_grid):
     assert not killed_grid["orphan"], "the training process outlived its killed Ray worker"
     state = _read_state(out)
     assert state["finished"] is True
-    a, b = state["jobs"][JOB_A], state["jobs"][JOB_B]
+    victim, other = killed_grid["victim"], killed_grid["other"]
+    a, b = state["jobs"][victim], state["jobs"][other]
     assert (a["state"], b["state"]) == ("done", "done")
     assert a["attempts"]["train"] == 2 and b["attempts"]["train"] == 1
     assert "retrying" in output
-    # the second attempt is the same command, resumed from the checkpoint that existed at the kill
-    second = (out / "logs" / JOB_A / "train.2.log").read_text()
-    assert f"checkpoint-{killed_grid['killed_at']}" in second
+    # killed mid-save: checkpoint-4 was staged, not yet in place; the retry is the same command,
+    # resumed from the last complete checkpoint, and drops the unfinished save
+    assert killed_grid["staged_at_kill"] == ["checkpoint-4"] and killed_grid["killed_at"] == 2
+    second = (out / "logs" / victim / "train.2.log").read_text()
+    assert "resuming from" in second and f"checkpoint-{killed_grid['killed_at']}" in second
+    assert "unfinished save (.staging/checkpoint-4)" in second
+    for job in (JOB_A, JOB_B):
+        assert not (out / "runs" / job / ".staging").exists() and not (out / "runs" / job / "broken").exists()
     for job in (JOB_A, JOB_B):
         rows = [json.loads(x) for x in (out / "runs" / job / "metrics.jsonl").read_text().splitlines() if x.strip()]
         steps = [r["step"] for r in rows if "loss" in r and "eval_loss" not in r]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from kitrec_fast.artifacts.diskspace import check_export_space
 from kitrec_fast.errors import UserError
 from kitrec_fast.fsio import atomic_write_json, atomic_write_text, make_shareable
 
@@ -66,6 +67,17 @@ def merge_lora_fp32(peft_model) -> tuple[int, int]:
     return merged, len(layers)
 
 
+def base_parameters(base_model: str) -> int:
+    """Parameters of the merged model, counted on the meta device (no weights read): what an export
+    writes is known before minutes of loading."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base_model))
+    return sum(p.numel() for p in model.parameters())
+
+
 def export_merged(run_dir: str | Path, out_dir: str | Path, dtype: str = "bfloat16",
                   base_model: str | None = None) -> Path:
     """Write base + adapter merged into ``out_dir`` as a plain transformers checkpoint."""
@@ -89,6 +101,7 @@ def export_merged(run_dir: str | Path, out_dir: str | Path, dtype: str = "bfloat
         cfg = rundir.read_resolved_config(run_dir)
         base_model = base_for_merge(weights or resolve_model_path(cfg.model.name))
     torch_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[dtype]
+    check_export_space(base_parameters(base_model), torch.tensor([], dtype=torch_dtype).element_size(), out_dir)
     # Load the base in float32 layer storage only where it is cheap; otherwise in the output dtype
     # and merge each layer in float32 (merge_lora_fp32), which bounds the extra memory to one layer.
     model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch_dtype, low_cpu_mem_usage=True)

@@ -128,10 +128,55 @@ def write_attempts(run_dir: Path, attempts: list[dict]) -> None:
     atomic_write_json(Path(run_dir) / ATTEMPTS, attempts)
 
 
+def _split_rows(text: str, name: str) -> tuple[list[dict], str | None]:
+    """Rows of an appended JSONL file, and its torn last line (None when there is none).
+
+    Rows are appended whole, one write each, so a kill can only cut the last line short (it then
+    lacks its newline, or does not parse). Damage before the last line is not a kill's doing."""
+    lines = text.split("\n")
+    rows, torn = [], None
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        last = i == len(lines) - 1 or (i == len(lines) - 2 and not lines[-1].strip())
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            if not last:
+                from kitrec_fast.errors import UserError
+
+                raise UserError(f"{name}: line {i + 1} is damaged (not one JSON object); it was edited or "
+                                "written by two processes. Remove that line and rerun.") from None
+            torn = line
+            continue
+        rows.append(row)  # a whole row whose newline never made it is kept (as predictions.jsonl does)
+    return rows, torn
+
+
 def _rows(path: Path) -> list[dict]:
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return _split_rows(path.read_text(errors="replace"), str(path))[0]
+
+
+def drop_torn_metrics(run_dir: Path) -> str | None:
+    """Cut a torn last line (a kill in the middle of an append) off ``metrics.jsonl``, so the next
+    attempt's rows start on a line of their own; returns a notice, or None when the file was whole."""
+    path = Path(run_dir) / METRICS
+    if not path.is_file():
+        return None
+    text = path.read_text(errors="replace")
+    rows, torn = _split_rows(text, str(path))
+    if torn is None and (not text or text.endswith("\n")):
+        return None
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+    if torn is None:
+        return None  # only the newline of a whole row was missing
+    shown = torn if len(torn) <= 60 else torn[:57] + "..."
+    return (f"{METRICS}: dropped its torn last line ({len(torn)} bytes, {shown!r}), written when an attempt "
+            "was killed mid-write; that step is logged again by the resumed run")
 
 
 def retire_abandoned_metrics(run_dir: Path, resume_step: int, previous_attempt: int) -> int:
@@ -209,14 +254,13 @@ def write_environment(run_dir: Path, extra: dict | None = None) -> Path:
 
 
 def last_checkpoint(run_dir: Path) -> Path | None:
-    """The newest ``checkpoint-N`` with a trainer state (the one a rerun resumes from)."""
-    ckpts = [p for p in Path(run_dir).glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
-    ckpts = [p for p in ckpts if p.name.split("-")[-1].isdigit()]
-    return max(ckpts, key=lambda p: int(p.name.split("-")[-1]), default=None)
+    """The newest ``checkpoint-N`` with a trainer state (quick; the resume itself checks every file
+    with :func:`kitrec_fast.artifacts.checkpoints.find_resume`)."""
+    from kitrec_fast.artifacts.checkpoints import checkpoint_dirs
+
+    return next((p for p in checkpoint_dirs(run_dir) if (p / "trainer_state.json").is_file()), None)
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / METRICS
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The rows of ``metrics.jsonl`` (a torn last line of a killed attempt is left out)."""
+    return _rows(Path(run_dir) / METRICS)

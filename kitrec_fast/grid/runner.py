@@ -4,7 +4,9 @@ A stage is retried when its worker died (Ray reports the task lost: node loss, p
 OOM kill of the worker) or its process was killed by a signal; the retry reruns the same
 command, which resumes (training from its newest checkpoint, generation after the rows already
 written). A stage that exits with an error of its own (bad data, a refused config) is not
-retried: the same command would fail the same way.
+retried: the same command would fail the same way. A full disk (exit 74) is not retried either:
+the retry would fill the same disk; it is reported as such, and once space is freed a rerun of
+the grid resumes from the intact checkpoint.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import time
 from pathlib import Path
 
+from kitrec_fast.errors import DiskFullError
 from kitrec_fast.grid.progress import generate_progress, jobs_table, train_progress
 from kitrec_fast.grid.spec import STAGES, GridSpec, Job
 from kitrec_fast.grid.state import write_state
@@ -159,6 +162,8 @@ class GridRunner:
             self._submit(job_id)
             return
         reason = why if retryable else f"{why}, not retried (the same command would fail again)"
+        if rc == DiskFullError.exit_code:
+            reason = f"{why}: disk full, not retried; free space, then rerun the grid to resume"
         for m in job_ids:
             self._record(m).update(state="failed", eta_s=None,
                                    error=f"{stage} failed after {attempt} attempt(s): {reason}; log {log}")

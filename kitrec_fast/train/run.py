@@ -12,7 +12,10 @@ Run directory layout::
                                run as it stands: rows of abandoned attempts after the checkpoint a
                                resume started from are moved to metrics.abandoned.jsonl
       loss_curves.png          train/eval loss, smoothed and plain
-      checkpoint-N/            Trainer checkpoints (a rerun resumes from the newest)
+      checkpoint-N/            Trainer checkpoints, each complete or absent (a rerun resumes from the
+                               newest that loads; see kitrec_fast/artifacts/checkpoints.py)
+      .staging/                a save (or the adapter) being written; renamed into place once synced
+      broken/checkpoint-N/     a checkpoint that failed the resume check, set aside (never deleted)
       adapter/                 the best adapter (safetensors) + tokenizer + model card
       README.md                the model card (marked "interrupted"/"in progress" until finished)
       summary.json             final numbers (wall time counts every attempt)
@@ -252,6 +255,14 @@ def run_training(cfg: RunConfig, command: str, console=None, accept_config_chang
 
     backend = get_backend(cfg.backend)
     check_trainer_names(cfg)
+    from kitrec_fast.artifacts import checkpoints
+    from kitrec_fast.parallel import is_main_process
+
+    # The newest checkpoint that loads; newer broken ones are set aside once the run dir is written.
+    resume = checkpoints.find_resume(run_dir)
+    state.resume = resume.checkpoint
+    for line in resume.notices() if is_main_process() else ():
+        console.print(f"[yellow]checkpoint[/] {line}")
     from kitrec_fast.train.tracking import setup_tracking
 
     tracking = setup_tracking(cfg.train.report_to, run_dir)  # a missing tracker fails here, before any loading
@@ -281,8 +292,9 @@ def run_training(cfg: RunConfig, command: str, console=None, accept_config_chang
                                      "trainable_params": trainable, "total_params": total, **loaded.notes,
                                      **runtime_facts(loaded.model)})
     env["tracking"] = tracking
+    from kitrec_fast.artifacts.diskspace import SMALL_FILES, check_run_space
 
-    from kitrec_fast.parallel import is_main_process
+    space = check_run_space(loaded.model, cfg, run_dir, len(prepared.train))
 
     main = is_main_process()
     created = not run_dir.exists()
@@ -302,6 +314,10 @@ def run_training(cfg: RunConfig, command: str, console=None, accept_config_chang
         if not main:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
+        checkpoints.clear_for_resume(run_dir, resume)
+        torn = rundir.drop_torn_metrics(run_dir)
+        if torn:
+            console.print(f"[yellow]metrics[/] {torn}")
         moved = rundir.retire_abandoned_metrics(run_dir, resume_step, attempt["attempt"] - 1)
         if moved:
             console.print(f"[cyan]metrics[/] {moved} rows of an earlier attempt after step {resume_step} moved to "
@@ -332,6 +348,7 @@ def run_training(cfg: RunConfig, command: str, console=None, accept_config_chang
                                                cfg.train.early_stopping_threshold))
     trainer = make_trainer(cfg, loaded.model, tokenizer, prepared.train, prepared.validation if has_eval else None,
                            str(run_dir), callbacks)
+    trainer.kitrec_checkpoint_bytes = space.checkpoint
     if state.resume is not None:
         console.print(f"[cyan]resuming[/] from {state.resume}")
 
@@ -406,17 +423,22 @@ def run_training(cfg: RunConfig, command: str, console=None, accept_config_chang
         return RunResult(run_dir, summary, exit_code=128 + int(getattr(signal, interrupted)))
 
     adapter_dir = run_dir / rundir.ADAPTER_DIR
-    trainer.save_model(str(adapter_dir))  # the best checkpoint, reloaded at the end of training (rank 0 writes)
+    staged = checkpoints.staging_path(run_dir, rundir.ADAPTER_DIR)  # complete or absent, as checkpoints
     summary["adapter_dir"] = str(adapter_dir)
+    with checkpoints.stop_on_full_disk("the adapter", run_dir, lambda: space.adapter + SMALL_FILES,
+                                       staged if main else None):
+        trainer.save_model(str(staged))  # the best checkpoint, reloaded at the end of training (rank 0 writes)
+        if main:
+            tokenizer.save_pretrained(str(staged))
+            _write_card(staged, cfg, env, summary)
+            checkpoints.replace_dir(staged, adapter_dir)
     if not main:
         return RunResult(run_dir, summary)
-    tokenizer.save_pretrained(str(adapter_dir))
     make_shareable(adapter_dir)  # safetensors writes its file 0600; every run file is 0644
     from kitrec_fast.artifacts.plots import plot_loss_curves
 
     plot_loss_curves(rundir.read_metrics(run_dir), run_dir / "loss_curves.png", title=f"{cfg.recipe} ({cfg.backend})")
     _write_card(run_dir, cfg, env, summary)
-    _write_card(adapter_dir, cfg, env, summary)
     atomic_write_json(run_dir / rundir.SUMMARY, summary)
     _print_summary(console, summary)
     if cfg.push_to_hub:

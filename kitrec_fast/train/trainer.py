@@ -242,6 +242,7 @@ def make_trainer(cfg: RunConfig, model, tokenizer, train_ds, eval_ds, output_dir
 
     from kitrec_fast.train.loss import causal_lm_loss
 
+    from kitrec_fast.artifacts.checkpoints import AtomicCheckpoints
     from kitrec_fast.backends.common import resolve_dtype
 
     on_cuda = torch.cuda.is_available()
@@ -255,12 +256,13 @@ def make_trainer(cfg: RunConfig, model, tokenizer, train_ds, eval_ds, output_dir
     eps = cfg.train.label_smoothing
     chunk = cfg.train.loss_chunk_size
 
-    class KitrecSFTTrainer(SFTTrainer):
+    class KitrecSFTTrainer(AtomicCheckpoints, SFTTrainer):
         """SFTTrainer whose loss is computed from hidden states in chunks (no full logits).
 
         The smoothed objective is ``loss``/``eval_loss`` (comparable with the published eval loss,
         which the original Trainer reported with its smoothing); the plain cross-entropy over the
-        same tokens is logged as ``nll``/``eval_nll``.
+        same tokens is logged as ``nll``/``eval_nll``. Checkpoints are staged, synced and renamed
+        into place (:class:`AtomicCheckpoints`).
         """
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

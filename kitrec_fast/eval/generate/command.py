@@ -176,7 +176,7 @@ def _prepare(opts: GenerateOptions, cfg, adapter: Optional[str], command: str, c
     }
     check_fingerprint(out_dir, fingerprint)
     pred_path = out_dir / PREDICTIONS_FILE
-    done = read_done(pred_path)
+    done = read_done(pred_path, notice=lambda line: console.print(f"[yellow]predictions[/] {line}"))
     try:
         raw, loaded = iter_raw(opts.dataset, opts.split)
     except DatasetLoadError as exc:

@@ -16,8 +16,9 @@ FINGERPRINT_KEYS = ("model", "adapter", "backend", "engine", "dataset", "split",
                     "max_candidates", "max_prompt_tokens", "candidate_seed", "tokenizer")
 
 
-def read_done(path: Path) -> set[int]:
-    """Row ids already in ``path``; a torn last line (killed mid-write) is cut off the file.
+def read_done(path: Path, notice=None) -> set[int]:
+    """Row ids already in ``path``; a torn last line (killed mid-write) is cut off the file, and
+    ``notice`` (if given) is called with a line saying so.
 
     Only the last line may be torn: writes are appended and fsync'ed batch by batch, so damage
     anywhere else means the file was edited or two writers interleaved, and is an error.
@@ -41,6 +42,9 @@ def read_done(path: Path) -> set[int]:
                     raise GenerateError(f"{path}: line {i + 1} is not a prediction record; the file is damaged "
                                         "(remove the bad line or use a new --output)") from None
                 _truncate(path, offset)
+                if notice is not None:
+                    notice(f"{path.name}: dropped its torn last line ({len(line)} bytes after row {len(done)}), "
+                           "written when a run was killed mid-write; that row is generated again")
                 return done
             if last:
                 # Valid JSON but no newline: the writer died before finishing the line. Keep the
