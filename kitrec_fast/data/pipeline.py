@@ -11,9 +11,11 @@ the training distribution. The kept negatives are chosen with ``candidate_seed``
 split seed, ``data.split_seed``). Rows failing validation or unable to fit are errors, or under
 ``on_bad_row=skip`` are dropped and listed in the report with row number, user id and problem.
 
-Memory: rows stream through in blocks (see ``prepare``) and the tokenized rows go to a memory-mapped
-Arrow file, so 12k DualFT rows prepare in ~1 GB RSS instead of holding every raw row, parsed
-prompt and token array at once (5.4 GB before).
+Memory does not grow with the rows: rows stream through in blocks (see ``prepare``), the chunk
+cache is bounded (``kitrec_fast.render.chat.ChunkCache``), the tokenized rows go to an Arrow file
+that is split into one file per split by reading it block by block, and each split is
+memory-mapped without being read (``save_prepared`` copies its file). What is kept per row is a few
+numbers and ids for the split and the report.
 
 Speed: every distinct text chunk of the untruncated renderings is tokenized in one batched call
 per block of rows (see ``kitrec_fast.render.chat``); truncation then only sums cached costs and

@@ -98,7 +98,7 @@ def _return_free_memory() -> None:
         pass
 
 
-CACHE_GENERATION = 1 << 16  # chunks per cache generation (see ChunkCache): ~45 MB each
+CACHE_GENERATION = 1 << 15  # chunks per cache generation (see ChunkCache): ~45 MB of RSS each
 
 
 class ChunkCache:
