@@ -1,15 +1,19 @@
 """Time and peak memory of ``kitrec-fast data prepare`` on synthetic DualFT rows, each in a fresh process.
 
-    python benchmarks/data_prepare.py --rows 12000 --out /tmp/kitrec-bench-data   # scratch folder
-    python benchmarks/data_prepare.py --rows 12000 --out benchmarks/results/cpu --commit-result
+    python benchmarks/data_prepare.py --rows 12000 48000 --out /tmp/kitrec-bench-data   # scratch folder
+    python benchmarks/data_prepare.py --rows 12000 48000 --out benchmarks/results/cpu
 
-Three child processes, so nothing one leaves behind shows in another's numbers:
-  1. ``kitrec-fast data synth`` writes the rows (not timed);
+For each ``--rows`` value, child processes, so nothing one leaves behind shows in another's numbers:
+  1. ``kitrec-fast data synth`` writes the rows (not timed; the same seed, so the smaller sets are
+     the first rows of the larger ones);
   2. ``kitrec-fast data prepare`` on them: wall time and peak RSS (``ru_maxrss`` of the child,
-     the number ``/usr/bin/time -v`` prints as "Maximum resident set size");
-  3. the one-pass reference: the same raw rows rendered with the chat template and tokenized whole in
-     one batched call per 1,024 rows by the same fast tokenizer, no truncation; its tokenization
-     time is the denominator of ``ratio`` (prepare's own time / one plain pass).
+     the number ``/usr/bin/time -v`` prints as "Maximum resident set size"; it counts the pages of
+     memory-mapped files the process has read, too);
+  3. for the first ``--rows`` value only, the one-pass reference: the same raw rows rendered with the
+     chat template and tokenized whole in one batched call per 1,024 rows by the same fast tokenizer,
+     no truncation; its tokenization time is the denominator of ``ratio`` (prepare's own time / one
+     plain pass).
+Memory must not grow with the rows: the report gives each size's peak against the first size's.
 Results name no path of the machine that made them.
 """
 
@@ -19,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -62,47 +67,67 @@ def _child(cmd: list[str], env: dict) -> tuple[float, float, str]:
     return wall, kb * 1024 / 1e9, proc.stdout
 
 
+def _measure(rows: int, args: argparse.Namespace, env: dict, tmp: Path, one_pass: bool) -> dict:
+    py = sys.executable
+    data = tmp / f"rows-{rows}.jsonl"
+    _child([py, "-m", "kitrec_fast", "data", "synth", "--rows", str(rows), "--kind", "dualft",
+            "--domain", "music", "--seed", str(args.seed), "--output", str(data)], env)
+    prepared = tmp / f"prepared-{rows}"
+    wall, rss, _ = _child([py, "-m", "kitrec_fast", "data", "prepare", "--dataset", str(data), "--tokenizer",
+                           args.tokenizer, "--output", str(prepared)], env)
+    report = json.loads((prepared / "report.json").read_text())
+    result = {
+        "rows": rows, "prepare_wall_s": round(wall, 1), "prepare_peak_rss_gb": round(rss, 2),
+        "prepare_seconds_in_process": report.get("seconds"),
+        "chunks_tokenized": report["tokenization"].get("chunks_tokenized"),
+        "rows_out": {k: report["rows"][k]["out"] for k in ("train", "validation")},
+    }
+    if one_pass:
+        _, _, stdout = _child([py, "-c", _ONE_PASS, str(data), args.tokenizer], env)
+        one = json.loads(stdout.strip().splitlines()[-1])
+        result.update(one_pass_tokenize_s=round(one["seconds"], 1), one_pass_tokens=one["tokens"],
+                      # prepare's own time (no interpreter start or tokenizer load) against the plain pass alone
+                      ratio_prepare_to_one_pass=round(report["seconds"]["total"] / one["seconds"], 2))
+    data.unlink()
+    shutil.rmtree(prepared)
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rows", type=int, default=12000)
+    ap.add_argument("--rows", type=int, nargs="+", default=[12000], help="one or more dataset sizes")
     ap.add_argument("--tokenizer", default="offline:qwen3")
     ap.add_argument("--out", required=True, help="folder for data_prepare.json / .md (use a scratch folder)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--one-pass", action=argparse.BooleanOptionalAction, default=True,
+                    help="also time the one-pass tokenizer reference on the first size")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONPATH=str(REPO))
-    py = sys.executable
     with tempfile.TemporaryDirectory(prefix="kitrec-bench-data-") as tmp:
-        rows = Path(tmp) / "rows.jsonl"
-        _child([py, "-m", "kitrec_fast", "data", "synth", "--rows", str(args.rows), "--kind", "dualft",
-                "--domain", "music", "--seed", str(args.seed), "--output", str(rows)], env)
-        wall, rss, _ = _child([py, "-m", "kitrec_fast", "data", "prepare", "--dataset", str(rows), "--tokenizer",
-                               args.tokenizer, "--output", str(Path(tmp) / "prepared")], env)
-        report = json.loads((Path(tmp) / "prepared" / "report.json").read_text())
-        _, _, stdout = _child([py, "-c", _ONE_PASS, str(rows), args.tokenizer], env)
-        one = json.loads(stdout.strip().splitlines()[-1])
-    result = {
-        "rows": args.rows, "tokenizer": args.tokenizer,
-        "prepare_wall_s": round(wall, 1), "prepare_peak_rss_gb": round(rss, 2),
-        "prepare_seconds_in_process": report.get("seconds"),
-        "one_pass_tokenize_s": round(one["seconds"], 1), "one_pass_tokens": one["tokens"],
-        # prepare's own time (no interpreter start or tokenizer load) against the plain pass alone
-        "ratio_prepare_to_one_pass": round(report["seconds"]["total"] / one["seconds"], 2),
-        "rows_out": {k: report["rows"][k]["out"] for k in ("train", "validation")},
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "system": platform.system()},
-    }
+        runs = [_measure(n, args, env, Path(tmp), one_pass=args.one_pass and k == 0) for k, n in enumerate(args.rows)]
+    base = runs[0]
+    for r in runs:
+        r["peak_rss_vs_first"] = round(r["prepare_peak_rss_gb"] / base["prepare_peak_rss_gb"], 2)
+        r["seconds_per_1000_rows"] = round(1000 * r["prepare_seconds_in_process"]["total"] / r["rows"], 2)
+    result = {"tokenizer": args.tokenizer, "runs": runs,
+              "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "system": platform.system()}}
     (out / "data_prepare.json").write_text(json.dumps(result, indent=2) + "\n")
-    md = [f"# data prepare: {args.rows:,} synthetic DualFT-Music rows ({args.tokenizer})", "",
-          "| measure | value |", "|---|---|",
-          f"| wall time (fresh process, incl. start-up and tokenizer load) | {result['prepare_wall_s']} s |",
-          f"| prepare() itself | {report['seconds']['total']} s |",
-          f"| peak RSS | {result['prepare_peak_rss_gb']} GB |",
-          f"| one plain batched tokenizer pass (same rows, untruncated) | {result['one_pass_tokenize_s']} s |",
-          f"| prepare / one pass | {result['ratio_prepare_to_one_pass']} |",
-          f"| rows out (train / validation) | {result['rows_out']['train']} / {result['rows_out']['validation']} |",
-          "", f"Machine: {os.cpu_count()} CPUs, Python {platform.python_version()}. "
-          "Command: `python benchmarks/data_prepare.py --rows 12000 --out DIR`."]
+    sizes = " ".join(str(n) for n in args.rows)
+    md = [f"# data prepare: synthetic DualFT-Music rows ({args.tokenizer})", "",
+          "| rows | wall time (fresh process) | prepare() itself | per 1,000 rows | peak RSS | peak vs "
+          f"{base['rows']:,} rows | chunks tokenized | rows out (train / validation) |",
+          "|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in runs:
+        md.append(f"| {r['rows']:,} | {r['prepare_wall_s']} s | {r['prepare_seconds_in_process']['total']} s | "
+                  f"{r['seconds_per_1000_rows']} s | {r['prepare_peak_rss_gb']} GB | {r['peak_rss_vs_first']}x | "
+                  f"{r['chunks_tokenized']:,} | {r['rows_out']['train']} / {r['rows_out']['validation']} |")
+    if "one_pass_tokenize_s" in base:
+        md += ["", f"One plain batched tokenizer pass over the {base['rows']:,} untruncated rows: "
+               f"{base['one_pass_tokenize_s']} s; prepare / one pass: {base['ratio_prepare_to_one_pass']}."]
+    md += ["", f"Machine: {os.cpu_count()} CPUs, Python {platform.python_version()}. "
+           f"Command: `python benchmarks/data_prepare.py --rows {sizes} --out DIR`."]
     (out / "data_prepare.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     return 0

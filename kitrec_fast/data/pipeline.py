@@ -11,9 +11,11 @@ the training distribution. The kept negatives are chosen with ``candidate_seed``
 split seed, ``data.split_seed``). Rows failing validation or unable to fit are errors, or under
 ``on_bad_row=skip`` are dropped and listed in the report with row number, user id and problem.
 
-Memory: rows stream through in blocks (see ``prepare``) and the tokenized rows go to a memory-mapped
-Arrow file, so 12k DualFT rows prepare in ~1 GB RSS instead of holding every raw row, parsed
-prompt and token array at once (5.4 GB before).
+Memory does not grow with the rows: rows stream through in blocks (see ``prepare``), the chunk
+cache is bounded (``kitrec_fast.render.chat.ChunkCache``), the tokenized rows go to an Arrow file
+that is split into one file per split by reading it block by block, and each split is
+memory-mapped without being read (``save_prepared`` copies its file). What is kept per row is a few
+numbers and ids for the split and the report.
 
 Speed: every distinct text chunk of the untruncated renderings is tokenized in one batched call
 per block of rows (see ``kitrec_fast.render.chat``); truncation then only sums cached costs and
@@ -64,6 +66,9 @@ class PreparedData:
     train: Any  # datasets.Dataset
     validation: Any
     report: dict = field(default_factory=dict)
+    # split -> (Arrow file it was mapped from, its fingerprint then), set by ``prepare``:
+    # ``save_prepared`` copies the file instead of reading every row back through the mapping
+    files: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 def percentiles(values: list[int] | np.ndarray) -> dict[str, float]:
@@ -172,12 +177,37 @@ class _ArrowSink:
         self._writer.write_batch(pa.record_batch(cols, schema=self.schema))
         self.rows += len(rendered)
 
-    def finish(self):
-        """The written rows as a memory-mapped ``datasets.Dataset`` (input order)."""
+    def split(self, assign: np.ndarray, names: tuple[str, ...]) -> dict[str, tuple[Any, str]]:
+        """One memory-mapped ``datasets.Dataset`` per name, from the rows written, in input order:
+        written row ``p`` goes to ``names[assign[p]]``. Returns ``{name: (dataset, file)}``; a name
+        without rows gets ``(None, "")``.
+
+        The rows file is read back block by block, not mapped: every page of a mapped file that is
+        read stays in the process's resident memory while the mapping lives, so selecting the
+        splits from a mapping (and saving them) held the whole tokenized data by the end.
+        """
+        import pyarrow as pa
         from datasets import Dataset
 
         self._writer.close()
-        return Dataset.from_file(self.path, in_memory=False) if self.rows else None
+        paths = {name: str(Path(self._dir) / f"{name}.arrow") for name in names}
+        counts = dict.fromkeys(names, 0)
+        writers = {name: pa.ipc.new_stream(paths[name], self.schema) for name in names}
+        start = 0
+        with pa.OSFile(self.path) as src:
+            for batch in pa.ipc.open_stream(src):
+                part = assign[start:start + batch.num_rows]
+                start += batch.num_rows
+                for k, name in enumerate(names):
+                    mask = part == k
+                    if mask.any():
+                        writers[name].write_batch(batch if mask.all() else batch.filter(pa.array(mask)))
+                        counts[name] += int(mask.sum())
+        for w in writers.values():
+            w.close()
+        Path(self.path).unlink()
+        return {name: (Dataset.from_file(paths[name], in_memory=False), paths[name]) if counts[name] else (None, "")
+                for name in names}
 
 
 def prepare(cfg: DataConfig, tokenizer: Any, *, rows: Optional[list[dict]] = None,
@@ -202,6 +232,7 @@ def prepare(cfg: DataConfig, tokenizer: Any, *, rows: Optional[list[dict]] = Non
         raise EmptyDatasetError(f"data.dataset (--dataset): {cfg.dataset} (split {cfg.dataset_split!r}) has no rows")
     skipped: list[dict] = []
     renderer = get_renderer(tokenizer)
+    tokenized_before = renderer.chunks_tokenized
     opts = TruncateOptions(max_length=cfg.max_length, max_candidates=cfg.max_candidates,
                            min_candidates=cfg.min_candidates, history_recent=cfg.history_recent,
                            seed=cfg.split_seed if candidate_seed is None else candidate_seed)
@@ -283,18 +314,18 @@ def prepare(cfg: DataConfig, tokenizer: Any, *, rows: Optional[list[dict]] = Non
 
     train_idx, val_idx = stratified_split([k.user_type for k in kept], [k.user_id for k in kept],
                                           cfg.val_fraction, cfg.split_seed)
-    written = np.cumsum([k.length >= 0 for k in kept]) - 1  # valid row -> its position in the Arrow file
-    data = sink.finish()
-    splits = {}
-    for name, idxs in (("train", train_idx), ("validation", val_idx)):
-        positions = [int(written[j]) for j in idxs if kept[j].length >= 0]
-        splits[name] = data.select(positions, keep_in_memory=True) if data is not None and positions else \
-            _empty_split(sink.schema)
+    in_val = np.zeros(len(kept), dtype=np.int8)
+    in_val[val_idx] = 1
+    was_written = np.fromiter((k.length >= 0 for k in kept), dtype=bool, count=len(kept))
+    parts = sink.split(in_val[was_written], SPLITS)  # SPLITS[0] is train: 0, validation: 1
+    splits = {name: ds if ds is not None else _empty_split(sink.schema) for name, (ds, _) in parts.items()}
     report = _report(cfg, tokenizer, n_loaded, kept, train_idx, val_idx, records, skipped, renderer, verified, opts)
+    report["tokenization"]["chunks_tokenized"] = renderer.chunks_tokenized - tokenized_before
     # the cache only speeds up this call; the tokenizer lives on (through training), the cache need not
     renderer.clear()
     report["seconds"] = {"rows": round(seconds_rows, 3), "total": round(time.perf_counter() - t0, 3)}
-    return PreparedData(splits["train"], splits["validation"], report)
+    files = {name: (f, ds._fingerprint) for name, (ds, f) in parts.items() if ds is not None}
+    return PreparedData(splits["train"], splits["validation"], report, files)
 
 
 def _empty_split(schema):
@@ -358,12 +389,26 @@ def _report(cfg, tokenizer, n_loaded, kept, train_idx, val_idx, records, skipped
             "after": percentiles(lengths_after),
             "trained": percentiles(trained),
         },
-        "tokenization": {"chunked": renderer.chunked, "distinct_chunks": len(renderer._cache),
-                         "rows_verified_whole": verified},
+        "tokenization": {"chunked": renderer.chunked, "rows_verified_whole": verified},
     }
 
 
 _EMPTY_MARKER = "EMPTY.json"
+_DATA_FILE = "data.arrow"  # an Arrow IPC stream, read with datasets.Dataset.from_file
+
+
+def _write_split(split: Any, source: Optional[tuple[str, str]], dest: Path) -> None:
+    """Write ``split`` as one Arrow stream file: a copy of the file ``prepare`` mapped it from while
+    ``split`` is unchanged (same fingerprint; any select/map/filter gives a new one), else its rows
+    block by block."""
+    import pyarrow as pa
+
+    if source is not None and source[1] == split._fingerprint:
+        shutil.copyfile(source[0], dest)  # a kernel-side copy: no page of it enters this process
+        return
+    with pa.OSFile(str(dest), "wb") as sink, pa.ipc.new_stream(sink, split.data.schema) as writer:
+        for table in split.with_format("arrow").iter(1024):
+            writer.write_table(table)
 
 
 def save_prepared(prepared: PreparedData, out_dir: str | Path) -> Path:
@@ -386,7 +431,8 @@ def save_prepared(prepared: PreparedData, out_dir: str | Path) -> Path:
                 (tmp / name).mkdir()
                 (tmp / name / _EMPTY_MARKER).write_text(json.dumps({"columns": split.column_names}) + "\n")
                 continue
-            split.save_to_disk(str(tmp / name))
+            (tmp / name).mkdir()
+            _write_split(split, prepared.files.get(name), tmp / name / _DATA_FILE)
         atomic_write_text(tmp / "report.json", json.dumps(prepared.report, indent=2, ensure_ascii=False) + "\n")
         tmp.chmod(0o755)  # mkdtemp makes it 0700
         old = None
@@ -415,17 +461,22 @@ def _check_replaceable(out: Path) -> None:
 
 
 def load_prepared(path: str | Path) -> PreparedData:
-    from datasets import load_from_disk
+    from datasets import Dataset, load_from_disk
 
     p = Path(path)
     report = json.loads((p / "report.json").read_text()) if (p / "report.json").is_file() else {}
-    loaded = {name: None if (p / name / _EMPTY_MARKER).is_file() else load_from_disk(str(p / name))
-              for name in ("train", "validation")}
+
+    def _load(d: Path):
+        if (d / _EMPTY_MARKER).is_file():
+            return None
+        if (d / _DATA_FILE).is_file():
+            return Dataset.from_file(str(d / _DATA_FILE), in_memory=False)
+        return load_from_disk(str(d))  # written by save_to_disk before data.arrow
+
+    loaded = {name: _load(p / name) for name in ("train", "validation")}
     schema = next((d for d in loaded.values() if d is not None), None)
     for name, split in loaded.items():
         if split is None:
-            from datasets import Dataset
-
             columns = json.loads((p / name / _EMPTY_MARKER).read_text())["columns"]
             features = schema.features if schema is not None else None
             loaded[name] = Dataset.from_dict({c: [] for c in columns}, features=features)

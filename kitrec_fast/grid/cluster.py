@@ -33,6 +33,40 @@ def check_address(address: str | None, timeout: float = CONNECT_TIMEOUT_S) -> No
         _probe_tcp(address, timeout)
 
 
+_AUTH_MODE = "RAY_AUTH_MODE"
+TOKEN_HINT = ("if the cluster uses token authentication (`ray start` turns it on when the head has a token, "
+              "~/.ray/auth_token), make its token known here: copy it (`ray get-auth-token` on the head prints it) "
+              "to ~/.ray/auth_token, or set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH")
+
+
+def use_token_if_available() -> bool:
+    """Send this machine's Ray token when joining a cluster by address, as ``ray start`` and
+    ``ray.init(address="auto")`` do; True when token authentication is on for this process.
+
+    Since Ray 2.52 a head started by ``ray start`` requires a token whenever one exists on it
+    (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token, which any earlier local ``ray.init``
+    wrote), but a driver given an explicit address sends its token only under RAY_AUTH_MODE=token,
+    and otherwise fails after ~30 s with a bare "Failed to connect". A token sent to a cluster without
+    authentication is ignored, so sending it is always safe. An explicit RAY_AUTH_MODE is respected.
+    """
+    mode = os.environ.get(_AUTH_MODE)
+    if mode is not None:
+        return mode.lower() == "token"
+    try:
+        from ray._private.authentication import authentication_token_setup as setup
+    except ImportError:  # a Ray without token authentication
+        return False
+    # Ray's own switch (environment variable + its cached config); quiet: its notice would name a
+    # cluster this process has not joined yet
+    log = logging.getLogger(setup.__name__)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        return setup.maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    finally:
+        log.setLevel(level)
+
+
 def connect(address: str | None, timeout: float = CONNECT_TIMEOUT_S) -> bool:
     """Join the cluster at ``address`` (or RAY_ADDRESS), else start a local one on this machine.
 
@@ -48,6 +82,7 @@ def connect(address: str | None, timeout: float = CONNECT_TIMEOUT_S) -> bool:
         ray.init(**kwargs)
         return False
     _probe_tcp(address, timeout)
+    has_token = use_token_if_available()
     done: dict = {}
 
     def _init():
@@ -62,7 +97,8 @@ def connect(address: str | None, timeout: float = CONNECT_TIMEOUT_S) -> bool:
     thread.join(timeout)
     if "ok" not in done:
         why = done.get("error") or f"no answer within {timeout:.0f} s"
-        raise GridError(f"--address {address}: cannot join the Ray cluster ({why})")
+        hint = "" if has_token else f"; {TOKEN_HINT}"
+        raise GridError(f"--address {address}: cannot join the Ray cluster ({why}){hint}")
     return True
 
 
