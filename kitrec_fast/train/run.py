@@ -154,9 +154,13 @@ def inspect_run_dir(cfg: RunConfig, accept_config_change: bool = False) -> RunDi
         return state
     changes = rundir.describe_changes(state.relevant_changes)
     if state.finished:
+        longer = ""
+        if {"train.max_steps", "train.epochs"} & set(state.relevant_changes):
+            longer = ("A finished run is not extended to more steps: its learning-rate schedule was laid out "
+                      "for the old length and has ended. ")
         raise ConfigChangedError(
-            f"{run_dir} is a finished run trained with other settings ({changes}); nothing was trained. "
-            "Use another --output-dir to train with these settings.")
+            f"{run_dir} is a finished run trained with other settings ({changes}); nothing was trained. {longer}"
+            "Train with these settings in a new run directory: add --output-dir NEW_DIR to the command.")
     if not accept_config_change:
         raise ConfigChangedError(
             f"{run_dir} holds a run to resume ({state.resume.name}) trained with other settings: {changes}. "

@@ -6,6 +6,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
+from kitrec_fast.errors import did_you_mean
 from kitrec_fast.eval.generate.options import GenerateError
 
 
@@ -27,6 +28,12 @@ def select_rows(raw: Sequence[dict], user_types: Sequence[str], limit: Optional[
     from kitrec_fast.data.schema import row_user_type  # test rows may keep it in a nested metadata dict
 
     wanted = set(user_types)
+    if wanted:
+        present = {row_user_type(r) for r in raw}
+        for t in user_types:  # a typo would otherwise select no row of that type, silently
+            if t not in present:
+                raise GenerateError(f"--user-type: no row has user type {t!r}{did_you_mean(t, present)}; "
+                                    f"the dataset holds {', '.join(sorted(p for p in present if p)) or 'none'}")
     idx = [i for i, r in enumerate(raw) if not wanted or row_user_type(r) in wanted]
     return idx[:limit] if limit is not None else idx
 
