@@ -18,11 +18,15 @@ _FAMILIES = {
     "push": "kitrec_fast.artifacts.cli",
     "eval": "kitrec_fast.eval.cli",
     "grid": "kitrec_fast.grid.cli",
+    "recommend": "kitrec_fast.recommend",
 }
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    from kitrec_fast import __version__
+
     parser = argparse.ArgumentParser(prog="kitrec-fast", description="Fast QLoRA fine-tuning for KitREC.")
+    parser.add_argument("--version", action="version", version=f"kitrec-fast {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     seen = set()
     for name, module in _FAMILIES.items():
