@@ -50,6 +50,8 @@ def _main(argv: list[str]) -> int:
 
         return COMMANDS[argv[0]](argv[1:])
     only = argv[0] if argv and argv[0] in _FAMILIES else None
+    if argv[:1] == ["--version"]:
+        only = ""  # no subcommand module is imported just to print the version
     args = build_parser(only).parse_args(argv)
     return int(args.func(args) or 0)
 

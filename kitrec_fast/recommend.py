@@ -49,17 +49,13 @@ class Prompt:
 
 
 def add_parser(subparsers: Any) -> None:
+    from kitrec_fast.eval.generate.cli import add_model_arguments
     from kitrec_fast.eval.protocol import DEFAULT_PROTOCOL, PROTOCOLS
 
     p = subparsers.add_parser("recommend", help="ranked recommendations of a trained model for one user's prompt",
                               description=__doc__.split("\n\n")[0])
     model = p.add_argument_group("model (as `eval generate`)")
-    model.add_argument("--run", dest="run_dir", type=Path, help="run directory (resolved_config.yaml + adapter/)")
-    model.add_argument("--model", help="base model; overrides the run's")
-    model.add_argument("--adapter", help="adapter directory (default with --run: RUN_DIR/adapter)")
-    model.add_argument("--backend", choices=["unsloth", "peft"], help="model backend (default: the run's)")
-    model.add_argument("--engine", choices=["hf", "vllm"], default="hf", help="hf: backend model.generate; vllm: vLLM")
-    model.add_argument("--tokenizer", help="tokenizer (default: the run's data.tokenizer, else the model's)")
+    add_model_arguments(model)
     model.add_argument("--max-new-tokens", type=int, default=2048, help="default 2048")
     src = p.add_argument_group("prompt (one of)")
     src.add_argument("--dataset", help="Hub id, local .jsonl/.json/.parquet, or embedded:NAME (with --row)")

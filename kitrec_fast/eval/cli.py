@@ -143,35 +143,32 @@ def _score_table(report: Any) -> Any:
 
 
 def _compare_table(result: Mapping[str, Any]) -> Any:
-    from rich.markup import escape
     from rich.table import Table
-
-    from kitrec_fast.eval.compare import fmt_num, fmt_p
 
     table = Table(title=f"B - A over {result['n_pairs']} paired rows (Holm-corrected paired t-test)")
     ci_label = f"{int(round(100 * (1 - result['alpha'])))}% CI"
     for col in ("metric", "A", "B", "B - A", ci_label, "p", "p (Holm)", "significant"):
         table.add_column(col, justify="left" if col == "metric" else "right")
     for name, m in result["metrics"].items():
-        table.add_row(
-            name,
-            fmt_num(m["mean_a"]),
-            fmt_num(m["mean_b"]),
-            fmt_num(m["mean_diff"], signed=True),
-            escape(f"[{fmt_num(m['ci_low'], signed=True)}, {fmt_num(m['ci_high'], signed=True)}]"),
-            fmt_p(m["p"]),
-            fmt_p(m["p_holm"]),
-            "[bold green]yes[/]" if m["significant"] else "no",
-        )
+        table.add_row(name, *_metric_cells(m))
     return table
+
+
+def _metric_cells(m: Mapping[str, Any]) -> list[str]:
+    """Means, difference, interval, p-values and verdict of one compared metric, as table cells."""
+    from rich.markup import escape
+
+    from kitrec_fast.eval.compare import fmt_num, fmt_p
+
+    return [fmt_num(m["mean_a"]), fmt_num(m["mean_b"]), fmt_num(m["mean_diff"], signed=True),
+            escape(f"[{fmt_num(m['ci_low'], signed=True)}, {fmt_num(m['ci_high'], signed=True)}]"),
+            fmt_p(m["p"]), fmt_p(m["p_holm"]), "[bold green]yes[/]" if m["significant"] else "no"]
 
 
 def _many_table(result: Mapping[str, Any]) -> Any:
     """One row per (run, metric): the run's mean, its difference from the baseline, one Holm family."""
     from rich.markup import escape
     from rich.table import Table
-
-    from kitrec_fast.eval.compare import fmt_num, fmt_p
 
     comps = result["comparisons"]
     base, *names = _short_labels([result["baseline"]] + [c["b"] for c in comps])
@@ -182,18 +179,8 @@ def _many_table(result: Mapping[str, Any]) -> Any:
         table.add_column(col, justify="left" if col in ("run", "metric") else "right")
     for k, comp in enumerate(comps):
         for j, (name, m) in enumerate(comp["metrics"].items()):
-            table.add_row(
-                escape(names[k]) if j == 0 else "",
-                name,
-                fmt_num(m["mean_a"]),
-                fmt_num(m["mean_b"]),
-                fmt_num(m["mean_diff"], signed=True),
-                escape(f"[{fmt_num(m['ci_low'], signed=True)}, {fmt_num(m['ci_high'], signed=True)}]"),
-                fmt_p(m["p"]),
-                fmt_p(m["p_holm"]),
-                "[bold green]yes[/]" if m["significant"] else "no",
-                end_section=j == len(comp["metrics"]) - 1 and k < len(comps) - 1,
-            )
+            table.add_row(escape(names[k]) if j == 0 else "", name, *_metric_cells(m),
+                          end_section=j == len(comp["metrics"]) - 1 and k < len(comps) - 1)
     return table
 
 

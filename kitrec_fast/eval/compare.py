@@ -165,21 +165,10 @@ def paired_t_test(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     return float(result.statistic), float(result.pvalue)
 
 
-def compare_runs(
-    a: RunInput,
-    b: RunInput,
-    *,
-    ks: Sequence[int] = DEFAULT_KS,
-    protocol: str = DEFAULT_PROTOCOL,
-    force: bool = False,
-    n_bootstrap: int = 1000,
-    seed: int = 0,
-    alpha: float = 0.05,
-) -> dict[str, Any]:
-    """Compare run B against run A metric by metric (see the module docstring)."""
-    result = _pair(load_run(a, ks, protocol), load_run(b, ks, protocol), ks, force, n_bootstrap, seed, alpha)
-    _apply_holm([result], alpha)
-    return result
+def compare_runs(a: RunInput, b: RunInput, **options: Any) -> dict[str, Any]:
+    """Compare run B against run A metric by metric (see the module docstring); ``options`` as
+    :func:`compare_many`."""
+    return compare_many(a, [b], **options)["comparisons"][0]
 
 
 def compare_many(
