@@ -142,6 +142,7 @@ def recommend(args: argparse.Namespace) -> dict:
 
     opts = _options(args)
     cfg, adapter = resolve_config(opts)
+    text_prompt = _text_prompt(args.prompt) if args.prompt is not None else None  # checked before any loading
     backend_module = None
     if opts.engine == "hf":  # before anything imports transformers: unsloth must patch it first
         from kitrec_fast.backends import get_backend
@@ -158,7 +159,7 @@ def recommend(args: argparse.Namespace) -> dict:
     vocab = tokenizer.get_vocab()
     if IM_END not in vocab:
         raise GenerateError(f"tokenizer {tokenizer_name} has no {IM_END}; KitREC models are Qwen3 chat models")
-    prompt = _dataset_prompt(args, tokenizer, cfg) if args.dataset else _text_prompt(args.prompt)
+    prompt = text_prompt or _dataset_prompt(args, tokenizer, cfg)
     prompt_ids = prompt.prompt_ids or render_generation_prompt(tokenizer, prompt.text)
     stop_ids = [vocab[IM_END]] + ([vocab[END_OF_TEXT]] if END_OF_TEXT in vocab else [])
     if opts.engine == "hf":
