@@ -59,24 +59,26 @@ def _rec(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_recommend_end_to_end_on_the_smoke_run_row_and_stdin_prompt_agree(smoke_run):
-    from kitrec_fast.data.load import load_raw
-    from kitrec_fast.data.schema import normalize_row
+def test_recommend_end_to_end_on_the_smoke_run_row_and_stdin_prompt_agree(smoke_run, tmp_path):
+    from kitrec_prompts import make_row
 
-    raw = load_raw("embedded:test_music", "test")[1]
-    row = normalize_row(raw, 1, require_target=False)
+    # a short hand-made test-style row (12 candidates): the CPU prefill stays small
+    row = make_row(user_id="U7", n_candidates=12, words=4)
+    row["output"] = ""
+    data = tmp_path / "rows.jsonl"
+    data.write_text(json.dumps(make_row(user_id="U1", words=4)) + "\n" + json.dumps(row) + "\n")
     common = ["--run", str(smoke_run.run_dir), "--max-new-tokens", "6", "--json"]
-    by_row = _rec(*common, "--dataset", "embedded:test_music", "--row", "2")
+    by_row = _rec(*common, "--dataset", str(data), "--row", "2")
     assert by_row.returncode == 0, by_row.stderr[-3000:]
     a = json.loads(by_row.stdout.strip().splitlines()[-1])
-    # every candidate of the test prompt (the paper's 100), the row's ground truth, at most 6 new tokens
-    assert a["candidates"] == len(row.parsed.candidate_ids) == 100 and a["ground_truth"] == row.gt_item_id
+    # every candidate of the prompt, the row's ground truth, at most 6 new tokens, the run's adapter
+    assert a["candidates"] == 12 and a["ground_truth"] == row["gt_item_id"]
     assert 1 <= a["new_tokens"] <= 6 and a["adapter"] == str(smoke_run.run_dir / "adapter")
-    by_stdin = _rec(*common, "--prompt", "-", stdin=row.prompt)
+    by_stdin = _rec(*common, "--prompt", "-", stdin=row["instruction"])
     assert by_stdin.returncode == 0, by_stdin.stderr[-3000:]
     b = json.loads(by_stdin.stdout.strip().splitlines()[-1])
     # the same prompt by either route: same tokens in, same greedy answer out
-    assert (b["prompt_tokens"], b["raw_text"], b["candidates"]) == (a["prompt_tokens"], a["raw_text"], 100)
+    assert (b["prompt_tokens"], b["raw_text"], b["candidates"]) == (a["prompt_tokens"], a["raw_text"], 12)
     assert b["prompt"] == "stdin" and b["ground_truth"] is None
 
 
