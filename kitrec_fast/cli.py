@@ -19,16 +19,20 @@ _FAMILIES = {
     "eval": "kitrec_fast.eval.cli",
     "grid": "kitrec_fast.grid.cli",
     "doctor": "kitrec_fast.doctor",
+    "recommend": "kitrec_fast.recommend",
 }
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    from kitrec_fast import __version__
+
     parser = argparse.ArgumentParser(prog="kitrec-fast", description="Fast QLoRA fine-tuning for KitREC.")
     # Both are taken off the command line by run_cli, wherever they stand; listed here for --help.
     parser.add_argument("--verbose", action="store_true",
                         help="show the harmless library lines every command hides (why each is harmless: "
                              "kitrec_fast/quiet.py); also KITREC_FAST_VERBOSE=1")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error (for bug reports)")
+    parser.add_argument("--version", action="version", version=f"kitrec-fast {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     seen = set()
     for name, module in _FAMILIES.items():
@@ -52,6 +56,8 @@ def _main(argv: list[str]) -> int:
 
         return COMMANDS[argv[0]](argv[1:])
     only = argv[0] if argv and argv[0] in _FAMILIES else None
+    if argv[:1] == ["--version"]:
+        only = ""  # no subcommand module is imported just to print the version
     args = build_parser(only).parse_args(argv)
     return int(args.func(args) or 0)
 

@@ -12,7 +12,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
-from kitrec_fast.errors import UserError
+from kitrec_fast.errors import UserError, did_you_mean
 
 PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -94,7 +94,8 @@ def _tracker_list(value: Any) -> list[str]:
            f"must be a tracker name or a list of them ({', '.join(TRACKERS)}), got {value!r}")
     names = list(dict.fromkeys(v.strip().lower() for v in items if v.strip())) or ["none"]
     unknown = [n for n in names if n not in TRACKERS]
-    _check(not unknown, "train.report_to", f"unknown tracker {', '.join(map(repr, unknown))}; "
+    _check(not unknown, "train.report_to", f"unknown tracker {', '.join(map(repr, unknown))}"
+           f"{did_you_mean(unknown[0], TRACKERS) if unknown else ''}; "
            f"one or more of {', '.join(TRACKERS[1:])}, or none")
     _check(names == ["none"] or "none" not in names, "train.report_to",
            f"'none' cannot be combined with trackers, got {names}")
@@ -118,6 +119,9 @@ class DataConfig:
         "help": "Candidates kept in every prompt (the ground truth always among them)."})
     min_candidates: int = field(default=20, metadata={
         "help": "Floor for further candidate cuts when history cuts are not enough."})
+    keep_cited_candidates: bool = field(default=False, metadata={
+        "help": "Keep the candidates the training target cites first in the cut (after the ground truth); "
+                "default false: the published recipe, which keeps only the ground truth for sure."})
     history_recent: Literal["last", "first"] = field(default="last", metadata={
         "help": "Which end of a history list is the most recent item (the other end is cut first)."})
     on_bad_row: Literal["error", "skip"] = field(default="error", metadata={
@@ -300,7 +304,8 @@ def _build(cls, values: dict, where: str):
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
+        hint = did_you_mean(unknown[0], names) if len(unknown) == 1 else ""
+        raise ConfigError(f"{where}: unknown key(s) {unknown}{hint}; known: {sorted(names)}")
     return cls(**values)
 
 
@@ -355,13 +360,16 @@ def apply_overrides(raw: dict, overrides: dict[str, Any]) -> dict:
         node, ref, cls = out, defaults, RunConfig
         for part in parts[:-1]:
             if not isinstance(ref, dict) or part not in ref:
-                raise ConfigError(f"{key}: unknown option (no section {part!r})")
+                sections = [k for k, v in ref.items() if isinstance(v, dict)] if isinstance(ref, dict) else []
+                raise ConfigError(f"{key}: unknown option (no section {part!r}){did_you_mean(part, sections)}")
             node = node.setdefault(part, {})
             ref = ref[part]
             cls = _field_hints(cls).get(part)
         leaf = parts[-1]
         if not isinstance(ref, dict) or leaf not in ref or isinstance(ref[leaf], dict):
-            raise ConfigError(f"{key}: unknown option")
+            prefix = ".".join(parts[:-1] + [""])
+            options = [prefix + k for k, v in ref.items() if not isinstance(v, dict)] if isinstance(ref, dict) else []
+            raise ConfigError(f"{key}: unknown option{did_you_mean(key, options)}")
         current = node.get(leaf, ref[leaf])
         node[leaf] = _coerce(text, current, key, _field_hints(cls).get(leaf))
     return out

@@ -15,13 +15,24 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Callable
+from typing import Callable, Iterable
 
 
 class UserError(Exception):
     """A problem the user can fix; printed without a traceback, exit status ``exit_code``."""
 
     exit_code = 2
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest known name to a mistyped one, else ``""``.
+
+    difflib's ratio with its usual 0.6 cut-off: close enough for a typo or a dropped suffix, not
+    so loose that an unrelated name is offered."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def run_cli(main: Callable[[list[str]], int], argv: list[str] | None = None) -> int:

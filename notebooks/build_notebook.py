@@ -77,16 +77,29 @@ Times are estimates from FLOP counts and each card's throughput, not measurement
     md(f"""
 ## 1. Install
 
-Installs `kitrec_fast` with its pinned stack (transformers 5.17.0, trl 1.15.0, unsloth 2026.10.9,
-peft, bitsandbytes); Colab's preinstalled torch is kept when it satisfies `torch<2.15`. Set
-`KITREC_FAST_SOURCE` to where you get the package from (a Git URL or a local checkout). If pip
-replaces torch or transformers, use *Runtime → Restart session* and continue with the next cell.
+Installs `kitrec-fast` with its pinned stack (transformers 5.17.0, trl 1.15.0, unsloth 2026.10.9,
+peft, bitsandbytes); Colab's preinstalled torch is kept when it satisfies `torch<2.15`. With
+`KITREC_FAST_SOURCE` left empty the cell installs the released package from PyPI. Until a release
+is there (or to try another version), set `KITREC_FAST_SOURCE` to a checkout of the repository
+(a folder), a wheel built from it (`python -m build`), or a `git+https://` URL of the repository;
+the cell says so when neither is available. If pip replaces torch or transformers, use *Runtime →
+Restart session* and continue with the next cell.
 
 {times("install")}
 """),
     code("""
-KITREC_FAST_SOURCE = "git+https://github.com/<owner>/kitrec_fast.git"  # or a path to a checkout
-%pip install -q "kitrec_fast @ {KITREC_FAST_SOURCE}"
+import subprocess
+import sys
+
+# >>> SET THIS when kitrec-fast is not on PyPI: a checkout folder, a .whl file, or git+https://... <<<
+KITREC_FAST_SOURCE = ""
+
+target = KITREC_FAST_SOURCE.strip() or "kitrec-fast"  # empty: the released package from PyPI
+print(f"pip install {target}")
+if subprocess.run([sys.executable, "-m", "pip", "install", "-q", target]).returncode != 0:
+    where = "PyPI has no kitrec-fast release yet" if target == "kitrec-fast" else f"{target} did not install"
+    raise SystemExit(f"{where}: set KITREC_FAST_SOURCE above to a checkout of the repository, a wheel built "
+                     "from it, or a git+https:// URL of the repository, then run this cell again.")
 """, "install", "heavy"),
 
     md("""
@@ -118,7 +131,7 @@ from kitrec_fast.profiles import GIB, PROFILES, detect_gpu, profile_for_memory
 
 CARD_OVERRIDE = None  # or "16gb" (T4), "24gb" (L4), "48gb" (A100 40 GB), "80gb" (A100 80 GB / H100)
 
-for package in ("kitrec_fast", "torch", "transformers", "trl", "peft", "bitsandbytes", "unsloth"):
+for package in ("kitrec-fast", "torch", "transformers", "trl", "peft", "bitsandbytes", "unsloth"):
     try:
         print(f"{package:14s} {version(package)}")
     except PackageNotFoundError:

@@ -143,3 +143,50 @@ def test_error_chart_with_real_errors_has_no_all_zero_note() -> None:
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+
+
+# -- several runs against one baseline -----------------------------------------------------------
+
+def _better(seed: int, n: int = 60) -> list[dict]:
+    """A run that usually ranks the ground truth higher than ``rows()`` does, with noise."""
+    rng = np.random.default_rng(seed)
+    return [record(i, 20, int(rng.integers(1, 4)) if rng.random() < 0.7 else None) for i in range(n)]
+
+
+def test_compare_many_runs_is_one_holm_family_and_two_arguments_keep_their_meaning(tmp_path: Path, capsys) -> None:
+    from scipy import stats
+
+    base = write_jsonl(tmp_path / "base.jsonl", rows(n=60, seed=1))
+    r1 = write_jsonl(tmp_path / "r1.jsonl", _better(2))
+    r2 = write_jsonl(tmp_path / "r2.jsonl", rows(n=60, seed=5))
+    args = ["eval", "compare", str(base), str(r1), str(r2), "--bootstrap", "10", "--output", str(tmp_path / "many")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    many = json.loads((tmp_path / "many" / "compare.json").read_text())
+    comps = many["comparisons"]
+    assert [c["b"] for c in comps] == [str(r1), str(r2)] and all(c["a"] == str(base) for c in comps)
+    assert "r1.jsonl" in out and "r2.jsonl" in out and "Holm over all" in out
+    cells = [(c["b"], name, m) for c in comps for name, m in c["metrics"].items()]
+    family = len(cells)
+    assert many["holm_family"] == family == 2 * len(comps[0]["metrics"])
+    # each p is scipy's paired t-test of that run against the baseline, on the rows themselves
+    hit1 = lambda recs: np.array([1.0 if json.loads(r["raw_text"].split("```json\n")[1].split("\n```")[0])[0]
+                                  ["item_id"] == r["gt_item_id"] else 0.0 for r in recs])
+    base_rows = [json.loads(x) for x in base.read_text().splitlines()]
+    r1_rows = [json.loads(x) for x in r1.read_text().splitlines()]
+    expected_p = stats.ttest_rel(hit1(r1_rows), hit1(base_rows)).pvalue
+    assert comps[0]["metrics"]["hit@1"]["p"] == pytest.approx(expected_p)
+    # Holm over the whole family by hand: the smallest p is multiplied by the family size, not by
+    # the number of metrics of its own run
+    p_min, _, smallest = min((m["p"], i, m) for i, (_, _, m) in enumerate(cells))
+    assert 0 < family * p_min < 1
+    assert smallest["p_holm"] == pytest.approx(family * p_min)
+    # two arguments: today's pairwise comparison, unchanged
+    assert main(["eval", "compare", str(base), str(r1), "--bootstrap", "10", "--output", str(tmp_path / "two")]) == 0
+    two = json.loads((tmp_path / "two" / "compare.json").read_text())
+    assert "comparisons" not in two
+    pair = compare_runs(base, r1, n_bootstrap=10)
+    assert {k: m["p_holm"] for k, m in two["metrics"].items()} == \
+        pytest.approx({k: m["p_holm"] for k, m in pair["metrics"].items()}, nan_ok=True)
+    assert two["metrics"]["hit@1"]["p_holm"] <= comps[0]["metrics"]["hit@1"]["p_holm"]
+    assert "one Holm correction over all" in (tmp_path / "many" / "compare.md").read_text()

@@ -254,7 +254,7 @@ def test_vllm_engine_without_vllm_fails_clearly(run_dir, tmp_path):
 def test_empty_selection_is_an_error_that_writes_nothing(run_dir, tmp_path):
     opts = GenerateOptions(dataset="embedded:test_music", output=tmp_path / "e", run_dir=run_dir,
                            user_types=["cold_start_9core_music"], max_new_tokens=4)
-    with pytest.raises(UserError, match="no row of embedded:test_music .* with user type cold_start_9core_music"):
+    with pytest.raises(UserError, match="--user-type: no row has user type 'cold_start_9core_music'"):
         run_generate(opts)
     assert not (tmp_path / "e" / "generate_config.json").exists()
 

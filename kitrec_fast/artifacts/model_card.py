@@ -77,6 +77,9 @@ def render_model_card(cfg, summary: dict, env: dict) -> str:
         f"| learning rate | {t.learning_rate} {t.lr_scheduler}, warmup ratio {t.warmup_ratio} |",
         f"| label smoothing / NEFTune | {t.label_smoothing} / {t.neftune_alpha} |",
         f"| max length / candidates | {d.max_length} tokens / {d.max_candidates} |",
+        "| candidates kept in the cut | " + ("ground truth, then the candidates the target cites "
+                                          "(`data.keep_cited_candidates=true`) |" if d.keep_cited_candidates else
+                                          "ground truth only, as published (`data.keep_cited_candidates=false`) |"),
         f"| steps | {summary.get('global_step', '?')} |",
         f"| best eval_loss (smoothed) | {best:.4f} |" if best is not None else "| best eval_loss | n/a |",
         f"| best checkpoint | {summary.get('best_checkpoint') or 'n/a'} |",

@@ -27,6 +27,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--min-candidates", type=int, default=_D["min_candidates"].default, help="floor for further candidate cuts")
     p.add_argument("--history-recent", choices=("last", "first"), default=_D["history_recent"].default,
                    help="which end of a history list is the most recent item")
+    _keep_cited(p)
     p.add_argument("--val-fraction", type=float, default=_D["val_fraction"].default)
     p.add_argument("--split-seed", type=int, default=_D["split_seed"].default)
     p.add_argument("--on-bad-row", choices=("error", "skip"), default=_D["on_bad_row"].default)
@@ -51,6 +52,7 @@ def add_parser(subparsers: Any) -> None:
     i.add_argument("--row", type=int, default=1,
                    help="row to show, counted from 1 (the file line in a .jsonl file), as error messages count")
     i.add_argument("--max-length", type=int, default=5120)
+    _keep_cited(i)
     i.add_argument("--limit", type=int, default=256, help="rows rendered for the histogram")
     i.set_defaults(func=cmd_inspect)
 
@@ -60,6 +62,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset-split", default="train", help="split of a Hub dataset")
     p.add_argument("--tokenizer", required=True, help="tokenizer id or directory, or offline:qwen3")
 
+
+def _keep_cited(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--keep-cited-candidates", action="store_true",
+                   help="keep the candidates the training target cites first in the cut (data.keep_cited_candidates; "
+                        "default: the published cut, which keeps only the ground truth for sure)")
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
@@ -72,7 +79,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         cfg = DataConfig(dataset=args.dataset, dataset_split=args.dataset_split, tokenizer=args.tokenizer,
                          val_fraction=args.val_fraction, split_seed=args.split_seed, max_length=args.max_length,
                          max_candidates=args.max_candidates, min_candidates=args.min_candidates,
-                         history_recent=args.history_recent, on_bad_row=args.on_bad_row, limit=args.limit)
+                         history_recent=args.history_recent, on_bad_row=args.on_bad_row, limit=args.limit,
+                         keep_cited_candidates=args.keep_cited_candidates)
     except ConfigError as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 2
@@ -142,6 +150,9 @@ def print_summary(console: Any, report: dict, seconds: float, out: Any) -> None:
     cuts.add_column("count", justify="right")
     cuts.add_row("candidates cut", str(tr["rows_candidates_cut"]))
     cuts.add_row("  of which below max_candidates", str(tr["rows_candidates_below_max"]))
+    cuts.add_row("target cites a candidate the cut removed" + (" (cited kept first)" if tr["keep_cited_candidates"]
+                                                                else ""),
+                 f"{tr['rows_cited_cut']} rows, {tr['cited_ids_cut']} ids")
     cuts.add_row("history cut", str(tr["rows_history_cut"]))
     for section, lines in tr["history_lines_dropped"].items():
         cuts.add_row(f"  {section} lines dropped", str(lines))
@@ -184,7 +195,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         return 2
     limit = max(args.limit, args.row)
     cfg = DataConfig(dataset=args.dataset, dataset_split=args.dataset_split, tokenizer=args.tokenizer,
-                     val_fraction=0.0, max_length=args.max_length, on_bad_row="skip", limit=limit)
+                     val_fraction=0.0, max_length=args.max_length, on_bad_row="skip", limit=limit,
+                     keep_cited_candidates=args.keep_cited_candidates)
     try:
         tok = load_tokenizer(args.tokenizer)
         prepared = prepare(cfg, tok, verify_rows=0)
@@ -210,6 +222,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     console.rule(f"row {args.row}  user {ex['user_id']}  ({ex['user_type']})  {ex['length']} tokens, "
                  f"{ex['num_trained']} trained (green)")
     console.print(text)
+    _print_cited(console, args, tok.decode(ids[:start]), prepared.report["truncation"])
     lengths = np.asarray(ds["length"])
     console.rule(f"length histogram over {len(lengths)} rows (budget {args.max_length})")
     counts, edges = np.histogram(lengths, bins=10)
@@ -217,6 +230,28 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     for c, lo, hi in zip(counts, edges[:-1], edges[1:]):
         console.print(f"{lo:7.0f}-{hi:7.0f} | {'#' * int(round(40 * c / peak)):<40} {c}")
     return 0
+
+
+def _print_cited(console: Any, args: argparse.Namespace, shown_prompt: str, truncation: dict) -> None:
+    """Which candidates the shown row's target cites that its (cut) prompt no longer shows, and the total."""
+    import itertools
+
+    from kitrec_fast.data.load import iter_raw
+    from kitrec_fast.data.schema import normalize_row
+    from kitrec_fast.truncate.sections import parse_prompt
+    from kitrec_fast.truncate.truncate import cited_candidates
+
+    raw, _ = iter_raw(args.dataset, args.dataset_split)
+    row = normalize_row(next(itertools.islice(raw, args.row - 1, None)), args.row - 1, require_target=True)
+    cited = sorted(cited_candidates(row.parsed, row.target) - {row.gt_item_id})
+    shown = set(parse_prompt(shown_prompt).candidate_ids)
+    gone = [c for c in cited if c not in shown]
+    how = "cited kept first" if truncation["keep_cited_candidates"] else "published cut; --keep-cited-candidates keeps them"
+    console.print(f"cited candidates: the target names {len(cited)} candidate(s) besides the ground truth; "
+                  f"{len(gone)} of them not in the prompt above{': ' + ', '.join(gone) if gone else ''} ({how})")
+    console.print(f"over the {truncation['candidates_after'].get('count', 'rendered')} rows below: "
+                  f"{truncation['rows_cited_cut']} rows cite candidates the cut removed "
+                  f"({truncation['cited_ids_cut']} ids)", highlight=False)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -53,7 +53,7 @@ from kitrec_fast.fsio import atomic_write_text
 from kitrec_fast.data.split import stratified_split
 from kitrec_fast.render.chat import ChatRenderer, Rendered, RenderError, get_renderer
 from kitrec_fast.truncate.sections import CANDIDATES, HISTORY_KINDS
-from kitrec_fast.truncate.truncate import TruncateOptions, TruncationRecord, truncate_prompt
+from kitrec_fast.truncate.truncate import TruncateOptions, TruncationRecord, cited_candidates, truncate_prompt
 
 SPLITS = ("train", "validation")
 META_COLUMNS = ("user_id", "user_type", "gt_item_id", "candidate_set", "target_domain")
@@ -235,7 +235,8 @@ def prepare(cfg: DataConfig, tokenizer: Any, *, rows: Optional[list[dict]] = Non
     tokenized_before = renderer.chunks_tokenized
     opts = TruncateOptions(max_length=cfg.max_length, max_candidates=cfg.max_candidates,
                            min_candidates=cfg.min_candidates, history_recent=cfg.history_recent,
-                           seed=cfg.split_seed if candidate_seed is None else candidate_seed)
+                           seed=cfg.split_seed if candidate_seed is None else candidate_seed,
+                           keep_cited=cfg.keep_cited_candidates)
     kept: list[_Kept] = []  # one per valid row, input order
     records: list[TruncationRecord] = []
     sink = _ArrowSink()
@@ -254,7 +255,7 @@ def prepare(cfg: DataConfig, tokenizer: Any, *, rows: Optional[list[dict]] = Non
             try:
                 tr = truncate_prompt(row.parsed, gt_item_id=row.gt_item_id, user_id=row.user_id, measure=measure,
                                      line_costs=renderer.line_costs, options=opts, index=row.index,
-                                     tokens_before=before)
+                                     tokens_before=before, cited=cited_candidates(row.parsed, row.target))
             except BadRowError as exc:
                 if cfg.on_bad_row == "error":
                     raise
@@ -380,6 +381,12 @@ def _report(cfg, tokenizer, n_loaded, kept, train_idx, val_idx, records, skipped
             "rows_header_rewritten": sum(r.header_rewritten for r in records),
             "rows_needing_remeasure": sum(r.measurements > 1 for r in records),
             "candidates_after": percentiles([r.candidates_after for r in records]),
+            # rows whose trained target names negatives the prompt shows, and how many the cut removed
+            "keep_cited_candidates": opts.keep_cited,
+            "rows_citing_candidates": sum(r.cited_before > 0 for r in records),
+            "cited_ids": sum(r.cited_before for r in records),
+            "rows_cited_cut": sum(r.cited_cut > 0 for r in records),
+            "cited_ids_cut": sum(r.cited_cut for r in records),
         },
         "skipped": skipped,
         "skipped_by_stage": dict(Counter(s["stage"] for s in skipped)),

@@ -1,4 +1,4 @@
-"""``kitrec-fast eval ...``: score a predictions file, compare two runs."""
+"""``kitrec-fast eval ...``: score a predictions file, compare runs."""
 
 from __future__ import annotations
 
@@ -48,10 +48,14 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_compare(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("compare", help="paired comparison of two runs on the same rows")
-    p.add_argument("a", type=Path, help="run A: predictions JSONL, an `eval score` or an `eval generate` output "
-                                       "directory")
-    p.add_argument("b", type=Path, help="run B: same kinds as A; differences are B - A")
+    p = sub.add_parser("compare", help="paired comparison of runs on the same rows (each run against the first)",
+                       description="Two runs: B against A. More: each RUN against BASELINE in one table, with "
+                                   "one Holm correction over every (run, metric) test.")
+    p.add_argument("a", type=Path, metavar="BASELINE",
+                   help="run A (the baseline): predictions JSONL, an `eval score` or an `eval generate` output "
+                        "directory")
+    p.add_argument("b", type=Path, nargs="+", metavar="RUN",
+                   help="run B (or several): same kinds as A; differences are B - A")
     _add_protocol(p)
     p.add_argument("--force", action="store_true",
                    help="compare even when protocols or candidate counts differ (the result says so)")
@@ -90,7 +94,7 @@ def run_score(args: argparse.Namespace) -> int:
 def run_compare(args: argparse.Namespace) -> int:
     from kitrec_fast.console import make_console
 
-    from kitrec_fast.eval.compare import compare_runs, write_comparison
+    from kitrec_fast.eval.compare import compare_many, compare_runs, write_comparison
     from kitrec_fast.fsio import check_writable
 
     from kitrec_fast.errors import UserError
@@ -98,15 +102,18 @@ def run_compare(args: argparse.Namespace) -> int:
     if args.output is not None:
         check_writable(args.output, "--output")
     console = make_console()
+    options = dict(protocol=args.protocol, force=args.force, n_bootstrap=args.bootstrap, seed=args.seed)
     try:
-        result = compare_runs(args.a, args.b, protocol=args.protocol, force=args.force, n_bootstrap=args.bootstrap,
-                              seed=args.seed)
+        if len(args.b) == 1:
+            result = compare_runs(args.a, args.b[0], **options)
+        else:
+            result = compare_many(args.a, args.b, **options)
     except UserError as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False)
         return exc.exit_code
-    for warning in result["warnings"]:
+    for warning in (w for r in result.get("comparisons", [result]) for w in r["warnings"]):
         console.print(f"[bold red]WARNING:[/] {warning}", highlight=False)
-    console.print(_compare_table(result))
+    console.print(_compare_table(result) if len(args.b) == 1 else _many_table(result))
     if args.output is not None:
         paths = write_comparison(result, args.output)
         console.print(f"wrote {', '.join(str(p) for p in paths.values())}")
@@ -141,27 +148,56 @@ def _score_table(report: Any) -> Any:
 
 
 def _compare_table(result: Mapping[str, Any]) -> Any:
-    from rich.markup import escape
     from rich.table import Table
-
-    from kitrec_fast.eval.compare import fmt_num, fmt_p
 
     table = Table(title=f"B - A over {result['n_pairs']} paired rows (Holm-corrected paired t-test)")
     ci_label = f"{int(round(100 * (1 - result['alpha'])))}% CI"
     for col in ("metric", "A", "B", "B - A", ci_label, "p", "p (Holm)", "significant"):
         table.add_column(col, justify="left" if col == "metric" else "right")
     for name, m in result["metrics"].items():
-        table.add_row(
-            name,
-            fmt_num(m["mean_a"]),
-            fmt_num(m["mean_b"]),
-            fmt_num(m["mean_diff"], signed=True),
-            escape(f"[{fmt_num(m['ci_low'], signed=True)}, {fmt_num(m['ci_high'], signed=True)}]"),
-            fmt_p(m["p"]),
-            fmt_p(m["p_holm"]),
-            "[bold green]yes[/]" if m["significant"] else "no",
-        )
+        table.add_row(name, *_metric_cells(m))
     return table
+
+
+def _metric_cells(m: Mapping[str, Any]) -> list[str]:
+    """Means, difference, interval, p-values and verdict of one compared metric, as table cells."""
+    from rich.markup import escape
+
+    from kitrec_fast.eval.compare import fmt_num, fmt_p
+
+    return [fmt_num(m["mean_a"]), fmt_num(m["mean_b"]), fmt_num(m["mean_diff"], signed=True),
+            escape(f"[{fmt_num(m['ci_low'], signed=True)}, {fmt_num(m['ci_high'], signed=True)}]"),
+            fmt_p(m["p"]), fmt_p(m["p_holm"]), "[bold green]yes[/]" if m["significant"] else "no"]
+
+
+def _many_table(result: Mapping[str, Any]) -> Any:
+    """One row per (run, metric): the run's mean, its difference from the baseline, one Holm family."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    comps = result["comparisons"]
+    base, *names = _short_labels([result["baseline"]] + [c["b"] for c in comps])
+    table = Table(title=f"each run - baseline {base} ({len(comps)} runs; paired t-test, Holm over "
+                        f"all {result['holm_family']} tests)")
+    ci_label = f"{int(round(100 * (1 - result['alpha'])))}% CI"
+    for col in ("run", "metric", "baseline", "run mean", "run - baseline", ci_label, "p", "p (Holm)", "significant"):
+        table.add_column(col, justify="left" if col in ("run", "metric") else "right")
+    for k, comp in enumerate(comps):
+        for j, (name, m) in enumerate(comp["metrics"].items()):
+            table.add_row(escape(names[k]) if j == 0 else "", name, *_metric_cells(m),
+                          end_section=j == len(comp["metrics"]) - 1 and k < len(comps) - 1)
+    return table
+
+
+def _short_labels(labels: list[str]) -> list[str]:
+    """Run paths without the folders they all share, so the table shows what tells them apart."""
+    import os
+
+    try:
+        common = os.path.commonpath([os.path.dirname(os.path.abspath(x)) for x in labels])
+    except ValueError:  # mixed drives, or labels that are not paths
+        return labels
+    return [os.path.relpath(os.path.abspath(x), common) for x in labels]
 
 
 def _num(value: float | None) -> str:

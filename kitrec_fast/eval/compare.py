@@ -1,4 +1,4 @@
-"""Paired comparison of two evaluation runs on the same rows.
+"""Paired comparison of two evaluation runs on the same rows (or of several runs with one baseline).
 
 Rows are paired by ``row_id``; the two runs must cover exactly the same rows, since comparing
 means over different rows would mix a model difference with a sample difference. They must also
@@ -13,6 +13,12 @@ otherwise its predictions scored here). For each
 metric: a paired t-test (scipy), Holm's step-down correction across all metrics compared (they
 are one family of questions about the same pair of models), and a seeded percentile bootstrap
 interval of the mean difference. Differences are always ``B - A``.
+
+Several runs against one baseline (:func:`compare_many`, ``eval compare BASELINE RUN RUN ...``):
+each run is paired with the baseline as above, and Holm's correction runs once over every
+(run, metric) test, since all of them answer one question (does any run differ from the
+baseline?); correcting per run would let the chance of a false "significant" grow with the
+number of runs.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ __all__ = [
     "holm",
     "paired_t_test",
     "compare_runs",
+    "compare_many",
     "write_comparison",
     "format_comparison_markdown",
 ]
@@ -158,9 +165,15 @@ def paired_t_test(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     return float(result.statistic), float(result.pvalue)
 
 
-def compare_runs(
-    a: RunInput,
-    b: RunInput,
+def compare_runs(a: RunInput, b: RunInput, **options: Any) -> dict[str, Any]:
+    """Compare run B against run A metric by metric (see the module docstring); ``options`` as
+    :func:`compare_many`."""
+    return compare_many(a, [b], **options)["comparisons"][0]
+
+
+def compare_many(
+    baseline: RunInput,
+    runs: Sequence[RunInput],
     *,
     ks: Sequence[int] = DEFAULT_KS,
     protocol: str = DEFAULT_PROTOCOL,
@@ -169,26 +182,45 @@ def compare_runs(
     seed: int = 0,
     alpha: float = 0.05,
 ) -> dict[str, Any]:
-    """Compare run B against run A metric by metric (see the module docstring)."""
-    run_a, run_b = load_run(a, ks, protocol), load_run(b, ks, protocol)
+    """Each of ``runs`` against ``baseline``: one pairwise result per run, and ONE Holm family over
+    every (run, metric) test, since "does any run differ from the baseline on anything" is a single
+    question asked many times. With one run this is exactly :func:`compare_runs`."""
+    base = load_run(baseline, ks, protocol)
+    results = [_pair(base, load_run(r, ks, protocol), ks, force, n_bootstrap, seed, alpha) for r in runs]
+    _apply_holm(results, alpha)
+    return {"baseline": base.label, "alpha": alpha, "direction": "run - baseline",
+            "holm_family": sum(len(r["metrics"]) for r in results), "comparisons": results}
+
+
+def _apply_holm(results: Sequence[dict[str, Any]], alpha: float) -> None:
+    """Holm-adjust every p-value of ``results`` as one family, in place."""
+    cells = [m for r in results for m in r["metrics"].values()]
+    for m, adjusted in zip(cells, holm([m["p"] for m in cells])):
+        m["p_holm"] = adjusted
+        m["significant"] = bool(not math.isnan(adjusted) and adjusted < alpha)
+
+
+def _pair(run_a: Run, run_b: Run, ks: Sequence[int], force: bool, n_bootstrap: int, seed: int,
+          alpha: float) -> dict[str, Any]:
+    """B against A before any multiple-testing correction (``p_holm`` is filled in by the caller)."""
     rows_a, rows_b = run_a.rows, run_b.rows
     by_id_a, by_id_b = _index(rows_a, "A"), _index(rows_b, "B")
     if by_id_a.keys() != by_id_b.keys():
         only_a = len(by_id_a.keys() - by_id_b.keys())
         only_b = len(by_id_b.keys() - by_id_a.keys())
         raise CompareError(
-            f"runs cover different rows: {only_a} row_id(s) only in A, {only_b} only in B"
+            f"runs cover different rows: {only_a} row_id(s) only in A ({run_a.label}), {only_b} only in B "
+            f"({run_b.label})"
         )
     ids = sorted(by_id_a)
     problems = comparability_problems(run_a, run_b, ids)
     if problems and not force:
-        raise CompareError("the runs are not comparable: " + "; ".join(problems)
+        raise CompareError(f"{run_a.label} and {run_b.label} are not comparable: " + "; ".join(problems)
                            + " (--force compares them anyway, with a warning in the result)")
     names = _shared_metric_names(rows_a, rows_b, ks)
     va = np.array([[by_id_a[i].metrics[m] for m in names] for i in ids], dtype=float).reshape(len(ids), len(names))
     vb = np.array([[by_id_b[i].metrics[m] for m in names] for i in ids], dtype=float).reshape(len(ids), len(names))
     tests = [paired_t_test(va[:, j], vb[:, j]) for j in range(len(names))]
-    adjusted = holm([p for _, p in tests])
     ci = bootstrap_ci(vb - va, n_bootstrap, seed, alpha)
     metrics = {}
     for j, name in enumerate(names):
@@ -201,8 +233,6 @@ def compare_runs(
             "ci_high": float(ci[j, 1]),
             "t": t,
             "p": p,
-            "p_holm": adjusted[j],
-            "significant": bool(not math.isnan(adjusted[j]) and adjusted[j] < alpha),
         }
     cands = sorted({r.n_candidates for r in rows_a + rows_b if r.n_candidates is not None})
     return {
@@ -268,6 +298,8 @@ def write_comparison(result: Mapping[str, Any], out_dir: str | Path) -> dict[str
 
 
 def format_comparison_markdown(result: Mapping[str, Any]) -> str:
+    if "comparisons" in result:
+        return _format_many_markdown(result)
     pct = int(round(100 * (1 - result["alpha"])))
     lines = [
         "# KitREC run comparison",
@@ -292,6 +324,38 @@ def format_comparison_markdown(result: Mapping[str, Any]) -> str:
             f"| [{fmt_num(m['ci_low'], signed=True)}, {fmt_num(m['ci_high'], signed=True)}] | {fmt_p(m['p'])} "
             f"| {fmt_p(m['p_holm'])} | {'yes' if m['significant'] else 'no'} |"
         )
+    return "\n".join(lines) + "\n"
+
+
+def _format_many_markdown(result: Mapping[str, Any]) -> str:
+    pct = int(round(100 * (1 - result["alpha"])))
+    comps = result["comparisons"]
+    lines = [
+        "# KitREC run comparison against a baseline",
+        "",
+        f"Baseline: `{result['baseline']}`  ",
+        f"{len(comps)} runs, each paired with the baseline on the same rows; differences are run - baseline; "
+        f"paired t-test with one Holm correction over all {result['holm_family']} (run, metric) tests; "
+        f"{pct}% bootstrap interval of the mean difference.",
+        "",
+    ]
+    for comp in comps:
+        lines.append(f"- `{comp['b']}`: {comp['n_pairs']} paired rows, protocol {comp['protocol']['b']}, "
+                     f"candidates per row {_span(comp['candidates_per_row'])}")
+    lines += [f"**{w}**  " for comp in comps for w in comp.get("warnings", [])]
+    lines += [
+        "",
+        "| run | metric | baseline | run | run - baseline | CI | p | p (Holm) | significant |",
+        "|---|---|---:|---:|---:|---|---:|---:|:---:|",
+    ]
+    for comp in comps:
+        for name, m in comp["metrics"].items():
+            lines.append(
+                f"| `{comp['b']}` | {name} | {fmt_num(m['mean_a'])} | {fmt_num(m['mean_b'])} "
+                f"| {fmt_num(m['mean_diff'], signed=True)} "
+                f"| [{fmt_num(m['ci_low'], signed=True)}, {fmt_num(m['ci_high'], signed=True)}] | {fmt_p(m['p'])} "
+                f"| {fmt_p(m['p_holm'])} | {'yes' if m['significant'] else 'no'} |"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -60,6 +60,8 @@ class Entry:
     emitted: str | None
     item_id: str | None  # the candidate's own spelling; None: no id, or not a candidate
     confidence: float | None
+    title: str | None = None  # as the model wrote them; shown by `recommend`, never scored
+    rationale: str | None = None
 
 
 @dataclass
@@ -127,7 +129,8 @@ def _parse(text: Any, candidate_ids: Sequence[str] | None) -> ParseResult:
             result.n_duplicates += 1
         else:
             seen.add(item_id)
-        result.entries.append(Entry(emitted, item_id, _entry_confidence(entry)))
+        result.entries.append(Entry(emitted, item_id, _entry_confidence(entry), _entry_text(entry, "title"),
+                                    _entry_text(entry, "rationale")))
     first_valid = next((e for e in result.entries if e.item_id is not None), None)
     result.confidence = None if first_valid is None else first_valid.confidence
     return result
@@ -296,6 +299,11 @@ def _entry_id(entry: Any) -> str | None:
         return None
     value = value.strip()
     return value or None
+
+
+def _entry_text(entry: Any, key: str) -> str | None:
+    value = entry.get(key) if isinstance(entry, dict) else None
+    return value.strip() or None if isinstance(value, str) else None
 
 
 def _entry_confidence(entry: Any) -> float | None:

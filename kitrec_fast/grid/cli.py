@@ -67,6 +67,7 @@ def split_overrides(argv: list[str], parser: argparse.ArgumentParser) -> tuple[l
 
 
 def make_spec(args, overrides: list[str]):
+    from kitrec_fast.errors import did_you_mean
     from kitrec_fast.grid.spec import SETS, GridError, GridSpec
     from kitrec_fast.recipes import FAMILIES
 
@@ -78,7 +79,8 @@ def make_spec(args, overrides: list[str]):
         elif name in FAMILIES:
             families.append(name)
         else:
-            raise GridError(f"unknown recipe {name!r}; one of: {', '.join(FAMILIES)} "
+            raise GridError(f"unknown recipe {name!r}{did_you_mean(name, FAMILIES)}; "
+                            f"one of: {', '.join(FAMILIES)} "
                             "(or a full name such as dualft_music_setb)")
     if not args.recipes:
         families = list(FAMILIES)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from kitrec_fast.errors import UserError
+from kitrec_fast.errors import UserError, did_you_mean
 from kitrec_fast.recipes import FAMILIES
 
 SETS = ("A", "B")
@@ -59,7 +59,8 @@ class GridSpec:
     def __post_init__(self):
         for fam in self.families:
             if fam not in FAMILIES:
-                raise GridError(f"unknown recipe {fam!r}; one of: {', '.join(FAMILIES)} "
+                raise GridError(f"unknown recipe {fam!r}{did_you_mean(fam, FAMILIES)}; "
+                                f"one of: {', '.join(FAMILIES)} "
                                 "(or a full name such as dualft_music_setb)")
         for s in self.sets:
             if s not in SETS:

@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from kitrec_fast.config import ConfigError
-from kitrec_fast.errors import UserError
+from kitrec_fast.errors import UserError, did_you_mean
 
 FAMILIES = ("dualft_music", "dualft_movies", "singleft_music", "singleft_movies")
 
@@ -68,7 +68,9 @@ def load_recipe(name: str) -> dict:
     """The raw YAML mapping of a recipe (by name, or a path to a YAML file)."""
     path = Path(name) if name.endswith((".yaml", ".yml")) else recipes_dir() / f"{name}.yaml"
     if not path.is_file():
-        raise UnknownRecipe(f"unknown recipe {name!r}; available: {', '.join(list_recipes())}")
+        known = list_recipes()
+        raise UnknownRecipe(f"unknown recipe {name!r}{did_you_mean(name, known + list(FAMILIES))}; "
+                            f"available: {', '.join(known)}")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:

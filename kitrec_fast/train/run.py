@@ -175,9 +175,13 @@ def inspect_run_dir(cfg: RunConfig, accept_config_change: bool = False) -> RunDi
         return state
     changes = rundir.describe_changes(state.relevant_changes)
     if state.finished:
+        longer = ""
+        if {"train.max_steps", "train.epochs"} & set(state.relevant_changes):
+            longer = ("A finished run is not extended to more steps: its learning-rate schedule was laid out "
+                      "for the old length and has ended. ")
         raise ConfigChangedError(
-            f"{run_dir} is a finished run trained with other settings ({changes}); nothing was trained. "
-            "Use another --output-dir to train with these settings.")
+            f"{run_dir} is a finished run trained with other settings ({changes}); nothing was trained. {longer}"
+            "Train with these settings in a new run directory: add --output-dir NEW_DIR to the command.")
     unheld = rundir.changes_no_checkpoint_holds(state.relevant_changes)
     if unheld:
         raise ConfigChangedError(

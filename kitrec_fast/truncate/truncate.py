@@ -12,6 +12,12 @@ is never dropped. Steps, in order:
    independent of the other rows. When the count
    changes, the header count is rewritten (``(100 items)`` -> ``(50 items)``, ``(Total 100)`` ->
    ``(Total 50)``) so the prompt stays self-consistent.
+   ``keep_cited=True`` (``data.keep_cited_candidates``) moves the negatives that the training
+   target cites (``cited``, see :func:`cited_candidates`) to the front of that order, each group
+   keeping its digest order: the target then only discusses items the prompt shows (as long as
+   the budget keeps that many), and the kept sets stay nested across budgets. The default keeps
+   the published behaviour, which promises only that the ground truth survives; the record
+   counts the cited negatives either way (``cited_before`` / ``cited_cut``).
 2. While over budget, the oldest history item line is dropped, from whichever history section
    currently has more item lines (the source section on a tie), never the last item line of a
    section that had any. ``history_recent="last"`` (default) means the last line of a list is
@@ -32,6 +38,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Literal, Optional, Sequence
 
+import re
+
 import numpy as np
 
 from kitrec_fast.badrow import BadRowError
@@ -49,6 +57,7 @@ class TruncateOptions:
     min_candidates: int = 20
     history_recent: Literal["last", "first"] = "last"
     seed: int = 42
+    keep_cited: bool = False  # cited negatives first in the cut order (data.keep_cited_candidates)
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_candidates <= self.max_candidates:
@@ -68,6 +77,8 @@ class TruncationRecord:
     history_dropped: dict[str, int] = field(default_factory=dict)
     header_rewritten: bool = False
     measurements: int = 0  # assembled texts measured exactly (1 unless an estimate was off)
+    cited_before: int = 0  # negatives the target cites that the untouched prompt shows
+    cited_cut: int = 0  # ... of which the cut removed: the target discusses items the prompt no longer shows
 
     @property
     def candidates_cut(self) -> bool:
@@ -93,23 +104,41 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
-def negative_priority(candidates: Block, gt_pos: int, seed: int, user_id: str, gt_item_id: str) -> list[int]:
+_WORD = re.compile(r"[A-Za-z0-9]+")
+
+
+def cited_candidates(parsed: ParsedPrompt, target: str) -> frozenset[str]:
+    """Candidate ids of ``parsed`` that ``target`` names (as whole words, case-free: ASINs are)."""
+    if parsed.candidates is None or not target:
+        return frozenset()
+    words = {w.upper() for w in _WORD.findall(target)}
+    return frozenset(ln.item_id for ln in parsed.candidates.lines
+                     if ln.is_item and ln.item_id and ln.item_id.upper() in words)
+
+
+def negative_priority(candidates: Block, gt_pos: int, seed: int, user_id: str, gt_item_id: str,
+                      first: frozenset[str] = frozenset()) -> list[int]:
     """Positions of the negative item lines, the first to keep first.
 
     One BLAKE2b digest of ``(seed, user_id, gt_item_id)`` per row, mixed with each line's position
-    through SplitMix64: deterministic everywhere, and the kept sets for k and k-1 are nested.
+    through SplitMix64: deterministic everywhere, and the kept sets for k and k-1 are nested. The
+    lines whose id is in ``first`` come before all others (one fixed order, so still nested).
     """
     negs = np.array([i for i, ln in enumerate(candidates.lines) if ln.is_item and i != gt_pos], dtype=np.uint64)
     row_key = np.uint64(stable_key(seed, user_id, gt_item_id))
     keys = _splitmix64(negs * np.uint64(0xD1B54A32D192ED03) ^ row_key)
-    return negs[np.lexsort((negs, keys))].astype(np.int64).tolist()
+    order = negs[np.lexsort((negs, keys))].astype(np.int64).tolist()
+    if not first:
+        return order
+    lines = candidates.lines
+    return [p for p in order if lines[p].item_id in first] + [p for p in order if lines[p].item_id not in first]
 
 
 class _Plan:
     """Mutable cut state of one row; ``est`` tracks the token estimate as lines are removed."""
 
     def __init__(self, parsed: ParsedPrompt, gt_item_id: str, user_id: str, opts: TruncateOptions,
-                 line_costs: Callable[[Sequence[str]], Sequence[int]], index: int):
+                 line_costs: Callable[[Sequence[str]], Sequence[int]], index: int, cited: frozenset[str]):
         self.parsed, self.opts = parsed, opts
         cands = parsed.candidates
         if cands is None:
@@ -121,7 +150,9 @@ class _Plan:
             raise BadRowError(index, user_id, f"ground-truth item {gt_item_id!r} is not among the candidates")
         self.gt_pos = gt_pos
         self.n_cands = len(items)
-        self.priority = negative_priority(cands, gt_pos, opts.seed, user_id, gt_item_id)
+        self.cited = frozenset(c for c in cited if c != gt_item_id)
+        self.priority = negative_priority(cands, gt_pos, opts.seed, user_id, gt_item_id,
+                                          self.cited if opts.keep_cited else frozenset())
         self.k = self.n_cands
         self.floor = min(opts.min_candidates, self.n_cands)
         self.hist: dict[str, list[int]] = {}  # kind -> item line positions, oldest first
@@ -188,13 +219,16 @@ class _Plan:
 
 def truncate_prompt(parsed: ParsedPrompt, *, gt_item_id: str, user_id: str, measure: Callable[[str], int],
                     line_costs: Callable[[Sequence[str]], Sequence[int]], options: TruncateOptions,
-                    index: int = -1, tokens_before: Optional[int] = None) -> Truncated:
+                    index: int = -1, tokens_before: Optional[int] = None,
+                    cited: frozenset[str] = frozenset()) -> Truncated:
     """Cut ``parsed`` to fit ``options.max_length``; ``measure(prompt)`` is the exact rendered length.
 
     ``tokens_before`` is the exact length of the untouched rendering when the caller already has
-    it. Raises BadRowError (naming ``index`` and ``user_id``) when the row cannot fit.
+    it. ``cited``: the candidate ids the training target names (:func:`cited_candidates`), counted
+    in the record and, under ``options.keep_cited``, kept first. Raises BadRowError (naming
+    ``index`` and ``user_id``) when the row cannot fit.
     """
-    plan = _Plan(parsed, gt_item_id, user_id, options, line_costs, index)
+    plan = _Plan(parsed, gt_item_id, user_id, options, line_costs, index, cited)
     before = measure(parsed.render()) if tokens_before is None else tokens_before
     rec = TruncationRecord(candidates_before=plan.n_cands, candidates_after=plan.n_cands, tokens_before=before,
                            history_before={k: len(v) for k, v in plan.hist.items()},
@@ -222,4 +256,6 @@ def truncate_prompt(parsed: ParsedPrompt, *, gt_item_id: str, user_id: str, meas
     rec.tokens_after = exact
     rec.history_dropped = dict(plan.dropped)
     rec.header_rewritten = out.candidates.header != parsed.candidates.header
+    rec.cited_before = len(plan.cited)
+    rec.cited_cut = len(plan.cited - set(out.candidate_ids))
     return Truncated(text, out, rec)

@@ -15,17 +15,7 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
     p = sub.add_parser("generate", help="greedy generations for a test set (resumable JSONL)",
                        description="Greedy generations, one JSONL line per row, resumable. See "
                                    "kitrec_fast/eval/generate/__init__.py for truncation and resume details.")
-    src = p.add_argument_group("model")
-    src.add_argument("--run", dest="runs", type=Path, nargs="+", default=[], metavar="RUN_DIR",
-                     help="run directory (resolved_config.yaml + adapter/); several runs of one base: one engine, "
-                          "OUTPUT/<run name>/ each")
-    src.add_argument("--model", help="base model (Hub id, directory, testkit:tiny-qwen3); overrides the run's")
-    src.add_argument("--adapter", help="adapter directory (default with --run: RUN_DIR/adapter; without: none)")
-    src.add_argument("--backend", choices=["unsloth", "peft"], help="model backend (default: the run's, else unsloth)")
-    src.add_argument("--engine", choices=["auto", "hf", "vllm"], default="auto",
-                     help="hf: backend model.generate; vllm: vLLM, unquantized base + LoRA requests; "
-                          "auto (default): vllm where installed and a GPU is present, else hf")
-    src.add_argument("--tokenizer", help="tokenizer (default: the run's data.tokenizer, else the model's)")
+    add_model_arguments(p.add_argument_group("model"), several_runs=True)
     data = p.add_argument_group("rows")
     data.add_argument("--dataset", required=True, help="Hub id, local .jsonl/.json/.parquet, or embedded:NAME")
     data.add_argument("--split", default="test", help="dataset split (default test)")
@@ -50,6 +40,23 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
     p.add_argument("--output", required=True, type=Path, help="output directory (predictions.jsonl goes here)")
     p.set_defaults(func=_generate_command)
     return p
+
+
+def add_model_arguments(src, several_runs: bool = False) -> None:
+    """The run, model and engine options; shared with `kitrec-fast recommend` (one run there)."""
+    if several_runs:
+        src.add_argument("--run", dest="runs", type=Path, nargs="+", default=[], metavar="RUN_DIR",
+                         help="run directory (resolved_config.yaml + adapter/); several runs of one base: one "
+                              "engine, OUTPUT/<run name>/ each")
+    else:
+        src.add_argument("--run", dest="run_dir", type=Path, help="run directory (resolved_config.yaml + adapter/)")
+    src.add_argument("--model", help="base model (Hub id, directory, testkit:tiny-qwen3); overrides the run's")
+    src.add_argument("--adapter", help="adapter directory (default with --run: RUN_DIR/adapter; without: none)")
+    src.add_argument("--backend", choices=["unsloth", "peft"], help="model backend (default: the run's, else unsloth)")
+    src.add_argument("--engine", choices=["auto", "hf", "vllm"], default="auto",
+                     help="hf: backend model.generate; vllm: vLLM, unquantized base + LoRA requests; "
+                          "auto (default): vllm where installed and a GPU is present, else hf")
+    src.add_argument("--tokenizer", help="tokenizer (default: the run's data.tokenizer, else the model's)")
 
 
 def _generate_command(args: argparse.Namespace) -> int:

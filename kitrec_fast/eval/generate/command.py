@@ -107,7 +107,7 @@ def _one_after_another(opts: GenerateOptions, console) -> dict:
     return {"runs": summaries}
 
 
-def _adapter_rank(adapter: str) -> int:
+def adapter_rank(adapter: str) -> int:
     return int(json.loads((Path(adapter) / "adapter_config.json").read_text())["r"])
 
 
@@ -266,7 +266,7 @@ def _start_engine(opts: GenerateOptions, plans: list[_Plan], backend_module, con
             resolve_dtype(first.cfg.model.compute_dtype)).replace("torch.", "")
         record = {"name": "hf", "backend": first.cfg.backend, "base_precision": precision}
     else:
-        adapters = {p.lora_name: (p.adapter, _adapter_rank(p.adapter)) for p in plans if p.adapter}
+        adapters = {p.lora_name: (p.adapter, adapter_rank(p.adapter)) for p in plans if p.adapter}
         engine = VLLMEngine(resolve_model_path(first.cfg.model.name), adapters, first.stop_ids, opts.max_new_tokens,
                             max_model_len=max_seq_length, max_num_seqs=opts.effective_batch_size,
                             seed=first.cfg.train.seed)

@@ -11,6 +11,7 @@ from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
+from kitrec_fast.errors import did_you_mean
 from kitrec_fast.eval.generate.options import GenerateError
 
 
@@ -28,17 +29,29 @@ class EvalRow:
 
 
 def iter_selected(raw: Iterable[dict], user_types: Sequence[str], limit: Optional[int]) -> Iterator[tuple[int, dict]]:
-    """``(index, row)`` of the rows to evaluate, streaming: user-type filter first, then the first ``limit``."""
+    """``(index, row)`` of the rows to evaluate, streaming: user-type filter first, then the first ``limit``.
+
+    A requested user type that no row has is an error (a typo would otherwise select nothing of that
+    type, silently); the rows are read on past ``limit`` only until every requested type was seen."""
     from kitrec_fast.data.schema import row_user_type  # test rows may keep it in a nested metadata dict
 
     wanted = set(user_types)
+    present: set = set()
     taken = 0
     for i, r in enumerate(raw):
+        kind = row_user_type(r) if wanted else None
+        present.add(kind)
         if limit is not None and taken >= limit:
-            return
-        if not wanted or row_user_type(r) in wanted:
+            if wanted <= present:
+                return
+            continue
+        if not wanted or kind in wanted:
             taken += 1
             yield i, r
+    for t in user_types:
+        if t not in present:
+            raise GenerateError(f"--user-type: no row has user type {t!r}{did_you_mean(t, present - {None})}; "
+                                f"the dataset holds {', '.join(sorted(p for p in present if p)) or 'none'}")
 
 
 def select_rows(raw: Sequence[dict], user_types: Sequence[str], limit: Optional[int]) -> list[int]:
