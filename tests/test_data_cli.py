@@ -145,6 +145,7 @@ def test_skipped_rows_are_listed_with_the_same_numbering(tmp_path, capsys):
     assert json.loads((tmp_path / "o" / "report.json").read_text())["skipped"][0]["row"] == 2
 
 
+@pytest.mark.slow
 def test_skip_also_skips_a_line_that_is_not_json(tmp_path, capsys):
     from kitrec_prompts import make_row
 

@@ -91,6 +91,7 @@ def _takes_the_repack_path() -> bool:
     return "avx512_bf16" in flags.split()
 
 
+@pytest.mark.slow
 def test_an_evaluation_leaves_the_gradients_of_4bit_training_alone(record_property):
     import bitsandbytes as bnb
     import torch
