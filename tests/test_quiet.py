@@ -8,13 +8,16 @@ from pathlib import Path
 from kitrec_fast.quiet import KNOWN_BARS, KNOWN_NOISE, KNOWN_WARNINGS
 
 ROOT = Path(__file__).resolve().parents[1]
+# bitsandbytes looks for the optional CPU kernel (and logs that it is missing) only on CPUs with
+# AVX512-BF16 (bitsandbytes/backends/cpu/ops.py, `if has_avx512bf16()`)
+AVX512_BF16 = "avx512_bf16" in Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else False
 
 
 def _stderr(*mode: str) -> str:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     env.pop("KITREC_FAST_VERBOSE", None)
     proc = subprocess.run([sys.executable, str(ROOT / "tests/scripts/noise_probe.py"), *mode], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout + proc.stderr
 
@@ -23,7 +26,8 @@ def test_known_lines_hidden_others_kept():
     loud, quiet = _stderr("loud"), _stderr("quiet")
     seen = [text for _, text in KNOWN_NOISE if text in loud]
     # the real imports on this CPU machine log at least the pytree and bitsandbytes lines
-    assert any("Enum subclass" in t for t in seen) and any("gemm_4bit_forward" in t for t in seen), loud[-2000:]
+    assert any("Enum subclass" in t for t in seen), loud[-2000:]
+    assert any("gemm_4bit_forward" in t for t in seen) == AVX512_BF16, loud[-2000:]
     assert any("PAD/BOS/EOS" in t for t in seen), loud[-2000:]
     for text in seen + list(KNOWN_WARNINGS) + list(KNOWN_BARS):
         assert text in loud, text  # the probe really produces each one ...
@@ -34,7 +38,7 @@ def test_known_lines_hidden_others_kept():
 
 def test_commands_hide_them_unless_verbose():
     quiet, verbose = _stderr("cli"), _stderr("cli", "--verbose")
-    assert "gemm_4bit_forward" in verbose and "Enum subclass" in verbose
+    assert ("gemm_4bit_forward" in verbose) == AVX512_BF16 and "Enum subclass" in verbose
     assert "gemm_4bit_forward" not in quiet and "Enum subclass" not in quiet
     for text in KNOWN_WARNINGS + KNOWN_BARS:
         assert text in verbose and text not in quiet, text
@@ -47,7 +51,7 @@ def test_setup_final_check_hides_them_too():
     code = line.split(' -c "', 1)[1].rsplit('"', 1)[0]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     env.pop("KITREC_FAST_VERBOSE", None)
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.startswith("kitrec_fast ")
     for text in [t for _, t in KNOWN_NOISE] + list(KNOWN_WARNINGS):
