@@ -121,7 +121,7 @@ def killed_grid(ray_address, tmp_path_factory):
         staged = sorted(p.name for p in (run / ".staging").iterdir()) if (run / ".staging").is_dir() else []
         killed_at = max(_checkpoints(run))
         os.kill(worker, signal.SIGKILL)
-        for _ in range(100):
+        for _ in range(300):  # the kernel's SIGKILL is at once; tearing down a torch process can take a while
             if _gone(child):
                 break
             time.sleep(0.1)

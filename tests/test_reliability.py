@@ -123,10 +123,11 @@ def walk(tmp_path_factory):
         log = logs / f"attempt{i + 1}.log"
         rc, seconds = _attempt(run, log, fault)
         attempts.append({"fault": fault, "rc": rc, "resumed_from": done, "log": log, "seconds": seconds,
-                         "complete_after": _complete_steps(run) if run.exists() else []})
+                         "complete_after": _complete_steps(run) if run.exists() else [],
+                         "folders_after": sorted(p.name for p in run.glob("checkpoint-*"))})
+    done = max(_complete_steps(run), default=0)
     rc, seconds = _attempt(run, logs / "final.log", None)
-    attempts.append({"fault": None, "rc": rc, "resumed_from": max(_complete_steps(run), default=0),
-                     "log": logs / "final.log", "seconds": seconds})
+    attempts.append({"fault": None, "rc": rc, "resumed_from": done, "log": logs / "final.log", "seconds": seconds})
     wall = time.perf_counter() - t0
     print(f"\nfault walk: reference {ref_s:.0f}s, {len(attempts)} attempts "
           f"{sum(a['seconds'] for a in attempts):.0f}s, total {wall:.0f}s; "
@@ -196,7 +197,7 @@ def test_enospc_in_a_save_stops_with_one_line_and_exit_74(walk):
     assert "disk full while writing checkpoint-" in lines[0] and "needed about" in lines[0] and "free" in lines[0]
     failed = int(lines[0].split("disk full while writing checkpoint-")[1].split()[0])
     # the save that failed left nothing; the checkpoint before it is whole and named
-    assert failed not in a["complete_after"] and not (walk["run"] / f"checkpoint-{failed}").exists()
+    assert failed not in a["complete_after"] and f"checkpoint-{failed}" not in a["folders_after"]
     if a["complete_after"]:
         assert f"checkpoint-{a['complete_after'][-1]} is intact" in lines[0]
         assert a["complete_after"][-1] == failed - EVERY
