@@ -34,6 +34,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kitrec_fast.artifacts import rundir
 from kitrec_fast.config import RunConfig
@@ -235,16 +236,64 @@ def _prepare_data(cfg: RunConfig):
 
 
 def run_training(cfg: RunConfig, command: str, console=None, accept_config_change: bool = False) -> RunResult:
-    console = console or make_console()
-    t0, started_at = time.perf_counter(), time.time()
-    problem = check_hardware(cfg, command)
+    """Train ``cfg`` into its run directory: each stage below in the order it runs."""
+    run = _Run(cfg, command, console or make_console(), t0=time.perf_counter(), started_at=time.time(),
+               run_dir=Path(cfg.resolved_output_dir))
+    finished = _checks(run, accept_config_change)
+    if finished is not None:
+        return finished
+    _data(run)
+    _model(run)
+    trainer, started, stop_cb = _trainer(run)
+    _train(run, trainer, started, stop_cb)
+    return _finish(run, trainer, stop_cb)
+
+
+@dataclass
+class _Run:
+    """What the stages of one run hand on to the next."""
+
+    cfg: RunConfig
+    command: str
+    console: Any
+    t0: float
+    started_at: float
+    run_dir: Path
+    state: RunDirState = field(default_factory=RunDirState)
+    main: bool = True  # rank 0 (or the only process): the one that writes the run directory
+    created: bool = False  # the run directory did not exist before this attempt
+    backend: Any = None
+    resume: Any = None  # checkpoints.ResumePoint
+    tracking: dict = field(default_factory=dict)
+    tokenizer: Any = None
+    prepared: Any = None
+    loaded: Any = None
+    env: dict = field(default_factory=dict)
+    space: Any = None  # diskspace estimate
+    attempts: list = field(default_factory=list)
+    attempt: dict = field(default_factory=dict)
+
+    @property
+    def has_eval(self) -> bool:
+        return len(self.prepared.validation) > 0
+
+    def end_attempt(self, outcome: str, written: bool) -> None:
+        self.attempt["wall_seconds"] = round(time.perf_counter() - self.t0, 1)
+        self.attempt["outcome"] = outcome
+        if self.main and written:
+            rundir.write_attempts(self.run_dir, self.attempts)
+
+
+def _checks(run: _Run, accept_config_change: bool) -> RunResult | None:
+    """Everything that can refuse the run before data or model load; a finished run's result."""
+    cfg, console, run_dir = run.cfg, run.console, run.run_dir
+    problem = check_hardware(cfg, run.command)
     if problem:
         raise NoGPUError(problem)
     check_dataset_source(cfg)
     check_writable(cfg.resolved_output_dir, "--output-dir")
-    run_dir = Path(cfg.resolved_output_dir)
-    state = inspect_run_dir(cfg, accept_config_change)
-    if state.finished:
+    run.state = inspect_run_dir(cfg, accept_config_change)
+    if run.state.finished:
         import json
 
         summary = json.loads((run_dir / rundir.SUMMARY).read_text())
@@ -255,31 +304,42 @@ def run_training(cfg: RunConfig, command: str, console=None, accept_config_chang
     console.print(config_table(cfg))
 
     # The backend first: on the fast path unsloth must patch transformers/trl before they load.
-    from kitrec_fast.backends import get_backend, runtime_facts
+    from kitrec_fast.backends import get_backend
 
-    backend = get_backend(cfg.backend)
+    run.backend = get_backend(cfg.backend)
     check_trainer_names(cfg)
     from kitrec_fast.artifacts import checkpoints
     from kitrec_fast.parallel import is_main_process
 
+    run.main = is_main_process()
     # The newest checkpoint that loads; newer broken ones are set aside once the run dir is written.
-    resume = checkpoints.find_resume(run_dir)
-    state.resume = resume.checkpoint
-    for line in resume.notices() if is_main_process() else ():
+    run.resume = checkpoints.find_resume(run_dir)
+    run.state.resume = run.resume.checkpoint
+    for line in run.resume.notices() if run.main else ():
         console.print(f"[yellow]checkpoint[/] {line}")
     from kitrec_fast.train.tracking import setup_tracking
 
-    tracking = setup_tracking(cfg.train.report_to, run_dir)  # a missing tracker fails here, before any loading
-    tokenizer, prepared = _prepare_data(cfg)
-    console.print(f"[green]data[/] {len(prepared.train)} train / {len(prepared.validation)} validation rows "
-                  f"prepared in {time.perf_counter() - t0:.1f}s")
-    if len(prepared.train) == 0:
+    run.tracking = setup_tracking(cfg.train.report_to, run_dir)  # a missing tracker fails here, before any loading
+    return None
+
+
+def _data(run: _Run) -> None:
+    cfg = run.cfg
+    run.tokenizer, run.prepared = _prepare_data(cfg)
+    run.console.print(f"[green]data[/] {len(run.prepared.train)} train / {len(run.prepared.validation)} validation "
+                      f"rows prepared in {time.perf_counter() - run.t0:.1f}s")
+    if len(run.prepared.train) == 0:
         raise TrainingDataError(f"no training rows left after validation of {cfg.data.dataset} "
                                 f"(data.val_fraction={cfg.data.val_fraction}, data.limit={cfg.data.limit})")
 
-    loaded = backend.load_model(cfg)
+
+def _model(run: _Run) -> None:
+    """Load the model, record what was loaded, and check the disk can hold what the run will write."""
+    from kitrec_fast.backends import runtime_facts
     from kitrec_fast.backends.common import keep_4bit_layout_trainable
 
+    cfg, console = run.cfg, run.console
+    loaded = run.loaded = run.backend.load_model(cfg)
     loaded.notes["cpu_4bit_repack"] = keep_4bit_layout_trainable(loaded.model)  # else evaluations break training
     trainable, total = loaded.trainable_parameters()
     fused = "n/a (peft baseline)" if loaded.fused_lora_modules is None else str(loaded.fused_lora_modules)
@@ -290,101 +350,104 @@ def run_training(cfg: RunConfig, command: str, console=None, accept_config_chang
 
         if torch.cuda.is_available():
             console.print("[yellow]warning[/] Unsloth patched no fused LoRA kernels (check lora.dropout/bias)")
-    env = rundir.environment_record({"weights": loaded.weights, "requested_model": loaded.requested,
-                                     "backend": loaded.backend, "compute_dtype": loaded.compute_dtype,
-                                     "fused_lora_modules": loaded.fused_lora_modules,
-                                     "trainable_params": trainable, "total_params": total, **loaded.notes,
-                                     **runtime_facts(loaded.model)})
-    env["tracking"] = tracking
-    from kitrec_fast.artifacts.diskspace import SMALL_FILES, check_run_space
+    run.env = rundir.environment_record({"weights": loaded.weights, "requested_model": loaded.requested,
+                                         "backend": loaded.backend, "compute_dtype": loaded.compute_dtype,
+                                         "fused_lora_modules": loaded.fused_lora_modules,
+                                         "trainable_params": trainable, "total_params": total, **loaded.notes,
+                                         **runtime_facts(loaded.model)})
+    run.env["tracking"] = run.tracking
+    from kitrec_fast.artifacts.diskspace import check_run_space
 
-    space = check_run_space(loaded.model, cfg, run_dir, len(prepared.train))
+    run.space = check_run_space(loaded.model, cfg, run.run_dir, len(run.prepared.train))
 
-    main = is_main_process()
-    created = not run_dir.exists()
-    attempts = rundir.read_attempts(run_dir)
-    attempt = {"attempt": len(attempts) + 1, "command": command, "started_at": started_at,
-               "resumed_from": state.resume.name if state.resume else None,
-               "accepted_config_changes": {k: list(v) for k, v in state.relevant_changes.items()},
-               "changed_settings": {k: list(v) for k, v in state.free_changes.items()},
-               "wall_seconds": None, "outcome": "running"}
-    attempts.append(attempt)
+
+def _trainer(run: _Run):
+    """This attempt's record, the callbacks, and the Trainer; returns ``(trainer, started, stop_cb)``."""
+    from kitrec_fast.artifacts import checkpoints
+    from kitrec_fast.train.callbacks import (CheckpointOnSignal, MetricsLogger, OnTrainBegin, ProjectCardOnSave,
+                                             RichProgress)
+    from kitrec_fast.train.trainer import make_trainer
+    from transformers import EarlyStoppingCallback
+
+    cfg, console, run_dir, state = run.cfg, run.console, run.run_dir, run.state
+    run.created = not run_dir.exists()
+    run.attempts = rundir.read_attempts(run_dir)
+    run.attempt = {"attempt": len(run.attempts) + 1, "command": run.command, "started_at": run.started_at,
+                   "resumed_from": state.resume.name if state.resume else None,
+                   "accepted_config_changes": {k: list(v) for k, v in state.relevant_changes.items()},
+                   "changed_settings": {k: list(v) for k, v in state.free_changes.items()},
+                   "wall_seconds": None, "outcome": "running"}
+    run.attempts.append(run.attempt)
     resume_step = int(state.resume.name.split("-")[-1]) if state.resume else 0
 
     def start_attempt() -> None:
         # The run directory is written from here on (by rank 0 alone when data parallel): once training
         # has really started, with the checkpoint's weights and optimizer state loaded. A resume that
         # fails before that leaves every file as it was.
-        if not main:
+        if not run.main:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
-        checkpoints.clear_for_resume(run_dir, resume)
+        checkpoints.clear_for_resume(run_dir, run.resume)
         torn = rundir.drop_torn_metrics(run_dir)
         if torn:
             console.print(f"[yellow]metrics[/] {torn}")
-        moved = rundir.retire_abandoned_metrics(run_dir, resume_step, attempt["attempt"] - 1)
+        moved = rundir.retire_abandoned_metrics(run_dir, resume_step, run.attempt["attempt"] - 1)
         if moved:
             console.print(f"[cyan]metrics[/] {moved} rows of an earlier attempt after step {resume_step} moved to "
                           f"{rundir.ABANDONED_METRICS}")
         if state.relevant_changes:
             console.print("[yellow]accepted config change[/] " + rundir.describe_changes(state.relevant_changes))
-        rundir.write_attempts(run_dir, attempts)
-        rundir.write_resolved_config(run_dir, cfg, command)
-        atomic_write_json(run_dir / "data_report.json", prepared.report)
-        atomic_write_json(run_dir / rundir.ENVIRONMENT, env)
+        rundir.write_attempts(run_dir, run.attempts)
+        rundir.write_resolved_config(run_dir, cfg, run.command)
+        atomic_write_json(run_dir / "data_report.json", run.prepared.report)
+        atomic_write_json(run_dir / rundir.ENVIRONMENT, run.env)
 
-    from kitrec_fast.train.callbacks import (CheckpointOnSignal, MetricsLogger, OnTrainBegin, ProjectCardOnSave,
-                                             RichProgress)
-    from kitrec_fast.train.trainer import make_trainer
-    from transformers import EarlyStoppingCallback
-
-    metrics_cb = MetricsLogger(run_dir / rundir.METRICS, attempt=attempt["attempt"])
+    metrics_cb = MetricsLogger(run_dir / rundir.METRICS, attempt=run.attempt["attempt"])
     stop_cb = CheckpointOnSignal()
-    card_cb = ProjectCardOnSave(lambda st: _write_card(run_dir, cfg, env, {
-        "weights": loaded.weights, "global_step": st.global_step, "max_steps": st.max_steps,
+    card_cb = ProjectCardOnSave(lambda st: _write_card(run_dir, cfg, run.env, {
+        "weights": run.loaded.weights, "global_step": st.global_step, "max_steps": st.max_steps,
         "best_eval_loss": st.best_metric, "best_checkpoint": st.best_model_checkpoint,
         "status": "in progress", "warnings": getattr(cfg, "_warnings", [])}))
     started = OnTrainBegin(start_attempt)
-    callbacks = [started, metrics_cb, RichProgress(console), stop_cb, card_cb] if main else [started, stop_cb]
-    has_eval = len(prepared.validation) > 0
-    if has_eval and cfg.train.early_stopping_patience > 0:
+    callbacks = [started, metrics_cb, RichProgress(console), stop_cb, card_cb] if run.main else [started, stop_cb]
+    if run.has_eval and cfg.train.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(cfg.train.early_stopping_patience,
                                                cfg.train.early_stopping_threshold))
-    trainer = make_trainer(cfg, loaded.model, tokenizer, prepared.train, prepared.validation if has_eval else None,
-                           str(run_dir), callbacks)
-    trainer.kitrec_checkpoint_bytes = space.checkpoint
+    trainer = make_trainer(cfg, run.loaded.model, run.tokenizer, run.prepared.train,
+                           run.prepared.validation if run.has_eval else None, str(run_dir), callbacks)
+    trainer.kitrec_checkpoint_bytes = run.space.checkpoint
     if state.resume is not None:
         console.print(f"[cyan]resuming[/] from {state.resume}")
+    return trainer, started, stop_cb
 
+
+def _train(run: _Run, trainer, started, stop_cb) -> None:
+    """``trainer.train``, with Ctrl-C, out-of-memory and a checkpoint that does not fit turned into user errors."""
     import torch
 
-    def end_attempt(outcome: str) -> None:
-        attempt["wall_seconds"] = round(time.perf_counter() - t0, 1)
-        attempt["outcome"] = outcome
-        if main and started.fired:
-            rundir.write_attempts(run_dir, attempts)
-
+    run_dir, state = run.run_dir, run.state
     stop_cb.install()
     try:
         trainer.train(resume_from_checkpoint=str(state.resume) if state.resume else None)
     except KeyboardInterrupt:
         stop_cb.uninstall()
-        end_attempt("aborted")
+        run.end_attempt("aborted", started.fired)
         newest = rundir.last_checkpoint(run_dir)
-        if main and run_dir.is_dir():  # the card of the last checkpoint would still say "in progress"
-            _write_card(run_dir, cfg, env, {
-                "weights": loaded.weights, "global_step": trainer.state.global_step,
+        if run.main and run_dir.is_dir():  # the card of the last checkpoint would still say "in progress"
+            _write_card(run_dir, run.cfg, run.env, {
+                "weights": run.loaded.weights, "global_step": trainer.state.global_step,
                 "max_steps": trainer.state.max_steps, "best_eval_loss": trainer.state.best_metric,
                 "best_checkpoint": trainer.state.best_model_checkpoint, "status": "aborted",
-                "newest_checkpoint": newest.name if newest else None, "warnings": getattr(cfg, "_warnings", [])})
+                "newest_checkpoint": newest.name if newest else None,
+                "warnings": getattr(run.cfg, "_warnings", [])})
         raise TrainingAborted(
             f"aborted at step {trainer.state.global_step} without saving; "
             + (f"rerun the same command to resume from {newest.name}." if newest else
                "no checkpoint was written yet.")) from None
     except BaseException as exc:
         stop_cb.uninstall()
-        end_attempt("failed")
-        if main and created and rundir.last_checkpoint(run_dir) is None:
+        run.end_attempt("failed", started.fired)
+        if run.main and run.created and rundir.last_checkpoint(run_dir) is None:
             shutil.rmtree(run_dir, ignore_errors=True)  # nothing trained: leave no run directory behind
         if isinstance(exc, torch.OutOfMemoryError):
             raise UserError(f"{OOM_HELP}\n({exc.__class__.__name__}: {str(exc).splitlines()[0]})") from None
@@ -399,27 +462,37 @@ def run_training(cfg: RunConfig, command: str, console=None, accept_config_chang
                 f"{rundir.RESOLVED_CONFIG} records? Use another --output-dir to start a new run.") from None
         raise
     stop_cb.uninstall()
+    run.end_attempt("interrupted" if stop_cb.requested else "finished", started.fired)
+
+
+def _finish(run: _Run, trainer, stop_cb) -> RunResult:
+    """Summary, adapter, plots and card; an interrupted run stops after its summary and card."""
+    from kitrec_fast.artifacts import checkpoints
+    from kitrec_fast.artifacts.diskspace import SMALL_FILES
+    from kitrec_fast.backends import runtime_facts
+
+    cfg, console, run_dir, env = run.cfg, run.console, run.run_dir, run.env
     # What the training steps really ran with (autocast, activation dtype) is known only now.
-    env.update(runtime_facts(loaded.model, trainer))
-    if main:
+    env.update(runtime_facts(run.loaded.model, trainer))
+    if run.main:
         atomic_write_json(run_dir / rundir.ENVIRONMENT, env)
 
     tstate = trainer.state
     interrupted = stop_cb.requested
-    end_attempt("interrupted" if interrupted else "finished")
     summary = {
-        "recipe": cfg.recipe, "backend": cfg.backend, "weights": loaded.weights,
+        "recipe": cfg.recipe, "backend": cfg.backend, "weights": run.loaded.weights,
         "status": "interrupted" if interrupted else "finished",
         "global_step": tstate.global_step, "max_steps": tstate.max_steps,
         "best_eval_loss": tstate.best_metric, "best_checkpoint": tstate.best_model_checkpoint,
         "interrupted": interrupted, "loss_path": trainer.kitrec_loss_path,
-        "early_stopped": bool(has_eval and tstate.global_step < tstate.max_steps and not interrupted),
-        "train_rows": len(prepared.train), "val_rows": len(prepared.validation), "world_size": cfg.train.world_size,
-        "attempts": len(attempts), "wall_seconds": rundir.total_wall_seconds(run_dir, attempts),
+        "early_stopped": bool(run.has_eval and tstate.global_step < tstate.max_steps and not interrupted),
+        "train_rows": len(run.prepared.train), "val_rows": len(run.prepared.validation),
+        "world_size": cfg.train.world_size,
+        "attempts": len(run.attempts), "wall_seconds": rundir.total_wall_seconds(run_dir, run.attempts),
         "warnings": getattr(cfg, "_warnings", []),
     }
     if interrupted:
-        if main:
+        if run.main:
             _write_card(run_dir, cfg, env, summary)
             atomic_write_json(run_dir / rundir.SUMMARY, summary)
         console.print(f"[yellow]{interrupted}[/]: checkpoint written at step {tstate.global_step}; "
@@ -429,14 +502,14 @@ def run_training(cfg: RunConfig, command: str, console=None, accept_config_chang
     adapter_dir = run_dir / rundir.ADAPTER_DIR
     staged = checkpoints.staging_path(run_dir, rundir.ADAPTER_DIR)  # complete or absent, as checkpoints
     summary["adapter_dir"] = str(adapter_dir)
-    with checkpoints.stop_on_full_disk("the adapter", run_dir, lambda: space.adapter + SMALL_FILES,
-                                       staged if main else None):
+    with checkpoints.stop_on_full_disk("the adapter", run_dir, lambda: run.space.adapter + SMALL_FILES,
+                                       staged if run.main else None):
         trainer.save_model(str(staged))  # the best checkpoint, reloaded at the end of training (rank 0 writes)
-        if main:
-            tokenizer.save_pretrained(str(staged))
+        if run.main:
+            run.tokenizer.save_pretrained(str(staged))
             _write_card(staged, cfg, env, summary)
             checkpoints.replace_dir(staged, adapter_dir)
-    if not main:
+    if not run.main:
         return RunResult(run_dir, summary)
     make_shareable(adapter_dir)  # safetensors writes its file 0600; every run file is 0644
     from kitrec_fast.artifacts.plots import plot_loss_curves
