@@ -146,7 +146,8 @@ def _markdown(result: dict) -> str:
                       f"{x['peak_rss_gb']} GB |")
         r = e["ratio_vllm_to_hf"]
         md += ["", f"vllm / hf: rows/s x{r['rows_per_s']}, prompt tok/s x{r['prompt_tokens_per_s']}, "
-               f"generated tok/s x{r['generated_tokens_per_s']}; same tokens from both engines: {e['same_tokens']}.", ""]
+               f"generated tok/s x{r['generated_tokens_per_s']}; same tokens from both engines: {e['same_tokens']}."]
+        md += [f"Source: {e['source']}.", ""] if "source" in e else [""]
     if "prepare" in result:
         p = result["prepare"]
         md += [f"Prompt preparation of `eval generate` (`--prepare-only`) on {p['rows']:,} synthetic test rows "
