@@ -26,13 +26,9 @@ the Trainer clips it.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
-import platform
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,213 +36,19 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
+from measure import (StepTimer, apply_mem_cap, calibrate, capture_first_grads, environment, grad_key, memory_stats,
+                     step_stats)
+from train_rows import BatchRecorder, build_dataset, load_initial_adapter, sequential_sampler
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-GIB = 2**30
 SCHEMA = "kitrec_fast.bench/v1"
-# Qwen3's first special-token id: random token ids stay below it so no row contains <|im_end|> etc.
-FIRST_SPECIAL_ID = 151643
-
-
-# --------------------------------------------------------------------------------------------------
-# small helpers (stdlib only: they run before the backend import)
 
 
 def _write_json(path: str | os.PathLike, obj: Any) -> None:
     tmp = Path(str(path) + ".tmp")
     tmp.write_text(json.dumps(obj, indent=1, default=str) + "\n")
     os.replace(tmp, path)
-
-
-def _percentile(xs: list[float], q: float) -> float:
-    s = sorted(xs)
-    if not s:
-        return float("nan")
-    k = (len(s) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
-
-
-def step_stats(step_s: list[float]) -> dict[str, float | int]:
-    """Median and spread of the timed step durations (seconds)."""
-    if not step_s:
-        return {"n": 0}
-    med = statistics.median(step_s)
-    return {
-        "n": len(step_s), "median_s": med, "mean_s": statistics.fmean(step_s),
-        "min_s": min(step_s), "max_s": max(step_s),
-        "p25_s": _percentile(step_s, 0.25), "p75_s": _percentile(step_s, 0.75),
-        "stdev_s": statistics.stdev(step_s) if len(step_s) > 1 else 0.0,
-        # (max - min) / median: the whole range as a share of the typical step
-        "spread_rel": (max(step_s) - min(step_s)) / med if med > 0 else float("nan"),
-    }
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
-
-
-def _driver_version() -> str | None:
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20)
-        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
-    except (OSError, subprocess.SubprocessError, IndexError):
-        return None
-
-
-def _rss_peak_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB  # Linux: KiB
-
-
-def environment() -> dict[str, Any]:
-    """GPU, driver, library versions, git commit: enough to tell two runs' setups apart."""
-    import torch
-
-    from kitrec_fast.artifacts.rundir import environment_record
-
-    env = environment_record()
-    env["driver"] = _driver_version() if torch.cuda.is_available() else None
-    env["device_name"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU: {_cpu_model()}"
-    env["cpu"] = _cpu_model()
-    env["cpu_threads"] = torch.get_num_threads()
-    # Where the tree was copied without .git (the GPU machine), the harness passes the commit on.
-    env["git_commit"] = env.get("git_commit") or os.environ.get("KITREC_GIT_COMMIT")
-    env["pytorch_cuda_alloc_conf"] = os.environ.get("PYTORCH_CUDA_ALLOC_CONF")
-    return env
-
-
-# --------------------------------------------------------------------------------------------------
-# calibration: the matmul rate MFU is measured against
-
-
-def calibrate() -> dict[str, Any]:
-    """Best dense matmul rate over a few square sizes: bf16 on a GPU, fp32 on a CPU."""
-    import torch
-
-    cuda = torch.cuda.is_available()
-    dtype = torch.bfloat16 if cuda else torch.float32
-    sizes = (4096, 8192, 12288) if cuda else (256, 512)
-    results = []
-    for n in sizes:
-        a = torch.randn(n, n, device="cuda" if cuda else "cpu", dtype=dtype)
-        b = torch.randn(n, n, device=a.device, dtype=dtype)
-        iters = 20 if cuda else 5
-        for _ in range(3):
-            torch.matmul(a, b)
-        if cuda:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            torch.matmul(a, b)
-        if cuda:
-            torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
-        results.append({"n": n, "tflops": 2 * n**3 * iters / dt / 1e12})
-        del a, b
-    best = max(results, key=lambda r: r["tflops"])
-    return {"dtype": str(dtype).replace("torch.", ""), "peak_tflops": best["tflops"], "by_size": results,
-            "device": torch.cuda.get_device_name(0) if cuda else f"CPU: {_cpu_model()}"}
-
-
-# --------------------------------------------------------------------------------------------------
-# data
-
-
-def fixed_length_rows(n: int, seq_len: int, trained_fraction: float, seed: int, vocab: int) -> dict[str, list]:
-    """``n`` rows of exactly ``seq_len`` random tokens; the last ``trained_fraction`` carry labels.
-
-    A KitREC row is a long masked prompt followed by the trained answer; this keeps that shape
-    (prompt first, answer last) so the chunked loss does the same amount of LM-head work.
-    """
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    n_trained = max(2, min(seq_len - 1, round(trained_fraction * seq_len)))
-    high = min(vocab, FIRST_SPECIAL_ID)
-    ids = rng.integers(0, high, size=(n, seq_len), dtype=np.int64)
-    labels = ids.copy()
-    labels[:, : seq_len - n_trained] = -100
-    return {"input_ids": ids.tolist(), "labels": labels.tolist(), "length": [seq_len] * n}
-
-
-def build_dataset(data: dict[str, Any], n: int, seed: int, vocab: int):
-    """The rows of a config, in the exact order they will be trained on."""
-    from datasets import Dataset
-
-    if data["mode"] == "fixed":
-        return Dataset.from_dict(fixed_length_rows(n, int(data["seq_len"]), float(data["trained_fraction"]),
-                                                   seed, vocab))
-    if data["mode"] == "pipeline":
-        from datasets import load_from_disk
-
-        train = load_from_disk(str(Path(data["dir"]) / "train"))
-        order = list(data["order"])
-        # Fewer prepared rows than the run needs: cycle through them in the same fixed order.
-        picks = [order[i % len(order)] for i in range(n)]
-        return train.select(picks).select_columns(["input_ids", "labels", "length"])
-    raise ValueError(f"data.mode: expected fixed or pipeline, got {data['mode']!r}")
-
-
-class BatchRecorder:
-    """Wraps the trainer's collator: counts tokens three ways and fingerprints every batch.
-
-    Calls arrive in data order (the dataloader may fetch one batch ahead, but the i-th call is
-    always the i-th step's batch), so ``batches[i]`` belongs to step i.
-    """
-
-    def __init__(self, inner: Callable):
-        self.inner = inner
-        self.batches: list[dict[str, Any]] = []
-
-    def __call__(self, rows):
-        batch = self.inner(rows)
-        ids, labels = batch["input_ids"], batch["labels"]
-        mask = batch.get("attention_mask")
-        h = hashlib.sha1(ids.cpu().numpy().tobytes())
-        h.update(labels.cpu().numpy().tobytes())
-        self.batches.append({
-            "all": int(ids.numel()),
-            "nonpad": int(mask.sum()) if mask is not None else int(ids.numel()),
-            # position t is trained on labels[t+1]: the first label of a row never counts
-            "trained": int((labels[..., 1:] != -100).sum()),
-            "samples": len(rows),
-            "seq_lens": [len(r["input_ids"]) for r in rows],
-            "sha1": h.hexdigest()[:16],
-        })
-        return batch
-
-
-def load_initial_adapter(loaded, adapter_dir: str) -> None:
-    """Overwrite the backend's freshly drawn LoRA weights with a saved adapter's (parity runs).
-
-    Both backends then start from the very same A and B matrices instead of each drawing its own.
-    Every LoRA weight of the model must be in the file, and every tensor of the file must land.
-    """
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    state = load_file(str(Path(adapter_dir) / "adapter_model.safetensors"))
-    result = set_peft_model_state_dict(loaded.model, state)
-    unexpected = list(getattr(result, "unexpected_keys", []) or [])
-    missing = [k for k in (getattr(result, "missing_keys", []) or []) if "lora_" in k]
-    if unexpected or missing:
-        raise RuntimeError(f"initial adapter does not match the model: missing {missing[:4]}, "
-                           f"unexpected {unexpected[:4]}")
-    loaded.init_adapter = str(adapter_dir)
-
-
-def _sequential_sampler(trainer) -> None:
-    """Train in dataset order (the harness already fixed it identically for both backends)."""
-    from torch.utils.data import SequentialSampler
-
-    trainer._get_train_sampler = lambda *a, **k: SequentialSampler(trainer.train_dataset)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -340,32 +142,6 @@ def _is_oom(exc: BaseException) -> bool:
     return "out of memory" in str(exc).lower()
 
 
-def _apply_mem_cap(torch, cap_gib: float | None, reserve_gib: float) -> dict[str, Any] | None:
-    """Emulate a smaller card: cap what this process's caching allocator may hold.
-
-    A real N GiB card also holds the CUDA context and driver allocations, which live outside
-    PyTorch's allocator, so the allocator gets ``N - reserve_gib``.
-    """
-    if cap_gib is None or not torch.cuda.is_available():
-        return None
-    total = torch.cuda.get_device_properties(0).total_memory
-    frac = min(1.0, (cap_gib - reserve_gib) * GIB / total)
-    torch.cuda.set_per_process_memory_fraction(frac, 0)
-    return {"cap_gib": cap_gib, "context_reserve_gib": reserve_gib, "fraction": frac,
-            "device_total_gib": total / GIB}
-
-
-def _memory(torch) -> dict[str, float]:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-        return {"peak_allocated_gib": torch.cuda.max_memory_allocated() / GIB,
-                "peak_reserved_gib": torch.cuda.max_memory_reserved() / GIB,
-                "allocated_gib": torch.cuda.memory_allocated() / GIB,
-                "reserved_gib": torch.cuda.memory_reserved() / GIB}
-    # CPU: only the process's peak resident set exists (monotone over the process's life).
-    return {"peak_rss_gib": _rss_peak_gib()}
-
-
 def _settings(cfg, loaded, trainer) -> dict[str, Any]:
     import torch
 
@@ -397,49 +173,6 @@ def _settings(cfg, loaded, trainer) -> dict[str, Any]:
     }
 
 
-class _StepTimer:
-    """Synchronised wall-clock marks at the start of the first step and the end of every step.
-
-    Step i's time is end(i) - end(i-1): everything the training loop does per step (data fetch,
-    forward, backward, clipping, optimizer, logging) counts, as it does in a real run.
-    """
-
-    def __init__(self, torch):
-        from transformers import TrainerCallback
-
-        timer = self
-
-        class _CB(TrainerCallback):
-            def on_step_begin(self, args, state, control, **kw):
-                if not timer.marks:
-                    timer.sync()
-                    timer.marks.append(time.perf_counter())
-                    timer.paused.append(0.0)
-
-            def on_step_end(self, args, state, control, **kw):
-                timer.sync()
-                timer.marks.append(time.perf_counter())
-                timer.paused.append(0.0)
-                control.should_save = False  # no checkpoint at the last step
-
-            def on_log(self, args, state, control, logs=None, **kw):
-                if logs and "loss" in logs:
-                    timer.losses.append(float(logs["loss"]))
-
-        self.callback = _CB()
-        self.marks: list[float] = []
-        self.paused: list[float] = []  # per mark: time after it that belongs to no step (writing the row)
-        self.losses: list[float] = []
-        self.sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
-
-    def exclude(self, seconds: float) -> None:
-        self.paused[-1] += seconds
-
-    @property
-    def step_s(self) -> list[float]:
-        return [b - a - p for a, p, b in zip(self.marks, self.paused, self.marks[1:])]
-
-
 def _tokenizer(cfg):
     from kitrec_fast.backends.common import resolve_model_path
     from kitrec_fast.render.tokenizer import load_tokenizer
@@ -465,9 +198,9 @@ def _train_once(cfg, loaded, tokenizer, ds, torch, out_dir: str, on_step: Callab
 
     from kitrec_fast.train.trainer import make_trainer
 
-    timer = _StepTimer(torch)
+    timer = StepTimer(torch)
     trainer = make_trainer(cfg, loaded.model, tokenizer, ds, None, out_dir, [timer.callback])
-    _sequential_sampler(trainer)
+    sequential_sampler(trainer)
     recorder = BatchRecorder(trainer.data_collator)
     trainer.data_collator = recorder
     if on_step is not None:
@@ -480,39 +213,16 @@ def _train_once(cfg, loaded, tokenizer, ds, torch, out_dir: str, on_step: Callab
     return trainer, timer, recorder
 
 
-def capture_first_grads(model) -> tuple[dict[str, Any], Callable[[], None]]:
-    """Every trainable LoRA weight's gradient of the first backward, as backward accumulates it
-    (``register_post_accumulate_grad_hook``): before the Trainer clips gradients, which would scale
-    both backends' gradients to the same norm and hide a scale bug. Returns (store, remove)."""
-    store: dict[str, Any] = {}
-    handles = []
-    for name, param in model.named_parameters():
-        if param.requires_grad and "lora_" in name:
-            def hook(p, name=name):
-                if name not in store:  # gradient accumulation 1: the first call is the first step's
-                    store[name] = p.grad.detach().float().cpu().clone()
-            handles.append(param.register_post_accumulate_grad_hook(hook))
-    return store, lambda: [h.remove() for h in handles]
-
-
-def grad_key(name: str) -> str:
-    """A LoRA weight's name without what differs between wrappers: from ``layers.N.`` on, adapter name dropped."""
-    import re
-
-    m = re.search(r"layers\.\d+\..*", name)
-    return (m.group(0) if m else name).replace(".default", "")
-
-
 def _run_throughput(spec, cfg, backend, torch, row, out_path: str | None = None) -> None:
     """Load, train ``warmup + timed`` steps, fill ``row``; with ``out_path`` the row is also written
     after every step (status ``partial``) so that a run stopped at its limit leaves its figures."""
-    cap = _apply_mem_cap(torch, spec.get("mem_cap_gib"), float(spec.get("context_reserve_gib", 0.5)))
+    cap = apply_mem_cap(torch, spec.get("mem_cap_gib"), float(spec.get("context_reserve_gib", 0.5)))
     t0 = time.perf_counter()
     loaded = backend.load_model(cfg)
     if spec.get("init_adapter"):
         load_initial_adapter(loaded, spec["init_adapter"])
     row["timing_load_s"] = time.perf_counter() - t0
-    mem_load = _memory(torch)
+    mem_load = memory_stats(torch)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     warm, timed, bsz = int(spec.get("warmup_steps", 0)), int(spec["timed_steps"]), cfg.train.per_device_batch_size
@@ -580,7 +290,7 @@ def _throughput_fields(spec, cfg, mcfg, loaded, trainer, timer, rec, torch, cap,
             "tokens_per_s_trained": tok["trained"] / total_t, "samples_per_s": tok["samples"] / total_t,
         } if total_t > 0 else None,
         "memory": {"device": "cuda" if torch.cuda.is_available() else "cpu", "cap": cap,
-                   "after_load": mem_load, "training": _memory(torch)},
+                   "after_load": mem_load, "training": memory_stats(torch)},
         "mfu": {"model_tflops_per_step": flops_total / n / 1e12 if n else None,
                 "breakdown_tflops_per_step": {k: sum(f[k] for f in flops) / n / 1e12
                                               for k in ("linear", "attention", "lora", "lm_head")} if n else None,
@@ -618,7 +328,7 @@ def _run_ceiling(spec, cfg, backend, torch, row, out_path: str) -> None:
     steps = int(spec.get("ceiling_steps", 2))
     cfg.train.max_steps = steps
     mcfg = _model_config(cfg)
-    cap_info = _apply_mem_cap(torch, caps[0], reserve)
+    cap_info = apply_mem_cap(torch, caps[0], reserve)
     attempts: list[dict[str, Any]] = []
     result: dict[str, Any] = {}
     try:
@@ -628,7 +338,7 @@ def _run_ceiling(spec, cfg, backend, torch, row, out_path: str) -> None:
             raise
         loaded = None
         attempts.append({"cap_gib": caps[0], "seq_len": None, "ok": False, "stage": "load"})
-    mem_load = _memory(torch)
+    mem_load = memory_stats(torch)
     tokenizer = _tokenizer(cfg)
     import gc
 
@@ -644,7 +354,7 @@ def _run_ceiling(spec, cfg, backend, torch, row, out_path: str) -> None:
     for cap in caps:
         if loaded is None:
             break
-        _apply_mem_cap(torch, cap, reserve)
+        apply_mem_cap(torch, cap, reserve)
         key = str(int(cap) if cap.is_integer() else cap)
         while li < len(lengths):
             L = lengths[li]
@@ -661,7 +371,7 @@ def _run_ceiling(spec, cfg, backend, torch, row, out_path: str) -> None:
                 if not _is_oom(exc):
                     raise
                 ok, err = False, f"{type(exc).__name__}"
-            mem = _memory(torch)
+            mem = memory_stats(torch)
             attempts.append({"cap_gib": cap, "seq_len": L, "ok": ok, "error": err, **mem})
             loaded.model.zero_grad(set_to_none=True)
             gc.collect()
