@@ -100,7 +100,7 @@ def test_export_refuses_the_run_directory_and_a_folder_in_use(tmp_path, tiny_dir
     used.mkdir()
     (used / "notes.txt").write_text("mine")
     for out, says in ((run, "inside the run directory"), (run / "merged", "inside the run directory"),
-                      (used, "is not an empty folder"), (used / "notes.txt", "is not an empty folder")):
+                      (used, "is not an empty folder"), (used / "notes.txt", "exists and is not a folder")):
         assert main(["export", str(run), "--merged-16bit", str(out)]) == 2
         assert says in capsys.readouterr().err
     assert (run / "README.md").read_text() == card and not (run / "merged").exists()

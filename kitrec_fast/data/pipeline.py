@@ -401,21 +401,30 @@ def _report(cfg, tokenizer, n_loaded, kept, train_idx, val_idx, records, skipped
 
 
 _EMPTY_MARKER = "EMPTY.json"
-_DATA_FILE = "data.arrow"  # an Arrow IPC stream, read with datasets.Dataset.from_file
+# The layout datasets' save_to_disk gives a one-shard split (so `datasets.load_from_disk` reads a
+# prepared split), written without save_to_disk: that reads every row back through the memory map.
+_DATA_FILE = "data-00000-of-00001.arrow"  # an Arrow IPC stream, as save_to_disk writes it
 
 
 def _write_split(split: Any, source: Optional[tuple[str, str]], dest: Path) -> None:
-    """Write ``split`` as one Arrow stream file: a copy of the file ``prepare`` mapped it from while
-    ``split`` is unchanged (same fingerprint; any select/map/filter gives a new one), else its rows
-    block by block."""
+    """Write ``split`` into the folder ``dest`` as save_to_disk would: one Arrow stream file (a copy of
+    the file ``prepare`` mapped it from while ``split`` is unchanged: same fingerprint; any
+    select/map/filter gives a new one; else its rows block by block) and the two small JSON files
+    ``load_from_disk`` reads beside it (the same keys save_to_disk writes)."""
     import pyarrow as pa
 
     if source is not None and source[1] == split._fingerprint:
-        shutil.copyfile(source[0], dest)  # a kernel-side copy: no page of it enters this process
-        return
-    with pa.OSFile(str(dest), "wb") as sink, pa.ipc.new_stream(sink, split.data.schema) as writer:
-        for table in split.with_format("arrow").iter(1024):
-            writer.write_table(table)
+        shutil.copyfile(source[0], dest / _DATA_FILE)  # a kernel-side copy: no page of it enters this process
+    else:
+        with pa.OSFile(str(dest / _DATA_FILE), "wb") as sink, pa.ipc.new_stream(sink, split.data.schema) as writer:
+            for table in split.with_format("arrow").iter(1024):
+                writer.write_table(table)
+    state = {"_data_files": [{"filename": _DATA_FILE}], "_fingerprint": split._fingerprint,
+             "_format_columns": None, "_format_kwargs": {}, "_format_type": None, "_output_all_columns": False,
+             "_split": None}
+    info = dataclasses.asdict(split.info)
+    atomic_write_text(dest / "state.json", json.dumps(state, indent=2, sort_keys=True))
+    atomic_write_text(dest / "dataset_info.json", json.dumps({k: info[k] for k in sorted(info)}, indent=2))
 
 
 def save_prepared(prepared: PreparedData, out_dir: str | Path) -> Path:
@@ -439,7 +448,7 @@ def save_prepared(prepared: PreparedData, out_dir: str | Path) -> Path:
                 (tmp / name / _EMPTY_MARKER).write_text(json.dumps({"columns": split.column_names}) + "\n")
                 continue
             (tmp / name).mkdir()
-            _write_split(split, prepared.files.get(name), tmp / name / _DATA_FILE)
+            _write_split(split, prepared.files.get(name), tmp / name)
         atomic_write_text(tmp / "report.json", json.dumps(prepared.report, indent=2, ensure_ascii=False) + "\n")
         tmp.chmod(0o755)  # mkdtemp makes it 0700
         old = None
@@ -476,9 +485,7 @@ def load_prepared(path: str | Path) -> PreparedData:
     def _load(d: Path):
         if (d / _EMPTY_MARKER).is_file():
             return None
-        if (d / _DATA_FILE).is_file():
-            return Dataset.from_file(str(d / _DATA_FILE), in_memory=False)
-        return load_from_disk(str(d))  # written by save_to_disk before data.arrow
+        return load_from_disk(str(d))
 
     loaded = {name: _load(p / name) for name in ("train", "validation")}
     schema = next((d for d in loaded.values() if d is not None), None)

