@@ -137,7 +137,11 @@ def lm_head_skipped(model):
             self.__dict__["weight"], self.__dict__["bias"] = head.weight, getattr(head, "bias", None)
 
         def forward(self, hidden):
-            return hidden.new_empty(*hidden.shape[:-1], 0)  # no logits: nobody reads them
+            # No logits (nobody reads them), but a zero-width view of the input rather than a new
+            # tensor: the output stays in the autograd graph, which DDP needs to tie the loss's
+            # backward to this forward (with reentrant checkpointing, a detached output makes its
+            # reducer see the LoRA weights' hooks fire twice).
+            return hidden[..., :0]
 
     base = _causal_lm(model)
     head = base.lm_head
