@@ -200,7 +200,7 @@ def test_compare_with_itself_and_from_score_dirs(tmp_path: Path) -> None:
 
 
 def test_compare_refuses_different_row_sets() -> None:
-    with pytest.raises(ValueError, match="1 row_id\\(s\\) only in A, 0 only in B"):
+    with pytest.raises(ValueError, match="1 row_id\\(s\\) only in A \\(<in-memory>\\), 0 only in B \\(<in-memory>\\)"):
         compare_runs(model_records(0.3, 1, n=10), model_records(0.3, 1, n=9))
 
 
