@@ -28,7 +28,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from kitrec_fast.errors import UserError
 
@@ -44,7 +44,7 @@ class Prompt:
     text: str  # "" when prompt_ids are given
     candidate_ids: list[str]
     source: str  # where it came from, for the output
-    prompt_ids: Optional[list[int]] = None  # a dataset row comes tokenized by eval's RowBuilder
+    prompt_ids: Optional[Sequence[int]] = None  # a dataset row comes tokenized by eval's RowBuilder
     gt_item_id: Optional[str] = None
 
 
@@ -163,7 +163,9 @@ def recommend(args: argparse.Namespace) -> dict:
     if IM_END not in vocab:
         raise GenerateError(f"tokenizer {tokenizer_name} has no {IM_END}; KitREC models are Qwen3 chat models")
     prompt = text_prompt or _dataset_prompt(args, tokenizer, cfg)
-    prompt_ids = prompt.prompt_ids or render_generation_prompt(tokenizer, prompt.text)
+    # a dataset row comes built by eval's RowBuilder (an int32 array); a prompt text is rendered here
+    prompt_ids = (list(map(int, prompt.prompt_ids)) if prompt.prompt_ids is not None
+                  else render_generation_prompt(tokenizer, prompt.text))
     stop_ids = [vocab[IM_END]] + ([vocab[END_OF_TEXT]] if END_OF_TEXT in vocab else [])
     if opts.engine == "hf":
         engine: Any = HFEngine(backend_module, cfg, adapter, stop_ids, tokenizer.pad_token_id, opts.max_new_tokens,
