@@ -89,6 +89,11 @@ def test_select_rows_filters_by_type_then_limits():
     # val/test copies keep user_type inside a nested metadata dict
     nested = [{"metadata": {"user_type": t}} for t in ("a", "b", "a")] + [{"user_type": "a"}]
     assert select_rows(nested, ["a"], None) == [0, 2, 3]
+    # per type: the first 2 of each, then the total limit over what is left
+    assert select_rows(raw, [], None, 2) == [0, 1, 2, 3]
+    assert select_rows(raw, ["a", "c"], None, 2) == [0, 2, 3]
+    assert select_rows(raw, ["a"], None, 1) == [0]
+    assert select_rows(raw, ["a", "b"], 2, 2) == [0, 1]
 
 
 def test_cut_at_stop_counts_the_stop_token():

@@ -298,12 +298,21 @@ def test_smoke_grid_evaluates_a_few_short_rows_per_type(tmp_path):
 
     spec = GridSpec(output=tmp_path, families=("dualft_music",), sets=("A",), backends=("peft",), smoke=True)
     (job,) = spec.jobs()
-    commands = job.generate_commands()
-    assert len(commands) == 4  # one per user type of the domain, each with its own limit
-    for cmd in commands:
-        opts = dict(zip(cmd, cmd[1:]))
-        assert opts["--limit"] == "2" and opts["--max-new-tokens"] == "32" and opts["--max-candidates"] == "20"
+    (cmd,) = job.generate_commands()  # one process, one model load, for every user type
+    opts = dict(zip(cmd, cmd[1:]))
+    assert opts["--limit-per-type"] == "2" and opts["--max-new-tokens"] == "32" and opts["--max-candidates"] == "20"
+    types = cmd[cmd.index("--user-type") + 1: cmd.index("--limit-per-type")]
+    assert types == ["overlapping_books_music", "cold_start_2core_music", "cold_start_3core_music",
+                     "cold_start_4core_music"]
     assert job.eval_rows_expected == 8
+    # the rows that command selects from the embedded test set: 2 of each type, 8 in all
+    from kitrec_fast.data.load import load_raw
+    from kitrec_fast.data.schema import row_user_type
+    from kitrec_fast.eval.generate import select_rows
+
+    raw = load_raw(opts["--dataset"], "test")
+    picked = [row_user_type(raw[i]) for i in select_rows(raw, types, None, 2)]
+    assert sorted(picked) == sorted(types * 2)
     assert spec.settings()["eval_limit_per_type"] == 2 and spec.settings()["eval_max_new_tokens"] == 32
     # given sizes win; a real grid keeps eval generate's own (every row, 2,048 tokens, all candidates)
     mine = GridSpec(output=tmp_path, families=("dualft_music",), smoke=True, eval_limit_per_type=5,

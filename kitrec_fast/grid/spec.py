@@ -152,8 +152,8 @@ class Job:
 
     def generate_commands(self, group: "list[Job] | None" = None) -> list[list[str]]:
         """``eval generate`` for this job, or for every job of its ``group`` through one engine
-        (each run's predictions in its own eval_dir); with a per-type limit, one call per type
-        (its ``--limit`` counts all selected rows). Each call resumes: no row is written twice."""
+        (each run's predictions in its own eval_dir), every user type in one call, so one process
+        loads the model once. It resumes: no row is written twice."""
         group = group or [self]
         output = self.eval_dir if len(group) == 1 else self.spec.output / "eval"  # several: OUTPUT/<run name>/
         base = ["-m", "kitrec_fast", "eval", "generate", "--run", *(str(j.run_dir) for j in group),
@@ -163,10 +163,10 @@ class Job:
             base += ["--max-new-tokens", str(self.spec.eval_max_new_tokens)]
         if self.spec.smoke:
             base += ["--max-candidates", str(SMOKE_EVAL_MAX_CANDIDATES)]
-        types = eval_user_types(self.family)
-        if self.spec.eval_limit_per_type is None:
-            return [base + ["--user-type", *types]]
-        return [base + ["--user-type", t, "--limit", str(self.spec.eval_limit_per_type)] for t in types]
+        base += ["--user-type", *eval_user_types(self.family)]
+        if self.spec.eval_limit_per_type is not None:
+            base += ["--limit-per-type", str(self.spec.eval_limit_per_type)]
+        return [base]
 
     @property
     def eval_rows_expected(self) -> int | None:

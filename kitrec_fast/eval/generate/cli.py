@@ -20,6 +20,8 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
     data.add_argument("--dataset", required=True, help="Hub id, local .jsonl/.json/.parquet, or embedded:NAME")
     data.add_argument("--split", default="test", help="dataset split (default test)")
     data.add_argument("--limit", type=int, help="only the first N selected rows")
+    data.add_argument("--limit-per-type", type=int, metavar="N",
+                      help="only the first N rows of each user type (a quick look at every type in one call)")
     data.add_argument("--user-type", dest="user_types", action="extend", nargs="+", default=[], metavar="T",
                       help="only rows of these user types (repeatable)")
     data.add_argument("--on-bad-row", choices=["error", "skip"], default="error",

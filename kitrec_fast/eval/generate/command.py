@@ -208,7 +208,7 @@ def _prepare(opts: GenerateOptions, cfg, adapter: Optional[str], command: str, c
 
     # One streaming pass: select, skip rows already written, build the rest window by window. The
     # longest prompt sizes the engine; bad rows stop here, before minutes of model loading.
-    for index, row in iter_selected(raw, opts.user_types, opts.limit):
+    for index, row in iter_selected(raw, opts.user_types, opts.limit, opts.limit_per_type):
         selected += 1
         if index in done:
             continue
@@ -228,7 +228,7 @@ def _prepare(opts: GenerateOptions, cfg, adapter: Optional[str], command: str, c
                         prompts=len(plan.store or ()), prompt_tokens=plan.store.tokens if plan.store else 0)
     plan.config = {
         "fingerprint": fingerprint, "command": command, "run_dir": str(opts.run_dir) if opts.run_dir else None,
-        "batch_size": batch_size, "limit": opts.limit, "user_types": opts.user_types,
+        "batch_size": batch_size, "limit": opts.limit, "limit_per_type": opts.limit_per_type, "user_types": opts.user_types,
         "decoding": {"greedy": True, "stop_tokens": [IM_END, END_OF_TEXT], "pad_token": END_OF_TEXT,
                      "padding_side": "left"},
         "truncation": {"max_candidates": max_candidates or "all", "max_prompt_tokens": opts.max_prompt_tokens,

@@ -35,6 +35,7 @@ class GenerateOptions:
     engine: str = "auto"  # auto: vllm where importable and a GPU is present, else hf
     split: str = "test"
     limit: Optional[int] = None
+    limit_per_type: Optional[int] = None
     user_types: list[str] = field(default_factory=list)
     max_new_tokens: int = 2048
     batch_size: Optional[int] = None  # None: DEFAULT_BATCH of the engine
@@ -69,6 +70,8 @@ class GenerateOptions:
             raise GenerateError(f"--max-new-tokens: must be >= 1, got {self.max_new_tokens}")
         if self.limit is not None and self.limit < 1:
             raise GenerateError(f"--limit: must be >= 1, got {self.limit}")
+        if self.limit_per_type is not None and self.limit_per_type < 1:
+            raise GenerateError(f"--limit-per-type: must be >= 1, got {self.limit_per_type}")
         if self.batch_size is not None and self.batch_size < 1:
             raise GenerateError(f"--batch-size: must be >= 1, got {self.batch_size}")
         if self.max_candidates is not None and self.max_candidates < 0:
@@ -95,7 +98,8 @@ class GenerateOptions:
         args = ["--dataset", self.dataset, "--output", str(self.output), "--split", self.split,
                 "--engine", self.engine, "--max-new-tokens", str(self.max_new_tokens), "--on-bad-row", self.on_bad_row]
         for flag, value in (("--run", self.run_dir), ("--model", self.model), ("--adapter", self.adapter),
-                            ("--backend", self.backend), ("--limit", self.limit), ("--batch-size", self.batch_size),
+                            ("--backend", self.backend), ("--limit", self.limit),
+                            ("--limit-per-type", self.limit_per_type), ("--batch-size", self.batch_size),
                             ("--max-candidates", self.max_candidates), ("--max-prompt-tokens", self.max_prompt_tokens),
                             ("--tokenizer", self.tokenizer)):
             if value is not None:

@@ -28,35 +28,44 @@ class EvalRow:
     prompt_ids: Sequence[int]  # the generation prompt (int32 array when built, list when read back)
 
 
-def iter_selected(raw: Iterable[dict], user_types: Sequence[str], limit: Optional[int]) -> Iterator[tuple[int, dict]]:
-    """``(index, row)`` of the rows to evaluate, streaming: user-type filter first, then the first ``limit``.
+def iter_selected(raw: Iterable[dict], user_types: Sequence[str], limit: Optional[int],
+                  limit_per_type: Optional[int] = None) -> Iterator[tuple[int, dict]]:
+    """``(index, row)`` of the rows to evaluate, streaming: user-type filter first, then the first
+    ``limit_per_type`` rows of each type, then the first ``limit`` of those.
 
     A requested user type that no row has is an error (a typo would otherwise select nothing of that
-    type, silently); the rows are read on past ``limit`` only until every requested type was seen."""
+    type, silently); the rows are read on past the limits only until every requested type was seen."""
     from kitrec_fast.data.schema import row_user_type  # test rows may keep it in a nested metadata dict
 
     wanted = set(user_types)
     present: set = set()
+    per_type: dict = {}
     taken = 0
     for i, r in enumerate(raw):
-        kind = row_user_type(r) if wanted else None
+        kind = row_user_type(r) if wanted or limit_per_type is not None else None
         present.add(kind)
-        if limit is not None and taken >= limit:
-            if wanted <= present:
-                return
+        full = limit is not None and taken >= limit
+        if wanted and wanted <= present and (full or (limit_per_type is not None
+                                                      and all(per_type.get(t, 0) >= limit_per_type for t in wanted))):
+            return
+        if full or (wanted and kind not in wanted):
             continue
-        if not wanted or kind in wanted:
-            taken += 1
-            yield i, r
+        if limit_per_type is not None:
+            if per_type.get(kind, 0) >= limit_per_type:
+                continue
+            per_type[kind] = per_type.get(kind, 0) + 1
+        taken += 1
+        yield i, r
     for t in user_types:
         if t not in present:
             raise GenerateError(f"--user-type: no row has user type {t!r}{did_you_mean(t, present - {None})}; "
                                 f"the dataset holds {', '.join(sorted(p for p in present if p)) or 'none'}")
 
 
-def select_rows(raw: Sequence[dict], user_types: Sequence[str], limit: Optional[int]) -> list[int]:
-    """Indices of the rows to evaluate: user-type filter first, then the first ``limit``."""
-    return [i for i, _ in iter_selected(raw, user_types, limit)]
+def select_rows(raw: Sequence[dict], user_types: Sequence[str], limit: Optional[int],
+                limit_per_type: Optional[int] = None) -> list[int]:
+    """Indices of the rows to evaluate: user-type filter first, then the per-type and total limits."""
+    return [i for i, _ in iter_selected(raw, user_types, limit, limit_per_type)]
 
 
 class RowBuilder:
