@@ -79,7 +79,9 @@ def connect(address: str | None, timeout: float = CONNECT_TIMEOUT_S) -> bool:
     if address is None:
         kwargs["include_dashboard"] = False
     if address is None:
-        ray.init(**kwargs)
+        # "local": a cluster of our own, as the README promises; a bare ray.init() would instead join
+        # whatever cluster `ray start` last left on this machine, unchecked (no shared-output probe).
+        ray.init(address="local", **kwargs)
         return False
     _probe_tcp(address, timeout)
     has_token = use_token_if_available()
