@@ -168,7 +168,8 @@ def build_plan(phase: int, work: Path, dry: bool, budget_s: float | None = None)
             Step("parity", (110, 190), parity,
                  f"first-step LoRA gradients from one saved adapter, {PARITY_LAYERS}-layer Qwen3-14B geometry",
                  if_time_left=True),
-            Step("gpu-tests", (130, 300), [py, "-m", "pytest", "-q", "-s", str(REPO / "tests/gpu"),
+            # -o addopts: pyproject's pytest-xdist options are for CI's CPUs; the GPU machine's pytest has no xdist
+            Step("gpu-tests", (130, 300), [py, "-m", "pytest", "-q", "-s", "-o", "addopts=-ra", str(REPO / "tests/gpu"),
                                            "--junitxml", str(work / "gpu-tests.xml")],
                  "tests/gpu: both backends train on the GPU; fused kernels, autocast, runtime facts",
                  junit=str(work / "gpu-tests.xml"), if_time_left=True),

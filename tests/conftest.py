@@ -5,6 +5,10 @@
   made once per session, for every test that only reads a run directory, or copies it
   (``shutil.copytree``) before changing anything. Training a run costs ~1-2 min on 2 cores; do not
   train another one in a test that could use this one.
+
+The suite runs on two pytest-xdist workers, a file at a time (pyproject's addopts); the files with
+the most ``slow`` tests are handed out first, so that no worker starts a long file when the other
+is nearly done.
 """
 
 from __future__ import annotations
@@ -19,6 +23,17 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 # Short prompts keep CPU steps fast while exercising the real pipeline (truncation included).
 FAST = ["data.limit=16", "data.max_length=2048", "data.max_candidates=10", "data.min_candidates=3"]
+
+
+def pytest_collection_modifyitems(config, items):
+    def file_of(item) -> str:
+        return item.nodeid.split("::")[0]
+
+    slow: dict[str, int] = {}
+    for item in items:
+        slow[file_of(item)] = slow.get(file_of(item), 0) + bool(item.get_closest_marker("slow"))
+    # stable: within a file, and among files with as many slow tests, the collection order holds
+    items.sort(key=lambda item: -slow[file_of(item)])
 
 
 @pytest.fixture(scope="session")
