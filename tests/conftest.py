@@ -2,7 +2,7 @@
 
 * ``qwen3_tokenizer``: the offline Qwen3 tokenizer, built once per session (~10 s the first time).
 * ``smoke_run``: ONE finished smoke training run (peft backend, 6 steps, a checkpoint every 2)
-  made once per session, for every test that only reads a run directory, or copies it
+  made once per session (once for all xdist workers), for every test that only reads a run directory, or copies it
   (``shutil.copytree``) before changing anything. Training a run costs ~1-2 min on 2 cores; do not
   train another one in a test that could use this one.
 
@@ -13,6 +13,9 @@ is nearly done.
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -21,6 +24,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# Under xdist each worker takes one thread, and every process a test starts inherits it: left at the
+# default, each process's OpenMP pool spans all cores and the workers' pools spin against each other.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Short prompts keep CPU steps fast while exercising the real pipeline (truncation included).
 FAST = ["data.limit=16", "data.max_length=2048", "data.max_candidates=10", "data.min_candidates=3"]
 
@@ -64,11 +71,22 @@ class SmokeRun:
 
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory) -> SmokeRun:
+    from filelock import FileLock
+
     args = ("--smoke", "--backend", "peft", *FAST, "train.max_steps=6", "train.save_steps=2",
             "train.eval_steps=2", "train.gradient_accumulation_steps=1", "train.logging_steps=1")
-    run = SmokeRun(tmp_path_factory.mktemp("smoke") / "run", args)
-    proc = subprocess.run(run.command(run.run_dir), cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, f"STDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-4000:]}"
+    # One run for the whole session: xdist workers share the parent of their base temp folders, and
+    # the first worker to need the run trains it while the others wait on the lock.
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent
+    run = SmokeRun(shared / "smoke-run", args)
+    with FileLock(str(shared / "smoke-run.lock")):
+        summary = run.run_dir / "summary.json"
+        if not (summary.is_file() and json.loads(summary.read_text()).get("status") == "finished"):
+            shutil.rmtree(run.run_dir, ignore_errors=True)  # a worker that failed before leaves nothing
+            proc = subprocess.run(run.command(run.run_dir), cwd=ROOT, capture_output=True, text=True, timeout=900)
+            assert proc.returncode == 0, f"STDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-4000:]}"
     return run
 
 
