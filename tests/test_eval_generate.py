@@ -95,6 +95,15 @@ def test_select_rows_filters_by_type_then_limits():
     assert select_rows(raw, ["a"], None, 1) == [0]
     assert select_rows(raw, ["a", "b"], 2, 2) == [0, 1]
 
+    # streaming: once the limits are met and every requested type was seen, no further row is read
+    def rows_then_a_trap():
+        yield from raw
+        raise AssertionError("read past the selection")
+
+    assert select_rows(rows_then_a_trap(), [], 2) == [0, 1]
+    assert select_rows(rows_then_a_trap(), ["a", "b"], None, 1) == [0, 1]
+    assert select_rows(rows_then_a_trap(), ["a", "c"], 2) == [0, 2]
+
 
 def test_cut_at_stop_counts_the_stop_token():
     g = cut_at_stop([5, 6, 151645, 151643, 151643], [151645, 151643])

@@ -45,15 +45,15 @@ def iter_selected(raw: Iterable[dict], user_types: Sequence[str], limit: Optiona
         kind = row_user_type(r) if wanted or limit_per_type is not None else None
         present.add(kind)
         full = limit is not None and taken >= limit
-        if wanted and wanted <= present and (full or (limit_per_type is not None
-                                                      and all(per_type.get(t, 0) >= limit_per_type for t in wanted))):
+        # a requested type at its cap was seen, so both stops leave the type check below satisfied
+        capped = bool(wanted) and limit_per_type is not None and all(
+            per_type.get(t, 0) >= limit_per_type for t in wanted)
+        if (full and wanted <= present) or capped:
             return
-        if full or (wanted and kind not in wanted):
+        if full or (wanted and kind not in wanted) or (
+                limit_per_type is not None and per_type.get(kind, 0) >= limit_per_type):
             continue
-        if limit_per_type is not None:
-            if per_type.get(kind, 0) >= limit_per_type:
-                continue
-            per_type[kind] = per_type.get(kind, 0) + 1
+        per_type[kind] = per_type.get(kind, 0) + 1
         taken += 1
         yield i, r
     for t in user_types:
