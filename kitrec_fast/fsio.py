@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from kitrec_fast.errors import UserError
 
@@ -91,6 +92,25 @@ def atomic_write_text(path: str | os.PathLike, text: str, mode: int = 0o644) -> 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> None:
     atomic_write_text(path, json.dumps(obj, indent=indent, default=str) + "\n")
+
+
+def build_dir_atomically(path: str | os.PathLike, build: Callable[[Path], None], marker: str) -> Path:
+    """Run ``build`` on a folder beside ``path`` and rename it into place: grid jobs and parallel test
+    workers start at once on a fresh cache, and none may read a folder still being written. When
+    another process got there first its copy is kept (the builds are deterministic); a folder already
+    at ``path`` without ``marker`` in it is an error."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    build(tmp)
+    try:
+        os.rename(tmp, path)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (path / marker).is_file():
+            raise
+    return path
 
 
 def make_shareable(directory: str | os.PathLike) -> None:

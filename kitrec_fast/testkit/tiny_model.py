@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
+from kitrec_fast.fsio import build_dir_atomically
 from kitrec_fast.testkit.tokenizer import QWEN3_VOCAB_SIZE, save_qwen3_tokenizer
 
 
@@ -56,19 +56,12 @@ def save_tiny_qwen3(path: str | os.PathLike, seed: int = 0, **config_kwargs) -> 
     path = Path(path)
     if (path / "config.json").is_file() and (path / "tokenizer.json").is_file():
         return path
-    # Built beside the target and renamed into place: grid jobs and parallel test workers start at
-    # once on a fresh cache, and none may load a folder whose weights are still being written.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    build_tiny_qwen3(seed=seed, **config_kwargs).save_pretrained(str(tmp), safe_serialization=True)
-    save_qwen3_tokenizer(tmp)
-    try:
-        os.rename(tmp, path)
-    except OSError:  # another process won the race (or the folder exists): its copy is identical
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (path / "tokenizer.json").is_file():
-            raise
+
+    def build(folder: Path) -> None:
+        build_tiny_qwen3(seed=seed, **config_kwargs).save_pretrained(str(folder), safe_serialization=True)
+        save_qwen3_tokenizer(folder)
+
+    build_dir_atomically(path, build, "tokenizer.json")
     return path
 
 

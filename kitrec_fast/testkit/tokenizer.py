@@ -127,22 +127,15 @@ def _convert(out_dir: Path) -> None:
         clean_up_tokenization_spaces=False,
     )
     tok.chat_template = QWEN3_CHAT_TEMPLATE
-    # Build beside the target and rename, so concurrent test workers never see half a directory.
-    tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
-    tok.save_pretrained(str(tmp))
-    try:
-        os.rename(tmp, out_dir)
-    except OSError:  # another process won the race; its copy is identical
-        import shutil
+    from kitrec_fast.fsio import build_dir_atomically
 
-        shutil.rmtree(tmp, ignore_errors=True)
+    build_dir_atomically(out_dir, lambda folder: tok.save_pretrained(str(folder)), "tokenizer.json")
 
 
 def qwen3_tokenizer_dir() -> Path:
     """Directory holding the offline Qwen3 tokenizer (built once, then cached)."""
     out = _cache_dir()
     if not (out / "tokenizer.json").is_file():
-        out.parent.mkdir(parents=True, exist_ok=True)
         _convert(out)
     return out
 
