@@ -13,8 +13,9 @@ TORCH="torch==${KITREC_TORCH_VERSION:-2.13.0}"
 # torch through pip: pip's configuration may point at a local CPU wheel (find-links), which uv does not read.
 "$VPY" -m pip install -q "$TORCH"
 # The rest through uv when it installs (KITREC_SETUP_INSTALLER=pip to skip it): it fetches and resolves
-# the ~250 packages in parallel and byte-compiles on every core (a fresh 2-core machine: ~140 s instead
-# of ~320 s with pip, the same versions); uv keeps the torch installed above since it satisfies the pin.
+# the ~250 packages in parallel and byte-compiles on every core (this whole script on a fresh 2-core
+# machine: 237 s instead of 318 s with pip, the same versions); uv keeps the torch installed above since
+# it satisfies the pin.
 INSTALL=("$VPY" -m pip install -q)
 if [ "${KITREC_SETUP_INSTALLER:-uv}" = uv ] && "$VPY" -m pip install -q uv; then
   INSTALL=("$(dirname "$VPY")/uv" pip install -q --python "$VPY" --compile-bytecode)

@@ -30,7 +30,9 @@ MAX_STEPS, EVERY = 6, 2
 WALK_ARGS = ("--smoke", "--backend", "peft", *FAST[1:], "data.limit=12", "data.val_fraction=0.25",
              f"train.max_steps={MAX_STEPS}", f"train.save_steps={EVERY}", f"train.eval_steps={EVERY}",
              "train.gradient_accumulation_steps=1", "train.logging_steps=1")
-KILLS = 3  # one of each kind (below), in a seeded order; every attempt is a ~40-60 s process on CI
+# One kill of each kind, in a seeded order; every attempt is a ~40-60 s process on CI.
+KILL_KINDS = ("step", "eval_batch", "save_file")
+KILLS = len(KILL_KINDS)
 SEED = 20
 # CPU, fp32 weights and states, the same kernels in the same order: a resume restores the weights,
 # optimizer moments, scheduler, RNG and data position exactly, so the runs agree to float32 rounding.
@@ -104,9 +106,8 @@ def walk(tmp_path_factory):
     files_per_save = sum(1 for p in (ref / f"checkpoint-{MAX_STEPS}").rglob("*") if p.is_file())
 
     rng = random.Random(SEED)
-    kinds = ["step", "eval_batch", "save_file"]
+    kinds = list(KILL_KINDS)
     rng.shuffle(kinds)
-    assert len(kinds) == KILLS
     enospc_at = rng.randrange(1, KILLS)  # which attempt is stopped by a full disk instead
     attempts = []
     for i, kind in enumerate(kinds[:enospc_at] + ["enospc"] + kinds[enospc_at:]):
