@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import sys
 import time
@@ -78,7 +79,9 @@ def arch_config(layers: int | None = None, overrides: dict[str, Any] | None = No
     values = {**QWEN3_14B, **(overrides or {})}
     if layers is not None:
         values["num_hidden_layers"] = layers
-    return Qwen3Config(**values, torch_dtype="bfloat16")
+    # ``architectures`` names the model class in config.json (Qwen3-14B's own does): vLLM and loaders
+    # that pick the class from the config refuse a config without it
+    return Qwen3Config(**values, torch_dtype="bfloat16", architectures=["Qwen3ForCausalLM"])
 
 
 def _shard_of(name: str) -> str:
@@ -130,6 +133,26 @@ def _write_common(out: Path, config, meta: dict, weight_map: dict[str, str], siz
     save_qwen3_tokenizer(out)
 
 
+def is_complete(path: str | os.PathLike) -> bool:
+    """A finished build (the marker and the index are written last)."""
+    return (Path(path) / MARKER).is_file() and (Path(path) / "model.safetensors.index.json").is_file()
+
+
+def free_space_line(path: str | os.PathLike) -> str:
+    """``df -h`` of the filesystem ``path`` is on (its nearest existing parent), for the build's log."""
+    import shutil
+    import subprocess
+
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        df = subprocess.run(["df", "-h", str(p)], capture_output=True, text=True, timeout=20).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        df = ""
+    return df or f"{p}: {shutil.disk_usage(p).free / 1e9:.1f} GB free"
+
+
 def build(out: str | os.PathLike, layers: int | None = None, seed: int = 0, device: str = "cpu",
           overrides: dict[str, Any] | None = None, link_from: str | os.PathLike | None = None) -> Path:
     """Write the model to ``out`` and return the path; a complete existing build is reused."""
@@ -169,11 +192,15 @@ def build(out: str | os.PathLike, layers: int | None = None, seed: int = 0, devi
                 dst.symlink_to((src / shard).resolve())
             sizes[shard] = dst.stat().st_size
         meta["linked_from"] = str(src.resolve())
+        print(f"[arch] {len(shards)} shards linked from {src} (no weights written)", file=sys.stderr, flush=True)
         _write_common(out, config, meta, weight_map, sizes)
         return out
 
     from safetensors.torch import save_file
 
+    need = 2 * sum(math.prod(shape) for _, shape in specs)  # bf16
+    print(f"[arch] writing {need / 1e9:.2f} GB to {out}; df -h before:\n{free_space_line(out)}", file=sys.stderr,
+          flush=True)
     std = float(config.initializer_range)
     t0 = time.perf_counter()
     for k, (shard, items) in enumerate(shards.items()):
@@ -202,11 +229,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu", help="Where random numbers are drawn: cpu or cuda.")
     ap.add_argument("--link-from", default=None, help="Reuse the shards of a deeper build (symlinks).")
+    ap.add_argument("--link-from-if-built", default=None, metavar="DIR",
+                    help="As --link-from when DIR holds a complete build, else write the weights (and say so).")
     ap.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                     help="Config override, for tests only (e.g. hidden_size=64); the report then names it.")
     args = ap.parse_args(argv)
     overrides = dict(_parse_override(s) for s in args.override)
-    path = build(args.out, args.layers, args.seed, args.device, overrides, args.link_from)
+    link = args.link_from
+    if args.link_from_if_built and not link:
+        if is_complete(args.link_from_if_built):
+            link = args.link_from_if_built
+        else:
+            print(f"[arch] {args.link_from_if_built} holds no complete build: writing this model's weights",
+                  file=sys.stderr, flush=True)
+    path = build(args.out, args.layers, args.seed, args.device, overrides, link)
     print(path)
     return 0
 

@@ -45,8 +45,20 @@ SUMMARY = "summary.md"
 # What the GPU machine returns: files under OUT, each at most 16 MiB (kept below with a margin).
 MAX_ARCHIVE_BYTES = 15 * 2**20
 MAX_LOG_BYTES = 2 * 2**20  # a log larger than this is cut to its last 2 MiB in the archive
-ARCH_DIR = "/tmp/kitrec-qwen3-14b-arch"
+ARCH_NAME = "kitrec-qwen3-14b-arch"  # the full build, in the scratch folder (``pick_scratch``)
+ARCH_DIR = f"/tmp/{ARCH_NAME}"  # the scratch folder when none is given (the plan test, --plan)
 PARITY_LAYERS = 2
+# The dry run's stand-in for the 29.5 GB build: the same builder and layout at the tiny model's width
+# (3 layers, so parity's 2-layer model is made of links to it, as on the GPU)
+DRY_ARCH_NAME = "kitrec-qwen3-arch-dry"
+DRY_ARCH_OVERRIDES = ("hidden_size=64", "intermediate_size=128", "num_attention_heads=4", "num_key_value_heads=2",
+                      "head_dim=16", "num_hidden_layers=3")
+KERNELS_JSON = "kernels.json"  # the kernels step's doctor --json output, in the work folder
+# Figures of a CPU dry run that say nothing about a GPU (the tiny model on a CPU): named in its summary.
+CPU_MEANINGLESS = ("every wall time and its ratio to the GPU estimate", "tokens/s and step times (median, "
+                   "spread) and the fast path / baseline ratio", "the timed-step count (chosen from a CPU step)",
+                   "memory (CPU: the process's peak RSS, in the allocated columns; no reserved figure exists)",
+                   "compile and fused-kernel columns (Unsloth compiles and fuses only on a GPU)")
 # One command may run 600 s; the phase keeps 60 s for the machine's own start of the command, the
 # last re-pack and the transfer back.
 MAX_PHASE_BUDGET_S = 540
@@ -65,6 +77,7 @@ class Step:
     env: dict = field(default_factory=dict)  # added to the environment of this step's process
     junit: str | None = None  # a pytest step's report: all tests skipped -> the step is "skipped"
     if_time_left: bool = False  # not part of the phase's promise: runs only if the budget still allows
+    verdict: bool = False  # the kernels step: its doctor JSON gives the verdict the summary leads with
     status: str = "pending"
     budget_s: float | None = None  # the limit it was handed when it started
     wall_s: float | None = None
@@ -119,54 +132,129 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
 
 
-def build_plan(phase: int, work: Path, dry: bool, budget_s: float | None = None) -> Plan:
-    """The steps of a phase. ``dry``: the tiny model on CPU, one step per configuration.
+def scratch_candidates() -> list[str]:
+    """Where the 29.5 GB model may go, in order of preference on a tie: ``KITREC_SCRATCH`` when set,
+    the temporary folder, /var/tmp, the folder above the checkout, the home folder. Not /dev/shm:
+    it is host memory, which the load itself needs."""
+    return [p for p in (os.environ.get("KITREC_SCRATCH"), tempfile.gettempdir(), "/tmp", "/var/tmp",
+                        str(REPO.parent), os.path.expanduser("~")) if p]
+
+
+def pick_scratch(candidates: list[str], free_bytes=None) -> tuple[str, list[dict]]:
+    """The writable folder with the most free space (the first listed on a tie), and what was seen
+    of every candidate (free bytes, or why it was passed over). ``free_bytes(path)`` defaults to
+    ``shutil.disk_usage(path).free``."""
+    import shutil
+
+    free_bytes = free_bytes or (lambda p: shutil.disk_usage(p).free)
+    seen, best, seen_real = [], None, set()
+    for path in candidates:
+        real = os.path.realpath(path)
+        if real in seen_real:
+            continue
+        seen_real.add(real)
+        if not os.path.isdir(path):
+            seen.append({"path": path, "free_bytes": None, "why": "not a folder"})
+            continue
+        if not os.access(path, os.W_OK | os.X_OK):
+            seen.append({"path": path, "free_bytes": None, "why": "not writable"})
+            continue
+        free = int(free_bytes(path))
+        seen.append({"path": path, "free_bytes": free})
+        if best is None or free > best[1]:
+            best = (path, free)
+    if best is None:
+        raise SystemExit(f"error: no writable scratch folder among {', '.join(candidates)} (set KITREC_SCRATCH)")
+    return best[0], seen
+
+
+def _fused_verdict(work: Path, step: Step | None) -> tuple[str, str]:
+    """(status, line) of the kernels step: the ``fused_kernels`` check of ``doctor --only fused_kernels
+    --json``, or UNKNOWN with the reason when that doctor gave none (an older doctor, a crash)."""
+    if step is None or step.status in ("pending",) or (step.status == "skipped" and step.rc is None):
+        return "not checked", f"Unsloth's GPU stack (fused kernels): not checked ({step.note if step else 'not in this run'})"
+    check = None
+    path = work / KERNELS_JSON
+    text = path.read_text(errors="replace") if path.is_file() else ""
+    try:
+        report = json.loads(text)
+        check = next((c for c in report.get("checks", []) if c.get("name") == "fused_kernels"), None)
+    except (ValueError, AttributeError):
+        report = None
+    if check is None:
+        why = f"exit {step.rc}" if step.rc is not None else step.status
+        return "UNKNOWN", (f"Unsloth's GPU stack (fused kernels): UNKNOWN: `doctor --only fused_kernels --json` gave no "
+                           f"fused_kernels check ({why}; see logs/kernels.log)")
+    return check.get("status", "?"), (f"Unsloth's GPU stack (fused kernels, `doctor --only fused_kernels`): "
+                                      f"{check.get('status')}: {check.get('detail')}")
+
+
+def build_plan(phase: int, work: Path, dry: bool, budget_s: float | None = None, scratch: str | None = None) -> Plan:
+    """The steps of a phase. ``dry``: the tiny model on CPU, one step per configuration. ``scratch``:
+    the folder the model is built in (``pick_scratch``; default the temporary folder).
 
     GPU estimates (low-high seconds), from the installed code paths (unsloth 2026.10.9,
     bitsandbytes 0.50.2, transformers 5.17.0) and the GPU machine's torch 2.11:
     - preflight (``doctor --quick``): imports only, unsloth's in a child process ~15 s: 10-30.
-    - build-model: 29.5 GB of random bf16 weights drawn on the GPU and written to /tmp: 40-90.
+    - kernels (``doctor --only fused_kernels``): importing unsloth in a child process 10-30 s, the
+      fused functions against PEFT on one small layer with their Triton kernels compiled on first
+      use, a few seconds: 15-45.
+    - build-model: 29.5 GB of random bf16 weights drawn on the GPU and written to the scratch disk: 40-90.
     - headline: calibration ~10 s; per worker import ~20 s, the 14B load with nf4 quantization on
       load 40-70 s (each bf16 tensor is quantized as it moves to the GPU:
       ``bitsandbytes/nn/modules.py:381`` ``Params4bit._quantize``), then on the fast path one
       ``torch.compile`` region per decoder-layer class on the first step
       (``unsloth/models/_block_compile.py:1205`` ``patch_block_compile``; its nf4 tracing needs
-      torch >= 2.11, same file line 749) 40-120 s, then 1 + 2 steps of 2 x 5,120 tokens (~0.6 PFLOP
-      each, benchmarks/flops.py) 5-15 s each: 200-350 for the pair.
-    - parity: its own 2-layer build ~10 s, two workers at 2 x 1,024 tokens, compile again: 110-190.
+      torch >= 2.11, same file line 749) 40-120 s, then 2 warm-up steps of 2 x 5,120 tokens (~0.6
+      PFLOP each, benchmarks/flops.py) 5-15 s each and 3-10 timed ones, as many as the worker's
+      share still holds (``--timed auto``): 200-350 for the pair, whatever the count.
+    - parity: its 2-layer model linked to the full build (seconds), two workers at 2 x 1,024 tokens,
+      compile again: 110-190.
     - gpu-tests: four Unsloth/peft processes on the tiny model, each importing and compiling: 130-300.
     """
     py = sys.executable
-    arch, parity_model = ARCH_DIR, f"{ARCH_DIR}-l{PARITY_LAYERS}"
+    scratch = scratch or str(Path(ARCH_DIR).parent)
+    arch = str(Path(scratch) / (DRY_ARCH_NAME if dry else ARCH_NAME))
+    parity_model = f"{arch}-l{PARITY_LAYERS}"
     harness = [py, str(HERE / "harness.py"), "--no-report"]
     budget = ["--budget-s", "{left}", "--timeout-s", "{left}"]
+    builder = [py, str(HERE / "build_arch_model.py")]
+    tiny = [a for o in DRY_ARCH_OVERRIDES for a in ("--override", o)] if dry else []
     if dry:
-        common = ["--preset", "custom", "--model", "tiny", "--seq-lens", "256", "--warmup", "0", "--timed", "1",
+        common = ["--preset", "custom", "--model", "tiny", "--seq-lens", "256", "--warmup", "1", "--timed", "auto",
                   "--no-pipeline", "--jobs", "2"]
     else:
         common = ["--preset", "gpu", "--model", "arch", "--arch-dir", arch, "--arch-device", "cuda"]
-    build = Step("build-model", (40, 90), ["true"] if dry else [py, str(HERE / "build_arch_model.py"), "--out", arch,
-                                                                 "--device", "cuda"],
-                 "architecture-only Qwen3-14B (random bf16 weights, 29.5 GB)")
+    build = Step("build-model", (40, 90), builder + ["--out", arch, "--device", "cpu" if dry else "cuda"] + tiny,
+                 "architecture-only Qwen3-14B (random bf16 weights, 29.5 GB; df -h of the scratch disk first)"
+                 + (" (dry run: the same builder at the tiny model's width)" if dry else ""))
     if phase == 1:
-        parity = [py, str(HERE / "parity.py"), "run", "--out", str(work / "parity"),
-                  "--model", "testkit:tiny-qwen3" if dry else parity_model]
-        parity += ["--steps", "1", "--seq-len", "256", "--jobs", "2"] if dry else ["--steps", "3", "--seq-len", "1024"]
-        if not dry:  # its own 2-layer model (linked to the full build's shards when it is there)
-            parity = ["sh", "-c", shlex.join([py, str(HERE / "build_arch_model.py"), "--out", parity_model,
-                                              "--layers", str(PARITY_LAYERS), "--device", "cuda"])
-                      + " && " + shlex.join(parity)]
+        # its own 2-layer model, made of links to the full build's shards when that is there (else written)
+        parity = ["sh", "-c", shlex.join(builder + ["--out", parity_model, "--layers", str(PARITY_LAYERS), "--device",
+                                                    "cpu" if dry else "cuda", "--link-from-if-built", arch] + tiny)
+                  + " && " + shlex.join([py, str(HERE / "parity.py"), "run", "--out", str(work / "parity"),
+                                         "--model", parity_model]
+                                        + (["--steps", "1", "--seq-len", "256", "--jobs", "2"] if dry
+                                           else ["--steps", "3", "--seq-len", "1024"]))]
+        kernels_json = shlex.quote(str(work / KERNELS_JSON))
+        doctor = shlex.join([py, "-m", "kitrec_fast", "doctor", "--only", "fused_kernels", "--json", "--timeout-s",
+                             "{left}"])
         plan = Plan(1, budget_s or PHASE_BUDGET_S[1])
         plan.steps = [
             Step("preflight", (10, 30), [py, "-m", "kitrec_fast", "doctor", "--quick", "--timeout-s", "{left}"],
                  "kitrec-fast doctor --quick: versions, CUDA, bitsandbytes library, triton, unsloth importable"),
+            # the JSON goes to its own file (the verdict the summary leads with) and into the step's log
+            Step("kernels", (15, 45), ["sh", "-c", f"{doctor} > {kernels_json}; rc=$?; cat {kernels_json}; exit $rc"],
+                 "kitrec-fast doctor --only fused_kernels: Unsloth's fused kernels against PEFT on this GPU",
+                 verdict=True),
             build,
             Step("headline", (200, 350), harness + common + ["--out", str(work / "headline")] + budget
-                 + ([] if dry else ["--phases", "headline", "--warmup", "1", "--timed", "2"]),
+                 + ([] if dry else ["--phases", "headline", "--warmup", "2", "--timed", "auto"]),
                  "fast path vs baseline, 2 x 5,120 tokens, 40 layers, smoothing on (GPU to itself)",
                  needs=("build-model",), min_s=120),
             Step("parity", (110, 190), parity,
-                 f"first-step LoRA gradients from one saved adapter, {PARITY_LAYERS}-layer Qwen3-14B geometry",
+                 f"first-step LoRA gradients from one saved adapter, {PARITY_LAYERS}-layer Qwen3-14B geometry "
+                 "(links to the full build's shards)",
                  if_time_left=True),
             # -o addopts: pyproject's pytest-xdist options are for CI's CPUs; the GPU machine's pytest has no xdist
             Step("gpu-tests", (130, 300), [py, "-m", "pytest", "-q", "-s", "-o", "addopts=-ra", str(REPO / "tests/gpu"),
@@ -251,28 +339,44 @@ def headline_rows(result_dir: Path) -> list[dict]:
     return rows
 
 
+def _peaks(mem: dict | None) -> str:
+    """'allocated / reserved' GiB of one peak window ('-' where there is none; CPU: peak RSS / -)."""
+    if not mem:
+        return "-"
+    return f"{_f(mem.get('peak_allocated_gib', mem.get('peak_rss_gib')))} / {_f(mem.get('peak_reserved_gib'))}"
+
+
 def _headline_lines(work: Path, dry: bool) -> list[str]:
     rows = headline_rows(work / "headline")
     if not rows:
         return []
-    lines = ["", "| config | status | trained tok/s | all tok/s | step s (median) | timed steps | first step s "
-             "| peak alloc GiB | peak reserved GiB | torch | activation | compile | fused |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["", "| config | status | trained tok/s | all tok/s | step s (median) | spread | timed steps | first step s "
+             "| first-step peak GiB (alloc / reserved) | steady peak GiB (alloc / reserved) | torch | activation "
+             "| compile | fused |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     by, partial = {}, False
     for r in rows:
-        tp, st, mem = r.get("throughput") or {}, r.get("steps") or {}, (r.get("memory") or {}).get("training") or {}
+        tp, st, mem = r.get("throughput") or {}, r.get("steps") or {}, r.get("memory") or {}
         s = r.get("settings") or {}
         torch_v = (r.get("torch") or {}).get("version") or ((r.get("env") or {}).get("versions") or {}).get("torch")
         if tp.get("tokens_per_s_trained") and r.get("status") in ("ok", "partial"):
             by[r.get("backend")] = tp["tokens_per_s_trained"]
             partial |= r.get("status") == "partial"
+        choice = st.get("timed_choice") or {}
+        n = f"{st.get('n', '-')}" + (f" (chosen: {choice['from_step_s']:.3g} s warm-up step, {choice['left_s']:.0f} s "
+                                     "left)" if choice.get("auto") else "")
+        spread = st.get("spread_rel")
         lines.append(f"| {r.get('name')} | {r.get('status')} | {_f(tp.get('tokens_per_s_trained'))} | "
-                     f"{_f(tp.get('tokens_per_s_all'))} | {_f(st.get('median_s'))} | {st.get('n', '-')} | "
-                     f"{_f(st.get('first_step_s'))} | {_f(mem.get('peak_allocated_gib', mem.get('peak_rss_gib')))} | "
-                     f"{_f(mem.get('peak_reserved_gib'))} | {torch_v or '-'} | {s.get('activation_dtype')} | "
-                     f"{s.get('compile')} | {s.get('fused_lora_kernels')} |")
+                     f"{_f(tp.get('tokens_per_s_all'))} | {_f(st.get('median_s'))} | "
+                     f"{'-' if spread is None else f'{100 * spread:.1f} %'} | {n} | "
+                     f"{_f(st.get('first_step_s'))} | {_peaks(mem.get('first_step'))} | {_peaks(mem.get('steady'))} | "
+                     f"{torch_v or '-'} | {s.get('activation_dtype')} | {s.get('compile')} | "
+                     f"{s.get('fused_lora_kernels')} |")
+    lines.append("\nspread: (max - min) / median of the timed steps. Memory peaks: the first step (the fast path's "
+                 "compile) and the steps after it, each window opened after `gc.collect()` + `empty_cache()` on both "
+                 "backends.")
     if dry:
-        lines.append("\nCPU, tiny model (hidden 64, 2 layers): tokens/s and memory above are NOT MEANINGFUL "
+        lines.append("CPU, tiny model (hidden 64, 2 layers): tokens/s, step times and memory above are NOT MEANINGFUL "
                      "(CPU peak RSS in the memory columns); they only show the plan runs end to end.")
         if by.get("unsloth") and by.get("peft"):
             lines.append(f"fast path / baseline on this CPU: {by['unsloth'] / by['peft']:.2f}x (not meaningful)")
@@ -312,12 +416,24 @@ def write_summary(plan: Plan, work: Path, out: Path, meta: dict) -> None:
     if dry:
         title += (" (CPU dry run, tiny model: the times and figures below come from a CPU and are not "
                   "meaningful; the estimates are the GPU's)")
-    lines = [title, "", f"device: {meta.get('device')}  torch: {meta.get('torch')}  commit: {meta.get('commit')}  "
+    kernels = next((s for s in plan.steps if s.verdict), None)
+    lines = [title, "", _fused_verdict(work, kernels)[1] + ("; on CPU through Triton's interpreter, not the GPU's kernels"
+                                                             if dry and kernels and kernels.status == "ok" else ""),
+             "", f"device: {meta.get('device')}  torch: {meta.get('torch')}  commit: {meta.get('commit')}  "
                         f"started: {meta.get('started')}",
              f"budget {plan.budget_s:.0f} s; GPU estimate of {', '.join(s.name for s in plan.promised)}: "
              f"{plan.estimate_s:.0f} s ({sum(s.est_range[0] for s in plan.promised):.0f}-{plan.worst_s:.0f} s), "
              f"the rest if time is left; elapsed "
              f"{meta.get('elapsed_s', 0):.0f} s; everything is in {ARCHIVE}"]
+    sc = meta.get("scratch") or {}
+    if sc:
+        seen = ", ".join(f"{c['path']} {c['free_bytes'] / 1e9:.1f} GB free" if c.get("free_bytes") is not None
+                         else f"{c['path']} ({c.get('why')})" for c in sc.get("candidates", []))
+        lines += ["", f"scratch folder for the model: {sc.get('path')} (the writable candidate with the most free "
+                      f"space: {seen}); df -h before the build:", "", *[f"    {x}" for x in sc.get("df", "").splitlines()]]
+    if dry:
+        lines += ["", "Not meaningful on this CPU: " + "; ".join(CPU_MEANINGLESS) + ". What the dry run shows: every "
+                  "step runs, in order, within its limit, and leaves its log and results in the archive."]
     if meta.get("only"):
         lines.append(f"--only {' '.join(meta['only'])}" + "".join(f"; added {name} (needed by {why})"
                                                                   for name, why in plan.added.items()))
@@ -440,6 +556,14 @@ def run_plan(plan: Plan, work: Path, out: Path, meta: dict, env: dict) -> int:
         skipped = _junit_skipped(step.junit) if rc == 0 else None
         if skipped:
             step.status, step.note = "skipped", skipped
+        if step.verdict:
+            status, line = _fused_verdict(work, step)
+            step.note = f"fused_kernels: {status}"
+            if status == "UNKNOWN" and meta.get("dry"):
+                # on CPU a doctor without this check (or one that cannot run it) says nothing about a GPU
+                step.status, step.note = "skipped", "no fused_kernels verdict on this CPU (see the log)"
+                finish()
+                continue
         failed |= rc != 0
         finish()
     return 1 if failed else 0
@@ -472,7 +596,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.budget_s is not None and not 0 < args.budget_s <= top:
         ap.error(f"--budget-s: 1-{MAX_PHASE_BUDGET_S} s (one command may run 600 s), got {args.budget_s:g}")
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="kitrec-phase-"))
-    plan = build_plan(args.phase, work, args.cpu_dry_run, args.budget_s)
+    # the largest writable disk among the candidates takes the model (29.5 GB on the GPU machine's 64 GiB)
+    scratch, seen = pick_scratch(scratch_candidates())
+    plan = build_plan(args.phase, work, args.cpu_dry_run, args.budget_s, scratch)
     if args.only:
         plan.select(args.only)
     if args.plan:
@@ -483,6 +609,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"one at a time, in this order; {', '.join(s.name for s in plan.promised)}: ~{plan.estimate_s:.0f} s "
               f"(at most {plan.worst_s:.0f} s) of a {plan.budget_s:.0f} s budget; a step starts only if its low "
               "estimate still fits")
+        print(f"the model goes to {scratch}: the writable candidate with the most free space ("
+              + ", ".join(f"{c['path']} {c['free_bytes'] / 1e9:.0f} GB" if c.get("free_bytes") is not None
+                          else f"{c['path']} {c['why']}" for c in seen) + ")")
         return 0
     if not args.out:
         ap.error("--out is required (unless --plan)")
@@ -500,7 +629,10 @@ def main(argv: list[str] | None = None) -> int:
         torch_version = version("torch")
     except PackageNotFoundError:
         torch_version = None
+    from build_arch_model import free_space_line
+
     meta = {"device": device, "slug": slug(device), "commit": commit, "dry": args.cpu_dry_run, "only": args.only,
+            "scratch": {"path": scratch, "candidates": seen, "df": free_space_line(scratch)},
             "torch": torch_version,
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     env = dict(os.environ)

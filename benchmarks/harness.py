@@ -56,6 +56,20 @@ CAPS_GIB = (16, 24, 48)
 # (reasoning + one JSON object): the synthetic rows through the real pipeline at max_length 5,120
 # train a median of ~615 tokens, i.e. 12% of 5,120. Override with --trained-fraction.
 TRAINED_FRACTION = 0.12
+TIMED_MIN, TIMED_MAX = 3, 10  # --timed auto's bounds (the same as measure.py's; the harness never imports torch)
+
+
+def timed_arg(text: str) -> int | str:
+    """``--timed``: a step count, or ``auto`` (chosen by each worker from its warm-up, see worker.py)."""
+    if text == "auto":
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"a positive step count or 'auto', got {text!r}")
+    return n
 
 
 def slug(text: str) -> str:
@@ -228,11 +242,14 @@ def config_specs(args, models: dict[str, dict[str, Any]]) -> list[dict[str, Any]
         for backend in backends:
             tag = data.get("seq_len") or data.get("max_length")
             name = f"{group}-{backend}-L{tag}-b{args.batch_size}-l{m['layers'] or 'x'}"
+            # auto: the trainer gets room for the most steps; the worker times as many as fit its limit
+            steps = {"timed_steps": TIMED_MAX, "timed_auto": [TIMED_MIN, TIMED_MAX]} if timed == "auto" else \
+                {"timed_steps": timed}
             if extra.get("mem_cap_gib"):
                 name += f"-cap{extra['mem_cap_gib']:g}"
             specs.append({**common, "name": name, "group": group, "backend": backend, "model": m["path"],
                           "model_kind": m["kind"], "model_label": m["label"], "full_layers": m["full_layers"],
-                          "data": data, "max_seq_length": max_len, "warmup_steps": warm, "timed_steps": timed,
+                          "data": data, "max_seq_length": max_len, "warmup_steps": warm, **steps,
                           "est_s": est_s[backend] if isinstance(est_s, dict) else est_s, "kind": "throughput",
                           **extra})
 
@@ -334,8 +351,9 @@ def collect_row(row_path: Path, rc: int | None, spec: dict[str, Any], log: Path)
         if rc is None:  # stopped at the limit
             if row.get("status") == "partial":
                 done = (row.get("steps") or {}).get("done", 0)
+                planned = (row.get("steps") or {}).get("timed") or spec.get("timed_steps", 0)
                 row["error"] = (f"stopped at the time limit after {done} of "
-                                f"{spec.get('warmup_steps', 0) + spec.get('timed_steps', 0)} steps "
+                                f"{spec.get('warmup_steps', 0) + planned} steps "
                                 "(partial: figures from the steps that finished)")
             else:
                 row["status"], row["error"] = "timeout", "killed at the time limit (partial result)"
@@ -384,7 +402,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seq-lens", type=int, nargs="+", default=None)
     ap.add_argument("--batch-size", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps (Unsloth compiles on the first)")
-    ap.add_argument("--timed", type=int, default=None, help="timed steps")
+    ap.add_argument("--timed", type=timed_arg, default=None,
+                    help=f"timed steps, or 'auto': {TIMED_MIN}-{TIMED_MAX}, as many as the warm-up's last step says "
+                         "fit the worker's time limit (needs --warmup >= 1)")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--trained-fraction", type=float, default=TRAINED_FRACTION)
     ap.add_argument("--pipeline", action=argparse.BooleanOptionalAction, default=None,
@@ -425,6 +445,8 @@ def main(argv: list[str] | None = None) -> int:
     for k, v in preset_defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
+    if args.timed == "auto" and args.warmup < 1:
+        ap.error("--timed auto: needs --warmup >= 1 (the count is chosen from the last warm-up step's time)")
     if args.preset == "gpu" and args.reduced_layers is None:
         args.reduced_layers = 4
 
@@ -509,7 +531,6 @@ def main(argv: list[str] | None = None) -> int:
                     "error": "the harness was stopped" if _STOP.is_set() else
                     f"time budget: {budget_left():.0f}s left, this configuration needs ~{est:.0f}s"}
         spec_path, row_path, log = out / "specs" / f"{name}.json", out / "specs" / f"{name}.row.json", out / "logs" / f"{name}.log"
-        spec_path.write_text(json.dumps(spec, indent=1) + "\n")
         row_path.unlink(missing_ok=True)
         timeout = args.timeout_s
         if args.budget_s is not None:
@@ -517,6 +538,8 @@ def main(argv: list[str] | None = None) -> int:
             rest = specs[[s["name"] for s in specs].index(name):]
             share = required_timeout(spec, rest, budget_left()) if spec.get("required") else budget_left()
             timeout = min(args.timeout_s, max(share, 1.0))
+        spec["time_limit_s"] = timeout  # an automatic timed-step count fills it (worker.py)
+        spec_path.write_text(json.dumps(spec, indent=1) + "\n")
         print(f"[harness] {name}: start (timeout {timeout:.0f}s)", file=sys.stderr, flush=True)
         rc, wall = run_worker([sys.executable, str(WORKER), "--spec", str(spec_path), "--out", str(row_path)],
                               log, timeout, env)

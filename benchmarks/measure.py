@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 GIB = 2**30
+# Timed steps when the count is chosen from the warm-up (``choose_timed_steps``): fewer than 3 give no
+# median worth the name; more than 10 add little to it and take time from the other worker.
+TIMED_MIN, TIMED_MAX = 3, 10
 
 
 def percentile(xs: list[float], q: float) -> float:
@@ -37,6 +40,21 @@ def step_stats(step_s: list[float]) -> dict[str, float | int]:
         # (max - min) / median: the whole range as a share of the typical step
         "spread_rel": (max(step_s) - min(step_s)) / med if med > 0 else float("nan"),
     }
+
+
+def choose_timed_steps(step_s: float | None, left_s: float, lo: int = TIMED_MIN, hi: int = TIMED_MAX,
+                       reserve_s: float = 5.0, reserve_frac: float = 0.1) -> int:
+    """How many steps to time: as many of the measured warm-up step's length as fill ``left_s`` (the
+    worker's share of the budget still left), at least ``lo`` and at most ``hi``.
+
+    ``reserve_frac`` of what is left (steps vary; a slower one must not cut the last) and ``reserve_s``
+    (the row, the environment record, the process's exit) stay unused. A warm-up step that includes
+    the compile overestimates a step, which can only make the count smaller: still at least ``lo``.
+    """
+    if not step_s or step_s <= 0:
+        return hi
+    usable = left_s * (1 - reserve_frac) - reserve_s
+    return min(hi, max(lo, int(usable // step_s))) if usable > 0 else lo
 
 
 def cpu_model() -> str:
@@ -132,6 +150,23 @@ def memory_stats(torch) -> dict[str, float]:
                 "reserved_gib": torch.cuda.memory_reserved() / GIB}
     # CPU: only the process's peak resident set exists (monotone over the process's life).
     return {"peak_rss_gib": rss_peak_gib()}
+
+
+def fresh_peak(torch, gc) -> None:
+    """Start a new peak-memory window from what is really held: collect garbage and return the
+    allocator's cached blocks first, so the window's reserved peak is this window's need and not
+    what came before it (both backends alike; Unsloth's get_peft_model empties the cache itself)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_max(*windows: dict | None) -> dict[str, float]:
+    """The peak over several windows of ``memory_stats`` (each ``peak_*`` figure's largest value)."""
+    got = [w for w in windows if w]
+    return {k: max(w[k] for w in got if k in w) for k in dict.fromkeys(k for w in got for k in w)
+            if k.startswith("peak_")}
 
 
 class StepTimer:

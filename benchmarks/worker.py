@@ -18,7 +18,16 @@ saving is switched off.
 
 The row is written as the run goes, after every step (status ``partial``: tokens/s over the timed
 steps so far, peak memory, step times, the first step's time, which includes the compile), so a
-worker stopped at its time limit still leaves a figure. A parity run (``save_grads`` in the spec)
+worker stopped at its time limit still leaves a figure. With ``timed_auto`` in the spec the number of
+timed steps is chosen from the last warm-up step's time so that they fill the worker's time limit
+(``time_limit_s``, its share of the budget), within [TIMED_MIN, TIMED_MAX].
+
+Memory is measured the same way on both backends: after loading, ``gc.collect()`` and
+``torch.cuda.empty_cache()`` before the peak counters are reset (Unsloth empties the cache inside
+``get_peft_model``; without this the baseline's reserved peak would carry its load's leftovers), and
+again after the first step, so the first step's peak (the fast path's compile) and the steady-state
+peak of the steps after it are reported apart (``memory.first_step``, ``memory.steady``;
+``memory.training`` is the larger of the two). A parity run (``save_grads`` in the spec)
 also saves every LoRA weight's gradient of the first step, taken as backward accumulates it, before
 the Trainer clips it.
 """
@@ -36,8 +45,8 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from measure import (StepTimer, apply_mem_cap, calibrate, capture_first_grads, environment, grad_key, memory_stats,
-                     step_stats)
+from measure import (StepTimer, apply_mem_cap, calibrate, capture_first_grads, choose_timed_steps, environment,
+                     fresh_peak, grad_key, memory_stats, peak_max, step_stats)
 from train_rows import BatchRecorder, build_dataset, load_initial_adapter, sequential_sampler
 
 HERE = Path(__file__).resolve().parent
@@ -110,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         if spec.get("kind", "throughput") == "ceiling":
             _run_ceiling(spec, cfg, backend, torch, row, args.out)
         else:
-            _run_throughput(spec, cfg, backend, torch, row, args.out)
+            _run_throughput(spec, cfg, backend, torch, row, args.out, t_start)
     except BaseException as exc:  # noqa: BLE001 - every failure must still produce a row
         row["status"] = "oom" if _is_oom(exc) else "error"
         row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
@@ -193,7 +202,8 @@ def _model_config(cfg) -> dict[str, Any]:
 
 def _train_once(cfg, loaded, tokenizer, ds, torch, out_dir: str, on_step: Callable | None = None):
     """A fresh trainer over ``ds`` (in order); returns (trainer, timer, recorder) after training.
-    ``on_step(trainer, timer, recorder)`` runs after every step (after the timer's mark)."""
+    ``on_step(trainer, timer, recorder)`` runs after every step (after the timer's mark); when it
+    returns True, training stops after that step."""
     from transformers import TrainerCallback
 
     from kitrec_fast.train.trainer import make_trainer
@@ -206,16 +216,22 @@ def _train_once(cfg, loaded, tokenizer, ds, torch, out_dir: str, on_step: Callab
     if on_step is not None:
         class _OnStep(TrainerCallback):
             def on_step_end(self, args, state, control, **kw):
-                on_step(trainer, timer, recorder)
+                if on_step(trainer, timer, recorder):
+                    control.should_training_stop = True
 
         trainer.add_callback(_OnStep())
     trainer.train()
     return trainer, timer, recorder
 
 
-def _run_throughput(spec, cfg, backend, torch, row, out_path: str | None = None) -> None:
+def _run_throughput(spec, cfg, backend, torch, row, out_path: str | None = None,
+                    t_start: float | None = None) -> None:
     """Load, train ``warmup + timed`` steps, fill ``row``; with ``out_path`` the row is also written
-    after every step (status ``partial``) so that a run stopped at its limit leaves its figures."""
+    after every step (status ``partial``) so that a run stopped at its limit leaves its figures.
+    With ``timed_auto`` the timed count is chosen after the warm-up (``choose_timed_steps``)."""
+    import gc
+
+    t_start = time.perf_counter() if t_start is None else t_start
     cap = apply_mem_cap(torch, spec.get("mem_cap_gib"), float(spec.get("context_reserve_gib", 0.5)))
     t0 = time.perf_counter()
     loaded = backend.load_model(cfg)
@@ -223,25 +239,43 @@ def _run_throughput(spec, cfg, backend, torch, row, out_path: str | None = None)
         load_initial_adapter(loaded, spec["init_adapter"])
     row["timing_load_s"] = time.perf_counter() - t0
     mem_load = memory_stats(torch)
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    warm, timed, bsz = int(spec.get("warmup_steps", 0)), int(spec["timed_steps"]), cfg.train.per_device_batch_size
+    fresh_peak(torch, gc)
+    warm, bsz = int(spec.get("warmup_steps", 0)), cfg.train.per_device_batch_size
+    auto = spec.get("timed_auto")
+    if auto and warm < 1:
+        raise ValueError("timed_auto needs at least one warm-up step to measure")
+    # with an automatic count the trainer is built for the most steps and stopped after the chosen ones
+    timed = int(auto[1]) if auto else int(spec["timed_steps"])
     mcfg = _model_config(cfg)
     ds = build_dataset(spec["data"], (warm + timed) * bsz, cfg.train.seed, int(mcfg["vocab_size"]))
     tokenizer = _tokenizer(cfg)
     grads, unhook = capture_first_grads(loaded.model) if spec.get("save_grads") else ({}, lambda: None)
     row.update({"model": _model_record(spec, mcfg), "env": environment()})
+    mem = {"after_load": mem_load, "first_step": None}
+    choice: dict[str, Any] = {}
 
     def fill(trainer, timer, rec) -> None:
-        row.update(_throughput_fields(spec, cfg, mcfg, loaded, trainer, timer, rec, torch, cap, mem_load))
+        row.update(_throughput_fields(spec, cfg, mcfg, loaded, trainer, timer, rec, torch, cap, mem, warm,
+                                      choice.get("chosen", timed), choice))
 
-    def progress(trainer, timer, rec) -> None:
+    def progress(trainer, timer, rec) -> bool:
+        nonlocal timed
         t = time.perf_counter()
+        done = len(timer.step_s)
+        if done == 1:  # the first step's peak (the compile), then a fresh window for the steps after it
+            mem["first_step"] = memory_stats(torch)
+            fresh_peak(torch, gc)
+        if auto and done == warm:
+            left = float(spec.get("time_limit_s") or float("inf")) - (time.perf_counter() - t_start)
+            timed = choose_timed_steps(timer.step_s[-1], left, int(auto[0]), int(auto[1]))
+            choice.update({"auto": True, "min": int(auto[0]), "max": int(auto[1]), "from_step_s": timer.step_s[-1],
+                           "left_s": left, "chosen": timed})
         fill(trainer, timer, rec)
         row["status"] = "partial"
         if out_path:
             _write_json(out_path, row)
         timer.exclude(time.perf_counter() - t)  # writing the row is not part of the next step
+        return done >= warm + timed
 
     with tempfile.TemporaryDirectory(prefix="kitrec-bench-") as tmp:
         trainer, timer, rec = _train_once(cfg, loaded, tokenizer, ds, torch, tmp, progress)
@@ -258,11 +292,11 @@ def _run_throughput(spec, cfg, backend, torch, row, out_path: str | None = None)
     row["status"] = "ok"
 
 
-def _throughput_fields(spec, cfg, mcfg, loaded, trainer, timer, rec, torch, cap, mem_load) -> dict[str, Any]:
+def _throughput_fields(spec, cfg, mcfg, loaded, trainer, timer, rec, torch, cap, mem, warm, timed,
+                       choice) -> dict[str, Any]:
     """The row's figures over the steps finished so far (the timed ones after the warm-up)."""
     from flops import step_flops
 
-    warm, timed = int(spec.get("warmup_steps", 0)), int(spec["timed_steps"])
     bsz = cfg.train.per_device_batch_size
     steps = timer.step_s
     timed_steps = steps[warm:warm + timed]
@@ -283,14 +317,14 @@ def _throughput_fields(spec, cfg, mcfg, loaded, trainer, timer, rec, torch, cap,
                  "rows_per_step": bsz, "batch_sha1": [b["sha1"] for b in rec.batches[: len(steps)]],
                  "tokens_per_step": {k: tok[k] / n for k in ("all", "nonpad", "trained")} if n else None},
         "steps": {"warmup": warm, "timed": timed, "done": len(steps), "warmup_s": steps[:warm], "timed_s": timed_steps,
+                  "timed_choice": choice or {"auto": False},
                   # the first step includes the fast path's compile (and the first CUDA kernels' loading)
                   "first_step_s": steps[0] if steps else None, **step_stats(timed_steps)},
         "throughput": {
             "tokens_per_s_all": tok["all"] / total_t, "tokens_per_s_nonpad": tok["nonpad"] / total_t,
             "tokens_per_s_trained": tok["trained"] / total_t, "samples_per_s": tok["samples"] / total_t,
         } if total_t > 0 else None,
-        "memory": {"device": "cuda" if torch.cuda.is_available() else "cpu", "cap": cap,
-                   "after_load": mem_load, "training": memory_stats(torch)},
+        "memory": _memory_fields(torch, cap, mem, len(steps)),
         "mfu": {"model_tflops_per_step": flops_total / n / 1e12 if n else None,
                 "breakdown_tflops_per_step": {k: sum(f[k] for f in flops) / n / 1e12
                                               for k in ("linear", "attention", "lora", "lm_head")} if n else None,
@@ -301,6 +335,17 @@ def _throughput_fields(spec, cfg, mcfg, loaded, trainer, timer, rec, torch, cap,
                       "step_ms_per_layer": 1000 * statistics.median(timed_steps) / layers if n else None},
         "losses": list(timer.losses),
     }
+
+
+def _memory_fields(torch, cap, mem: dict, done: int) -> dict[str, Any]:
+    """After load; the first step's peak; the steady-state peak of the steps after it (its own window,
+    opened after the first step); training: the larger of the two (what a run of these steps needs)."""
+    now = memory_stats(torch)
+    first = mem.get("first_step") or (now if done >= 1 else None)
+    steady = now if done >= 2 else None
+    return {"device": "cuda" if torch.cuda.is_available() else "cpu", "cap": cap, "after_load": mem["after_load"],
+            "first_step": first, "steady": steady,
+            "training": peak_max(first, steady) if first else now}
 
 
 def _model_record(spec, mcfg) -> dict[str, Any]:

@@ -48,6 +48,20 @@ def test_fmt_and_parse_round_trip():
     assert report.fmt(None) == "-" and report.parse_number("-") is None
 
 
+def test_timed_step_count_fills_the_worker_share():
+    from measure import choose_timed_steps
+
+    # usable = left x 0.9 - 5 s; steps = usable // warm-up step, within [3, 10]
+    assert choose_timed_steps(10.0, 100.0) == 8  # 85 s / 10 s
+    assert choose_timed_steps(12.5, 75.0) == 5  # 62.5 s / 12.5 s: exactly five
+    assert choose_timed_steps(7.0, 60.0) == 7  # 49 s / 7 s
+    assert choose_timed_steps(10.0, 20.0) == 3  # 13 s holds one step: still the minimum
+    assert choose_timed_steps(10.0, -4.0) == 3  # the share is already spent
+    assert choose_timed_steps(1.0, 100.0) == 10  # 85 would fit: the maximum
+    assert choose_timed_steps(60.0, 400.0, lo=2, hi=4) == 4  # 355 s / 60 s = 5, capped at 4
+    assert choose_timed_steps(None, 100.0) == 10  # nothing measured: no reason to time fewer
+
+
 def test_harness_cpu_two_backends(tmp_path):
     out = tmp_path / "bench"
     proc = subprocess.run(
@@ -100,7 +114,7 @@ def test_harness_cpu_two_backends(tmp_path):
     assert json.loads((out / "run.json").read_text())["configs"] == [r["name"] for r in rows]
 
 
-def test_arch_model_builder_reduced_depth_links(tmp_path):
+def test_arch_model_builder_reduced_depth_links(tmp_path, capsys):
     import build_arch_model as bam
     from safetensors import safe_open
 
@@ -114,23 +128,41 @@ def test_arch_model_builder_reduced_depth_links(tmp_path):
     n_params = sum(math.prod(s) for _, s in bam._param_specs(cfg))
     assert 14.7e9 < n_params < 14.8e9
 
-    # mechanics on a test-sized geometry: full build, then a 1-layer model made of links to it
+    # mechanics on a test-sized geometry: full build, then a 1-layer model made of links to it, through the
+    # command line the parity step uses (--link-from-if-built: links when a finished full build is there)
     small = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "num_key_value_heads": 1,
              "head_dim": 16, "num_hidden_layers": 3, "vocab_size": 1024}
+    small_args = [a for k, v in small.items() for a in ("--override", f"{k}={v}")]
     full = bam.build(tmp_path / "full", overrides=small)
-    red = bam.build(tmp_path / "red", layers=1, overrides=small, link_from=full)
+    assert "df -h before" in capsys.readouterr().err  # the free space is in the build's log before any weight
+    red = tmp_path / "red"
+    assert bam.main(["--out", str(red), "--layers", "1", "--link-from-if-built", str(full)] + small_args) == 0
+    assert "shards linked from" in capsys.readouterr().err
+    index = json.loads((red / "model.safetensors.index.json").read_text())
+    for shard in set(index["weight_map"].values()):  # every shard, embeddings and head included: no weight written
+        assert (red / shard).is_symlink() and (red / shard).resolve() == (full / shard).resolve(), shard
+    assert bam.read_marker(red)["linked_from"] == str(full.resolve())
     assert bam.read_marker(red)["layers"] == 1 and bam.read_marker(red)["full_layers"] == 3
     assert "RANDOM" in bam.read_marker(red)["what"]
     index = json.loads((red / "model.safetensors.index.json").read_text())
     assert {k.split(".")[2] for k in index["weight_map"] if k.startswith("model.layers.")} == {"0"}
     assert (red / bam.layer_shard(0)).is_symlink() and not (red / bam.layer_shard(1)).exists()
     assert json.loads((red / "config.json").read_text())["num_hidden_layers"] == 1
+    for build in (full, red):  # vLLM and loaders that pick the class from config.json need it named
+        assert json.loads((build / "config.json").read_text())["architectures"] == ["Qwen3ForCausalLM"]
     with safe_open(str(red / bam.layer_shard(0)), "pt") as f:
         q = f.get_tensor("model.layers.0.self_attn.q_proj.weight")
     assert str(q.dtype) == "torch.bfloat16" and 0.01 < float(q.float().std()) < 0.03
-    # a rebuild is a no-op and the builder is deterministic per tensor
+    # a rebuild is a no-op and the builder is deterministic per tensor; an unfinished full build (killed
+    # before its index was written) is not linked to: the reduced model writes its own weights
     assert bam.build(tmp_path / "full", overrides=small) == full
-    again = bam.build(tmp_path / "again", layers=1, overrides=small)
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / bam.MARKER).write_text((full / bam.MARKER).read_text())
+    again = tmp_path / "again"
+    assert bam.main(["--out", str(again), "--layers", "1", "--link-from-if-built", str(tmp_path / "half")]
+                    + small_args) == 0
+    assert "holds no complete build" in capsys.readouterr().err
+    assert not any(p.is_symlink() for p in again.glob("*.safetensors"))
     with safe_open(str(again / bam.layer_shard(0)), "pt") as f:
         assert f.get_tensor("model.layers.0.self_attn.q_proj.weight").equal(q)
     # transformers loads the linked reduced-depth model with every weight present
@@ -139,3 +171,4 @@ def test_arch_model_builder_reduced_depth_links(tmp_path):
     model, info = AutoModelForCausalLM.from_pretrained(str(red), output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
     assert model.config.num_hidden_layers == 1 and model.model.layers[0].self_attn.q_proj.weight.dtype.is_floating_point
+

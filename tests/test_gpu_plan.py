@@ -35,10 +35,12 @@ def _members(archive: Path) -> dict[str, bytes]:
 
 
 def test_phase_plans_fit_the_lease(tmp_path):
-    one = gpu_phases.build_plan(1, tmp_path, dry=False)
-    # the headline right after the model build, alone on the GPU; the checks after it, if time is left
-    assert [s.name for s in one.steps] == ["preflight", "build-model", "headline", "parity", "gpu-tests"]
-    assert [s.name for s in one.promised] == ["preflight", "build-model", "headline"]
+    scratch = str(tmp_path / "disk")
+    one = gpu_phases.build_plan(1, tmp_path, dry=False, scratch=scratch)
+    # the kernels' verdict before the 29.5 GB build; the headline right after the build, alone on the
+    # GPU; the checks after it, if time is left
+    assert [s.name for s in one.steps] == ["preflight", "kernels", "build-model", "headline", "parity", "gpu-tests"]
+    assert [s.name for s in one.promised] == ["preflight", "kernels", "build-model", "headline"]
     # one command may run 600 s: the phase stays under 540 even if every promised step takes its high estimate
     for plan in (one, gpu_phases.build_plan(2, tmp_path, dry=False)):
         assert plan.worst_s <= plan.budget_s < gpu_phases.MAX_PHASE_BUDGET_S <= LEASE_COMMAND_S - 60
@@ -47,13 +49,73 @@ def test_phase_plans_fit_the_lease(tmp_path):
             for flag in ("--timeout-s", "--budget-s"):
                 if flag in step.argv:
                     assert step.argv[step.argv.index(flag) + 1] == "{left}", (step.name, step.argv)
-    head = next(s for s in one.steps if s.name == "headline")
-    # the full 40-layer geometry at 2 x 5,120 (the harness's gpu preset), not the tiny model
+    steps = {s.name: s for s in one.steps}
+    head = steps["headline"]
+    # the full 40-layer geometry at 2 x 5,120 (the harness's gpu preset), not the tiny model, built on the scratch disk
     assert head.argv[head.argv.index("--phases") + 1] == "headline"
     assert head.argv[head.argv.index("--model") + 1] == "arch" and head.needs == ("build-model",)
+    arch = f"{scratch}/{gpu_phases.ARCH_NAME}"
+    assert head.argv[head.argv.index("--arch-dir") + 1] == arch == steps["build-model"].argv[3]
+    # the timed count fills the worker's share, chosen from the second (post-compile) warm-up step
+    assert head.argv[head.argv.index("--warmup") + 1] == "2" and head.argv[head.argv.index("--timed") + 1] == "auto"
+    # the fused kernels are checked before the build, by the user's doctor; the headline does not wait for them
+    assert "doctor --only fused_kernels --json --timeout-s '{left}'" in steps["kernels"].argv[-1]
+    assert steps["kernels"].verdict and "kernels" not in head.needs
+    # parity's 2-layer model links the full build's shards (4.4 GB not written again)
+    assert f"--link-from-if-built {arch}" in steps["parity"].argv[-1]
     # the preflight is the user's doctor in its quick form
     pre = one.steps[0]
     assert pre.argv[-5:] == ["kitrec_fast", "doctor", "--quick", "--timeout-s", "{left}"]
+
+
+def test_scratch_is_the_largest_writable_disk(tmp_path):
+    a, b, c = (tmp_path / n for n in "abc")
+    for d in (a, b, c):
+        d.mkdir()
+    (tmp_path / "file").write_text("")
+    (tmp_path / "link-to-c").symlink_to(c)
+    free = {str(a): 10e9, str(b): 35e9, str(c): 35e9, str(tmp_path / "link-to-c"): 99e9}
+    cands = [str(tmp_path / "missing"), str(tmp_path / "file"), str(a), str(b), str(c), str(tmp_path / "link-to-c")]
+    path, seen = gpu_phases.pick_scratch(cands, free.__getitem__)
+    assert path == str(b)  # the most free space; on a tie the first listed; a second name of a folder is not counted
+    assert [x["path"] for x in seen] == cands[:5]
+    assert [x.get("why") for x in seen[:2]] == ["not a folder", "not a folder"]
+    assert [x["free_bytes"] for x in seen[2:]] == [10e9, 35e9, 35e9]
+    # the real disk figures: a writable candidate is chosen and the default candidates include the temp folder
+    assert gpu_phases.pick_scratch([str(tmp_path / "missing"), str(a)])[0] == str(a)
+    assert tempfile.gettempdir() in gpu_phases.scratch_candidates()
+    with pytest.raises(SystemExit, match="no writable scratch folder"):
+        gpu_phases.pick_scratch([str(tmp_path / "missing")])
+
+
+def test_the_summary_leads_with_the_kernels_verdict(tmp_path):
+    """The doctor's fused_kernels check, from its --json, is the summary's first line; a FAIL fails the
+    step (and the phase) but the headline still runs; a doctor without the check is UNKNOWN, and on
+    a CPU dry run that step is skipped instead of failing the run."""
+    def doctor(status: str, rc: int) -> str:  # what `doctor --only fused_kernels --json` prints (kitrec_fast/doctor.py)
+        report = {"quick": False, "wall_s": 1.0, "checks": [
+            {"name": "fused_kernels", "status": status, "detail": "apply_lora_mlp_swiglu max error 3.1e-01",
+             "data": {}}]}
+        return f"echo '{json.dumps(report)}' > {{json}}; cat {{json}}; exit {rc}"
+
+    for dry, script, verdict, status in (
+            (False, doctor("FAIL", 1), "(fused kernels, `doctor --only fused_kernels`): FAIL: apply_lora_mlp_swiglu",
+             "failed"),
+            (False, doctor("ok", 0), "(fused kernels, `doctor --only fused_kernels`): ok: apply_lora", "ok"),
+            (True, "echo 'usage: kitrec-fast doctor: error: unrecognized arguments' >&2; exit 2",
+             "UNKNOWN: `doctor --only fused_kernels --json` gave no fused_kernels check (exit 2", "skipped")):
+        work, out = tmp_path / f"w-{status}", tmp_path / f"o-{status}"
+        work.mkdir()
+        plan = Plan(1, budget_s=30.0, reserve_s=0.5, steps=[
+            Step("kernels", (0, 1), ["sh", "-c", script.replace("{json}", str(work / gpu_phases.KERNELS_JSON))],
+                 "the doctor's fused kernels", verdict=True),
+            Step("headline", (0, 1), ["true"], "runs whatever the kernels said")])
+        rc = gpu_phases.run_plan(plan, work, out, {**_meta(), "dry": dry}, dict(os.environ))
+        assert [s.status for s in plan.steps] == [status, "ok"]
+        assert rc == (1 if status == "failed" else 0)
+        lines = (out / gpu_phases.SUMMARY).read_text().splitlines()
+        assert lines[1] == "" and verdict in lines[2], lines[:4]
+        assert b"fused_kernels" in _members(out / gpu_phases.ARCHIVE)["test-phase1/logs/kernels.log"] or dry
 
 
 def _meta():
@@ -178,8 +240,17 @@ def test_cpu_dry_run_leaves_what_a_gpu_run_leaves(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert sorted(p.name for p in out.iterdir()) == [gpu_phases.ARCHIVE, gpu_phases.SUMMARY]
     summary = (out / gpu_phases.SUMMARY).read_text()
-    order = [summary.index(f"| {name} |") for name in ("preflight", "build-model", "headline", "parity", "gpu-tests")]
+    order = [summary.index(f"| {name} |") for name in ("preflight", "kernels", "build-model", "headline", "parity",
+                                                         "gpu-tests")]
     assert order == sorted(order)
+    # it leads with the fused kernels' verdict (on CPU: the interpreter's, or UNKNOWN and the step skipped),
+    # names the scratch disk with its df -h, and says which figures mean nothing here
+    lines = summary.splitlines()
+    assert lines[2].startswith("Unsloth's GPU stack (fused kernels")
+    kernels = next(line for line in lines if line.startswith("| kernels |"))
+    assert ("| ok |" in kernels and "ok" in lines[2]) or ("| skipped |" in kernels and "UNKNOWN" in lines[2]), kernels
+    assert "scratch folder for the model:" in summary and "Avail" in summary
+    assert "Not meaningful on this CPU: every wall time" in summary
     # honest about the CPU: no GPU test ran, so the step is "skipped", and no figure is presented as a result
     gpu_tests = next(line for line in summary.splitlines() if line.startswith("| gpu-tests |"))
     assert "| skipped |" in gpu_tests and "tests skipped" in gpu_tests, gpu_tests
@@ -190,12 +261,21 @@ def test_cpu_dry_run_leaves_what_a_gpu_run_leaves(tmp_path):
     rows = [json.loads(x) for x in files[f"{root}/headline/results.jsonl"].decode().splitlines()]
     assert [r["backend"] for r in rows] == ["unsloth", "peft"] and all(r["status"] == "ok" for r in rows)
     for r in rows:  # what really ran is recorded on both backends, with the torch that ran it
-        assert r["steps"]["timed"] == 1 and r["steps"]["first_step_s"] > 0 and r["torch"]["version"]
+        steps, mem = r["steps"], r["memory"]
+        # the timed count was chosen from the warm-up step to fill the worker's share (3-10), median and spread kept
+        assert steps["timed_choice"]["auto"] and steps["timed"] == steps["timed_choice"]["chosen"] == steps["n"]
+        assert 3 <= steps["n"] <= 10 and len(steps["timed_s"]) == steps["n"] and steps["spread_rel"] >= 0
+        assert steps["first_step_s"] > 0 and r["torch"]["version"]
+        # the first step's peak and the steady peak after it, apart
+        assert mem["first_step"]["peak_rss_gib"] > 0 and mem["steady"]["peak_rss_gib"] > 0
         assert r["settings"]["activation_dtype"] and r["settings"]["attn_implementation"]
         assert r["settings"]["autocast"] is False and "compile" in r["settings"]
     # the fast path against the baseline from one saved adapter: the first-step gradients agree
     parity = json.loads(files[f"{root}/parity/parity.json"])
     assert parity["ok"] and parity["identical_batches"] and parity["grads"]["tensors"] == 28
+    # its 2-layer model was made of links to the build step's shards, and that build logged df -h first
+    assert "shards linked from" in files[f"{root}/logs/parity.log"].decode()
+    assert "df -h before" in files[f"{root}/logs/build-model.log"].decode()
     assert parity["grads"]["worst_cosine"] > 0.999 and parity["grads"]["worst_rel_norm_gap"] < 0.01
     assert all(parity["settings"][b]["init_adapter"] for b in ("unsloth", "peft"))
     plan = json.loads(files[f"{root}/plan.json"])
