@@ -8,8 +8,9 @@ of a 15-minute lease. So the work happens in a scratch folder and ``OUT`` only e
 what finished) and ``SUMMARY`` (the plan, its estimates against what each step took, each step's
 status, the parity verdict and the headline figures).
 
-Phase 1 (one command, under 540 s): a quick preflight (``kitrec-fast doctor --quick``), the model
-build, then the headline pair with the GPU to itself, then the parity check and ``tests/gpu`` if time
+Phase 1 (one command, under 540 s): a quick preflight (``kitrec-fast doctor --quick``), the fused
+kernels' verdict (``kitrec-fast doctor --only fused_kernels``, the summary's first line), the model
+build on the largest writable scratch disk (``pick_scratch``, ``df -h`` first), then the headline pair with the GPU to itself, then the parity check and ``tests/gpu`` if time
 is left. The steps run one after the other; each step's time limit is what is left of the phase
 budget when it starts. Phase 2 (a later lease): token scaling and memory ceilings. ``--only`` runs a
 subset plus the steps they need (named in the summary). ``--cpu-dry-run`` runs the very same plan on

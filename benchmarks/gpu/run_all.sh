@@ -11,14 +11,17 @@
 # estimates against what each step took, each step's status, the parity verdict and the headline
 # table). The work itself happens in a scratch folder (see benchmarks/gpu_phases.py).
 #
-# Phase 1 (default, budget 530 s): `kitrec-fast doctor --quick`, the model build, the headline pair
-# alone on the GPU (40 layers, 2 x 5,120 tokens, smoothing on), then the parity check and tests/gpu
-# if time is left. Phase 2 (a later lease): token scaling and memory ceilings.
+# Phase 1 (default, budget 530 s): `kitrec-fast doctor --quick`, `kitrec-fast doctor --only
+# fused_kernels` (the summary leads with its verdict), the model build on the largest writable scratch
+# disk (KITREC_SCRATCH, the temp folder, /var/tmp, ...; df -h first), the headline pair alone on the GPU
+# (40 layers, 2 x 5,120 tokens, smoothing on, 3-10 timed steps filling each worker's share), then the
+# parity check (2 layers linked to the build) and tests/gpu if time is left. Phase 2 (a later lease): token scaling and memory ceilings.
 #
 # On a bare GPU machine without network: carry `.whl/` (`bash ../shared/device/make-wheelhouse` on
 # the dev machine); it is installed into /tmp/site first. Environment (optional):
 #   KITREC_GIT_COMMIT  commit to record (the tree arrives without .git)
 #   BENCH_BUDGET_S     override the phase's time budget, seconds
+#   KITREC_SCRATCH     a folder to prefer for the 29.5 GB model (the largest writable candidate wins)
 set -euo pipefail
 
 PHASE=1
@@ -36,7 +39,7 @@ while [ $# -gt 0 ]; do
         ONLY+=("$1"); shift
       done
       [ "${1:-}" = "--" ] && shift ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) break ;;
   esac
 done
