@@ -223,7 +223,7 @@ def build_plan(phase: int, work: Path, dry: bool, budget_s: float | None = None,
     tiny = [a for o in DRY_ARCH_OVERRIDES for a in ("--override", o)] if dry else []
     if dry:
         common = ["--preset", "custom", "--model", "tiny", "--seq-lens", "256", "--warmup", "1", "--timed", "auto",
-                  "--no-pipeline", "--jobs", "2"]
+                  "--timed-max", "3", "--no-pipeline", "--jobs", "2"]  # the automatic count, kept at 3 steps on CPU
     else:
         common = ["--preset", "gpu", "--model", "arch", "--arch-dir", arch, "--arch-device", "cuda"]
     build = Step("build-model", (40, 90), builder + ["--out", arch, "--device", "cpu" if dry else "cuda"] + tiny,

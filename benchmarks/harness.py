@@ -243,8 +243,8 @@ def config_specs(args, models: dict[str, dict[str, Any]]) -> list[dict[str, Any]
             tag = data.get("seq_len") or data.get("max_length")
             name = f"{group}-{backend}-L{tag}-b{args.batch_size}-l{m['layers'] or 'x'}"
             # auto: the trainer gets room for the most steps; the worker times as many as fit its limit
-            steps = {"timed_steps": TIMED_MAX, "timed_auto": [TIMED_MIN, TIMED_MAX]} if timed == "auto" else \
-                {"timed_steps": timed}
+            hi = max(TIMED_MIN, args.timed_max)
+            steps = {"timed_steps": hi, "timed_auto": [TIMED_MIN, hi]} if timed == "auto" else {"timed_steps": timed}
             if extra.get("mem_cap_gib"):
                 name += f"-cap{extra['mem_cap_gib']:g}"
             specs.append({**common, "name": name, "group": group, "backend": backend, "model": m["path"],
@@ -405,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timed", type=timed_arg, default=None,
                     help=f"timed steps, or 'auto': {TIMED_MIN}-{TIMED_MAX}, as many as the warm-up's last step says "
                          "fit the worker's time limit (needs --warmup >= 1)")
+    ap.add_argument("--timed-max", type=int, default=TIMED_MAX,
+                    help=f"--timed auto's most steps (at least {TIMED_MIN}; the CPU dry run keeps it at {TIMED_MIN})")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--trained-fraction", type=float, default=TRAINED_FRACTION)
     ap.add_argument("--pipeline", action=argparse.BooleanOptionalAction, default=None,
