@@ -305,6 +305,8 @@ def fused_check_row(r: dict, on_gpu: bool, unsloth_probe: dict | None = None) ->
         data["patched"] = {"kernels": kernels, "functions": patched.get("functions")}
         parts.append(f"patch_peft_model installed {kernels.get('total')} of 3 on a 1-layer model, "
                      + ", ".join(f"{n} {f['worst']:.1e}" for n, f in (patched.get("functions") or {}).items()))
+        if patched.get("error"):
+            parts.append(f"patch_peft_model: {patched['error']}")
         if not patched.get("ok"):
             status = "FAIL"
             failed.append("patched model")
