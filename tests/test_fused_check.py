@@ -15,6 +15,10 @@ else runs in its place:
   a recipe's dropout, the route without the scratch; bf16/fp16 4-bit stops at bitsandbytes stubs
   (unsloth/kernels/utils.py:303-309, a misleading "bitsandbytes not installed"), so 4-bit is fp32.
 - ``fast_cross_entropy_loss`` stops under the interpreter: the loss is transformers'.
+- the fused Q/K-norm + RoPE kernel is CUDA-only (unsloth/kernels/qk_norm_rope.py:436): Unsloth's own
+  fallback, fast_rms_layernorm + fast_rope_embedding, runs (interpreted).
+- bf16 under the interpreter: the SwiGLU and RMSNorm kernels give NaN/inf (numpy has no bf16), so bf16
+  (through ``patch_peft_model``, which installs nothing on fp32 bases) is checked for QKV and O only.
 """
 
 from __future__ import annotations
@@ -73,6 +77,18 @@ def test_fused_functions_on_nf4_double_quant_bases_equal_peft(cases):
     report = cases["four_bit"]
     assert report["base"] == {"class": "Linear4bit", "quant_type": "nf4", "double_quant": True}
     _assert_equal_to_peft(report, ("qkv", "o", "mlp"))
+
+
+@pytest.mark.slow
+def test_unsloths_own_patching_installs_the_functions_that_match_peft_in_bf16(cases):
+    # patch_peft_model installs nothing on fp32 bases; on bf16 ones it installs all three (the GPU's
+    # route), and the installed QKV and O equal PEFT within bf16's rounding (see fused_check.tolerance)
+    report = cases["patched"]
+    assert report["kernels"] == {"qkv": 1, "o": 1, "mlp": 1, "total": 3}
+    assert report["tolerance"]["kind"] == "rel" and report["ok"], report["functions"]
+    assert set(report["functions"]) == {"qkv", "o"}
+    for name, r in report["functions"].items():
+        assert set(r["max_abs"]) == {"out", "dX"} | LORA_KEYS[name], (name, r)
 
 
 @pytest.mark.slow
