@@ -288,7 +288,8 @@ def fused_check_row(r: dict, on_gpu: bool, unsloth_probe: dict | None = None) ->
     the kernels Unsloth's own patching installed (the tiny model of the fused check and, when it ran,
     of the fast path's tiny training)."""
     if r.get("error"):
-        return Check("fused_kernels", "FAIL", f"the fused-function check did not run: {r['error']}", {"error": r["error"]})
+        return Check("fused_kernels", "FAIL", f"the fused-function check did not run: {r['error']}",
+                     {"error": r["error"]})
     layer = r["layer"]
     tol = layer["tolerance"]
     limit = f"{tol['value']:g}" + (" x the largest value" if tol["kind"] == "rel" else "")

@@ -359,7 +359,8 @@ def whole_step(fast: bool, seed: int = 0, layers: int = 1) -> dict:
     out.loss.backward()
     grads = {n: p.grad.detach().float().flatten().tolist() for n, p in model.named_parameters() if p.grad is not None}
     attn = model.get_base_model().model.layers[0].self_attn
-    return {"loss": float(out.loss.detach()), "attention_forward": getattr(attn.forward, "__name__", "?"), "grads": grads, "seconds": time.perf_counter() - t0}
+    return {"loss": float(out.loss.detach()), "attention_forward": getattr(attn.forward, "__name__", "?"),
+            "grads": grads, "seconds": time.perf_counter() - t0}
 
 
 def gradient_agreement(a: dict, b: dict) -> dict:
@@ -396,7 +397,8 @@ def run(cases: str = "doctor") -> dict:
         try:
             out["patched"] = check_patched_model(device, dtype_name)
         except Exception as exc:  # noqa: BLE001 - Unsloth's own patching failing here is the finding
-            out["patched"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300], "kernels": {}, "functions": {}}
+            out["patched"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300], "kernels": {},
+                              "functions": {}}
     if cases == "all":
         out["dropout"] = {str(p): check_layer(device, dtype_name, dropout=p, names=("qkv", "o", "mlp"))
                           for p in RECIPE_DROPOUTS}
@@ -415,7 +417,8 @@ def run(cases: str = "doctor") -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m kitrec_fast.backends.fused_check", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m kitrec_fast.backends.fused_check",
+                                 description=__doc__.split("\n\n")[0])
     ap.add_argument("--cases", choices=("doctor", "all"), default="doctor")
     args = ap.parse_args(argv)
     print(json.dumps(run(args.cases)))
