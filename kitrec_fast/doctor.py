@@ -3,16 +3,19 @@
     kitrec-fast doctor            # all checks, including a 3-step tiny training per backend
     kitrec-fast doctor --quick    # versions, CUDA, bitsandbytes' library, triton, unsloth importable
     kitrec-fast doctor --json     # the same checks as one JSON object
+    kitrec-fast doctor --only fused_kernels   # Unsloth's fused LoRA functions against PEFT, alone
 
 Checks: package versions; CUDA, the card and its compute capability; which native library
 bitsandbytes loaded (the CUDA one is what 4-bit training needs); triton and the C compiler it builds
 kernels with; that unsloth imports; the attention implementation each backend uses; Unsloth's fused
-LoRA kernels counted on a tiny model; a 3-step training of a tiny Qwen3 per backend and the gap
+LoRA functions (``fused_kernels``): counted on a tiny model on a GPU, and run against PEFT on one small
+layer (``backends.fused_check``: the real Triton kernels in the card's training dtype on a GPU, Triton's
+interpreter in fp32 on CPU), the largest error per function; a 3-step training of a tiny Qwen3 per backend and the gap
 between their losses; the card's free memory against the memory profile chosen for it. Every
 backend runs in its own process (importing unsloth patches transformers and trl for the whole
 process; the peft baseline's process never imports it), so this process imports neither.
 Without a GPU the checks that need one are listed as "not run", with the reason.
-Exit status: 1 when a check failed, else 0.
+Exit status: 1 when a check failed (with ``--only``: the one check), else 0.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ TRAIN_STEPS = 3
 # so there the check only catches gross breakage.
 LOSS_GAP_MAX = {"cpu": 1e-4, "cuda": 0.02}
 NO_GPU = "needs a CUDA GPU (none here)"
+ONLY = ("fused_kernels",)
 
 
 @dataclass
@@ -198,7 +202,11 @@ def probe(backend: str, train: bool) -> dict:
 
 def run_probe(backend: str, train: bool, timeout_s: float = PROBE_TIMEOUT_S) -> dict:
     cmd = [sys.executable, "-m", "kitrec_fast.doctor", "--probe", backend] + (["--train"] if train else [])
-    env = {**os.environ, "UNSLOTH_DISABLE_STATISTICS": "1"}
+    return _run_child(cmd, {**os.environ, "UNSLOTH_DISABLE_STATISTICS": "1"}, timeout_s)
+
+
+def _run_child(cmd: list[str], env: dict, timeout_s: float) -> dict:
+    """A child that prints one JSON line last: that object plus ``wall_s``, or ``{"error": ...}``."""
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
@@ -235,14 +243,6 @@ def probe_checks(results: dict[str, dict], on_gpu: bool, train: bool) -> list[Ch
     out.append(Check("attention", "ok" if on_gpu or train else "not run", "; ".join(attn)))
     if not train:
         return out
-    if not on_gpu:
-        out.append(Check("fused LoRA kernels", "not run", f"{NO_GPU}: Unsloth fuses them only on its GPU path"))
-    elif u.get("error"):
-        out.append(Check("fused LoRA kernels", "FAIL", "the fast path's tiny training did not run"))
-    else:
-        n, want = u.get("fused_lora_kernels"), 3 * int(u.get("layers") or 0)
-        out.append(Check("fused LoRA kernels", "ok" if n == want else "warn",
-                         f"{n} of {want} (QKV, O, MLP per layer) on the tiny model"))
     for name, r in (("fast path", u), ("baseline", p)):
         if r.get("error"):
             out.append(Check(f"tiny training: {name}", "FAIL", r["error"]))
@@ -270,16 +270,78 @@ def probe_checks(results: dict[str, dict], on_gpu: bool, train: bool) -> list[Ch
     return out
 
 
-def run_checks(quick: bool, timeout_s: float = PROBE_TIMEOUT_S) -> list[Check]:
+def run_fused_probe(on_gpu: bool, timeout_s: float = PROBE_TIMEOUT_S) -> dict:
+    """``backends.fused_check`` in its own process: on CPU under Unsloth's CPU test switch and Triton's
+    interpreter (both must be set before unsloth and triton are imported), on a GPU as a run imports it."""
+    from kitrec_fast.backends.fused_check import INTERPRETER_ENV
+
+    env = {**os.environ, "UNSLOTH_DISABLE_STATISTICS": "1"}
+    for k in INTERPRETER_ENV:
+        env.pop(k, None)
+    if not on_gpu:
+        env.update(INTERPRETER_ENV)
+    return _run_child([sys.executable, "-m", "kitrec_fast.backends.fused_check"], env, timeout_s)
+
+
+def fused_check_row(r: dict, on_gpu: bool, unsloth_probe: dict | None = None) -> Check:
+    """``fused_kernels``: the largest error per fused function against PEFT on one layer; on a GPU also
+    the kernels Unsloth's own patching installed (the tiny model of the fused check and, when it ran,
+    of the fast path's tiny training)."""
+    if r.get("error"):
+        return Check("fused_kernels", "FAIL", f"the fused-function check did not run: {r['error']}",
+                     {"error": r["error"]})
+    layer = r["layer"]
+    tol = layer["tolerance"]
+    limit = f"{tol['value']:g}" + (" x the largest value" if tol["kind"] == "rel" else "")
+    where = "Triton interpreter, CPU" if r.get("interpreter") else "Triton kernels, GPU"
+    worst = {name: f["worst"] for name, f in layer["functions"].items()}
+    failed = [name for name, f in layer["functions"].items() if not f["ok"]]
+    parts = [", ".join(f"{n} {w:.1e}" for n, w in worst.items()) + f" ({layer['dtype']}, {where}; at most {limit})"]
+    data = {"device": r["device"], "dtype": layer["dtype"], "interpreter": r.get("interpreter"),
+            "tolerance": tol, "worst": worst, "functions": layer["functions"], "wall_s": r.get("wall_s")}
+    status = "FAIL" if failed else "ok"
+    if on_gpu:
+        patched = r.get("patched") or {}
+        kernels = patched.get("kernels") or {}
+        data["patched"] = {"kernels": kernels, "functions": patched.get("functions")}
+        parts.append(f"patch_peft_model installed {kernels.get('total')} of 3 on a 1-layer model, "
+                     + ", ".join(f"{n} {f['worst']:.1e}" for n, f in (patched.get("functions") or {}).items()))
+        if patched.get("error"):
+            parts.append(f"patch_peft_model: {patched['error']}")
+        if not patched.get("ok"):
+            status = "FAIL"
+            failed.append("patched model")
+        u = unsloth_probe or {}
+        if u and not u.get("error") and u.get("layers"):
+            n, want = u.get("fused_lora_kernels"), 3 * int(u["layers"])
+            data["training_kernels"] = {"installed": n, "expected": want}
+            parts.append(f"tiny training: {n} of {want} (QKV, O, MLP per layer)")
+            if n != want and status == "ok":
+                status = "warn"
+    if failed:
+        parts.insert(0, "differs from PEFT: " + ", ".join(failed))
+    return Check("fused_kernels", status, "; ".join(parts), data)
+
+
+def run_checks(quick: bool, timeout_s: float = PROBE_TIMEOUT_S, only: str | None = None) -> list[Check]:
+    if only == "fused_kernels":
+        _, props = cuda_check()
+        return [fused_check_row(run_fused_probe(props is not None, timeout_s), props is not None)]
     checks = version_checks()
     cuda, props = cuda_check()
     on_gpu = props is not None
     checks += [cuda, bitsandbytes_check(on_gpu), triton_check(on_gpu)]
     train = not quick
     backends = ("unsloth", "peft") if train else ("unsloth",)
-    with ThreadPoolExecutor(len(backends)) as pool:
+    with ThreadPoolExecutor(len(backends) + 1) as pool:
+        fused = pool.submit(run_fused_probe, on_gpu, timeout_s) if train else None
         results = dict(zip(backends, pool.map(lambda b: run_probe(b, train, timeout_s), backends)))
-    checks += probe_checks(results, on_gpu, train)
+        checks += probe_checks(results, on_gpu, train)
+        if fused is None:
+            checks.append(Check("fused_kernels", "not run", "skipped by --quick (`kitrec-fast doctor --only "
+                                                            "fused_kernels` runs it alone)"))
+        else:
+            checks.append(fused_check_row(fused.result(), on_gpu, results.get("unsloth")))
     checks.append(memory_check(props))
     return checks
 
@@ -299,7 +361,7 @@ def render(checks: list[Check], quick: bool, wall_s: float) -> None:
     console.print(table)
     skipped = [c.name for c in checks if c.status == "not run"]
     if skipped:
-        console.print(f"not run here: {', '.join(skipped)} ({NO_GPU})")
+        console.print(f"not run here: {', '.join(skipped)} (the reason in each row)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -319,6 +381,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the checks as JSON instead of the table")
     p.add_argument("--timeout-s", type=float, default=PROBE_TIMEOUT_S,
                    help="limit for each backend's process (they run side by side)")
+    p.add_argument("--only", choices=ONLY, help="run this one check alone (exit status 1 when it fails): "
+                   "fused_kernels = Unsloth's fused LoRA functions against PEFT on one small layer")
 
 
 def doctor(args) -> int:
@@ -327,9 +391,9 @@ def doctor(args) -> int:
         from kitrec_fast.errors import UserError
 
         raise UserError(f"--timeout-s: must be positive, got {args.timeout_s:g}")
-    checks = run_checks(args.quick, args.timeout_s)
+    checks = run_checks(args.quick, args.timeout_s, args.only)
     if args.json:
-        print(json.dumps({"quick": args.quick, "wall_s": time.perf_counter() - t0,
+        print(json.dumps({"quick": args.quick, "only": args.only, "wall_s": time.perf_counter() - t0,
                           "checks": [asdict(c) for c in checks]}, indent=1))
     else:
         render(checks, args.quick, time.perf_counter() - t0)

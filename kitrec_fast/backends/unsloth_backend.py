@@ -172,3 +172,30 @@ def load_for_inference(cfg, adapter_dir: str | None, max_seq_length: int | None 
         model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
     FastLanguageModel.for_inference(model)
     return model
+
+
+def fused_lora_functions() -> dict:
+    """Unsloth's per-layer fused functions, by the name ``backends.fused_check`` reports them under.
+
+    ``qkv``/``o``: what ``patch_peft_model`` installs as ``self_attn.apply_qkv``/``apply_o``; ``mlp``:
+    the SwiGLU MLP forward it installs for Qwen3; ``rms_norm``: the norm its decoder layer calls.
+    """
+    from unsloth.kernels import apply_lora_mlp_swiglu, apply_lora_o, apply_lora_qkv, fast_rms_layernorm
+
+    return {"qkv": apply_lora_qkv, "o": apply_lora_o, "mlp": apply_lora_mlp_swiglu, "rms_norm": fast_rms_layernorm}
+
+
+def fast_layer_forwards() -> tuple:
+    """Unsloth's Qwen3 decoder-layer and attention forwards (``FastQwen3Model.pre_patch`` installs them
+    on the classes; here they are handed out to be bound to one model's modules)."""
+    from unsloth.models.llama import LlamaDecoderLayer_fast_forward
+    from unsloth.models.qwen3 import Qwen3Attention_fast_forward
+
+    return LlamaDecoderLayer_fast_forward, Qwen3Attention_fast_forward
+
+
+def patch_peft_model(model):
+    """Unsloth's own LoRA patching of a PEFT model (installs the fused functions on 16-bit bases)."""
+    from unsloth.models.llama import FastLlamaModel
+
+    return FastLlamaModel.patch_peft_model(model, use_gradient_checkpointing=False)
