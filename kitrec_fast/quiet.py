@@ -7,10 +7,14 @@ else those libraries log still shows. Why each is harmless:
   nothing the run does depends on it.
 * bitsandbytes CPU ops: the optional ``kernels`` package for a faster CPU 4-bit matmul is absent;
   bitsandbytes uses its own CPU kernel, and GPU runs never take this path.
-* Unsloth "Could not build the patched trl.trainer...": on a machine without CUDA, Unsloth cannot
-  generate its patched trainer and TRL's own is used. kitrec_fast brings its own loss, collator
-  and dataset preparation either way. With a CUDA device the line is NOT hidden: there it means
-  Unsloth's trainer patches are missing.
+* Unsloth "Could not build the patched trl.trainer...": an Unsloth import that tries to generate
+  its ``UnslothSFTTrainer`` where it cannot says so, and the run trains on the ``SFTTrainer`` that
+  is left. With the pinned Unsloth a machine without CUDA never tries: Unsloth's CPU backend makes
+  ``trl.SFTTrainer`` unsloth_zoo's CPU subclass of TRL's own, and kitrec_fast's trainer subclasses
+  that (environment.json ``trainer_bases`` records which). A GPU run's generated class is trained
+  on CPU against it by tests/test_trainer_class.py: same losses and gradients; only TRL's bf16 cast
+  of a 4-bit model's LoRA weights is skipped there (they train in fp32). With a CUDA device the
+  line is NOT hidden: there it means Unsloth's trainer patches are missing.
 * torchao ``Failed to load ..._C.so``: torchao's optional compiled ops do not match the installed
   torch; nothing in kitrec_fast uses torchao.
 * transformers "The tokenizer has new PAD/BOS/EOS tokens ...": the Trainer copies the tokenizer's

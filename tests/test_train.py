@@ -173,6 +173,11 @@ def test_smoke_run_directory_describes_one_finished_attempt(smoke_run):
     env = json.loads((run / "environment.json").read_text())
     assert env["autocast"] is False and env["activation_dtype"] == "float32" and env["world_size"] == 1
     assert env["attn_implementation"] == "sdpa"
+    # the classes it trained with: the baseline subclasses TRL's own SFTTrainer (no Unsloth class)
+    assert env["trainer_bases"] == ["kitrec_fast.train.trainer.KitrecSFTTrainer",
+                                    "kitrec_fast.artifacts.checkpoints.AtomicCheckpoints",
+                                    "trl.trainer.sft_trainer.SFTTrainer", "trl.trainer.base_trainer._BaseTrainer",
+                                    "transformers.trainer.Trainer"]
     card = (run / "README.md").read_text()
     assert "# dualft_music_seta: KitREC LoRA adapter" in card and "Interrupted" not in card
     for path in (run / "adapter").iterdir():  # shared like every run file (safetensors writes 0600)

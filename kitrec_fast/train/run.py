@@ -6,7 +6,7 @@ Run directory layout::
       resolved_config.yaml     the recipe with overrides, headed by the command that ran it
       attempts.json            one entry per attempt: command, start, resumed checkpoint, accepted
                                config changes, wall time, outcome
-      environment.json         versions, GPU, git commit, the weights actually loaded
+      environment.json         versions, GPU, git commit, the weights actually loaded, the trainer's classes
       data_report.json         what loading/validation/truncation did
       metrics.jsonl            one line per log/eval event (loss, nll, lr, tokens/s, memory) of the
                                run as it stands: rows of abandoned attempts after the checkpoint a
@@ -366,7 +366,7 @@ def _trainer(run: _Run):
     from kitrec_fast.artifacts import checkpoints
     from kitrec_fast.train.callbacks import (CheckpointOnSignal, MetricsLogger, OnTrainBegin, ProjectCardOnSave,
                                              RichProgress)
-    from kitrec_fast.train.trainer import make_trainer
+    from kitrec_fast.train.trainer import make_trainer, trainer_bases
     from transformers import EarlyStoppingCallback
 
     cfg, console, run_dir, state = run.cfg, run.console, run.run_dir, run.state
@@ -416,6 +416,7 @@ def _trainer(run: _Run):
     trainer = make_trainer(cfg, run.loaded.model, run.tokenizer, run.prepared.train,
                            run.prepared.validation if run.has_eval else None, str(run_dir), callbacks)
     trainer.kitrec_checkpoint_bytes = run.space.checkpoint
+    run.env["trainer_bases"] = trainer_bases(trainer)
     if state.resume is not None:
         console.print(f"[cyan]resuming[/] from {state.resume}")
     return trainer, started, stop_cb

@@ -235,6 +235,18 @@ def data_parallel_args(cfg: RunConfig, on_cuda: bool, world: int) -> dict:
     return args
 
 
+def trainer_bases(trainer) -> list[str]:
+    """The trainer's classes, most derived first, down to transformers' ``Trainer``, as
+    ``module.Name``: which ``SFTTrainer`` the run's trainer subclassed is decided at import time
+    (TRL's own, unsloth_zoo's CPU subclass of it, or Unsloth's generated ``UnslothSFTTrainer`` on a
+    GPU), so environment.json records it. unsloth_zoo's CPU subclass keeps TRL's module and name,
+    hence ``trl.trainer.sft_trainer.SFTTrainer`` twice there."""
+    from transformers import Trainer
+
+    mro = type(trainer).__mro__
+    return [f"{c.__module__}.{c.__name__}" for c in mro[:mro.index(Trainer) + 1]]
+
+
 def make_trainer(cfg: RunConfig, model, tokenizer, train_ds, eval_ds, output_dir: str, callbacks: list,
                  extra_args: dict | None = None):
     """The project's SFTTrainer; ``extra_args`` are added to its TrainingArguments (tests use
