@@ -70,6 +70,7 @@ def _keep_cited(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
+    from kitrec_fast.data.load import check_dataset
     from kitrec_fast.data.pipeline import prepare, save_prepared
     from kitrec_fast.render.tokenizer import load_tokenizer
 
@@ -86,6 +87,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         return 2
     check_writable(args.output, "--output", replaced_whole=True)
     try:
+        check_dataset(args.dataset)  # before the tokenizer: a missing file or an unreachable Hub fails at once
         tok = load_tokenizer(args.tokenizer)
         with rows_progress(console) as progress:
             prepared = prepare(cfg, tok, progress=progress)

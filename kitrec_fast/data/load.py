@@ -29,6 +29,7 @@ from kitrec_fast.errors import UserError
 
 EMBEDDED_PREFIX = "embedded:"
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample"
+_OPTION = "data.dataset (--dataset)"
 _LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".jsonl.gz", ".json.gz", ".parquet.gz")
 
 
@@ -61,17 +62,33 @@ def iter_raw(dataset: str, split: str = "train",
     step keep only the rows in flight. ``count`` is known up front (a quick line count for JSON
     lines), so progress and the spread of verified rows need no second pass over parsed rows.
     """
+    local = check_dataset(dataset)
+    if local is not None:
+        return _iter_local(local, split, skip_bad_lines)
+    from kitrec_fast.hub import hub_errors
+
+    with hub_errors(dataset, "dataset", _OPTION):
+        import datasets
+
+        ds = datasets.load_dataset(dataset, split=split)  # memory-mapped Arrow: iterating reads row by row
+    return iter(ds), len(ds)
+
+
+def check_dataset(dataset: str) -> Path | None:
+    """The local file ``dataset`` names, or None for a Hub id that can be loaded; raises what
+    ``iter_raw`` would for a missing file or an unreachable Hub. Cheap, so a command calls it before
+    its slow setup (a tokenizer, a model) instead of failing after it."""
     if dataset.startswith(EMBEDDED_PREFIX):
-        return _iter_local(embedded_path(dataset[len(EMBEDDED_PREFIX):]), split, skip_bad_lines)
+        return embedded_path(dataset[len(EMBEDDED_PREFIX):])
     path = Path(dataset).expanduser()
     if path.is_file():
-        return _iter_local(path, split, skip_bad_lines)
+        return path
     if dataset.lower().endswith(_LOCAL_SUFFIXES):
         raise DatasetLoadError(f"data.dataset (--dataset): file not found: {dataset}")
-    import datasets
+    from kitrec_fast.hub import require_hub
 
-    ds = datasets.load_dataset(dataset, split=split)  # memory-mapped Arrow: iterating reads row by row
-    return iter(ds), len(ds)
+    require_hub(dataset, "dataset", _OPTION)
+    return None
 
 
 def _iter_local(path: Path, split: str, skip_bad_lines: bool) -> tuple[Iterable[dict[str, Any]], int]:

@@ -193,7 +193,8 @@ def _prepare(opts: GenerateOptions, cfg, adapter: Optional[str], command: str, c
     def flush() -> None:
         if plan.builder is None:  # the tokenizer only when there is something to build
             name = opts.tokenizer or cfg.data.tokenizer or resolve_model_path(cfg.model.name)
-            plan.tokenizer = load_tokenizer(name)
+            plan.tokenizer = load_tokenizer(name, "--tokenizer" if opts.tokenizer else "the run's data.tokenizer"
+                                            if cfg.data.tokenizer else "the run's model.name")
             vocab = plan.tokenizer.get_vocab()
             if IM_END not in vocab:
                 raise GenerateError(f"tokenizer {name} has no {IM_END}; KitREC models are Qwen3 chat models")
