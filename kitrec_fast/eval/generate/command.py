@@ -126,6 +126,12 @@ def _generate(opts: GenerateOptions, console, command: str) -> dict:
         from kitrec_fast.backends.common import resolve_model_path
 
         check_unquantized_base(resolve_model_path(resolved[0][1].model.name))  # before minutes of work
+    from kitrec_fast.data.load import DatasetLoadError, check_dataset
+
+    try:
+        check_dataset(opts.dataset)  # a missing file or an unreachable Hub: before the backend and any output
+    except DatasetLoadError as exc:
+        raise GenerateError(str(exc)) from None
     # The backend module before anything imports transformers: unsloth must patch it first.
     backend_module = None
     if opts.engine == "hf" and not opts.prepare_only:
