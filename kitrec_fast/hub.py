@@ -141,10 +141,11 @@ def unreached_line(cause: BaseException) -> str:
 
 
 def _describe(cause: BaseException) -> str:
+    from huggingface_hub import constants
     from huggingface_hub.errors import OfflineModeIsEnabled
 
-    if isinstance(cause, OfflineModeIsEnabled):
+    # transformers reports offline mode as a cache miss (LocalEntryNotFoundError): say the mode
+    if isinstance(cause, OfflineModeIsEnabled) or constants.is_offline_mode():
         return "HF_HUB_OFFLINE=1 is set"
-    from huggingface_hub import constants
 
     return f"{constants.ENDPOINT} did not answer: {type(cause).__name__}"
