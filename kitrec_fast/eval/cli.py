@@ -148,9 +148,12 @@ def _score_table(report: Any) -> Any:
 
 
 def _compare_table(result: Mapping[str, Any]) -> Any:
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=f"B - A over {result['n_pairs']} paired rows (Holm-corrected paired t-test)")
+    # the title says which run is which: "B - A" alone leaves the reader to recall the argument order
+    table = Table(title=f"B - A over {result['n_pairs']} paired rows (Holm-corrected paired t-test)\n"
+                        f"A: {escape(str(result['a']))}\nB: {escape(str(result['b']))}")
     ci_label = f"{int(round(100 * (1 - result['alpha'])))}% CI"
     for col in ("metric", "A", "B", "B - A", ci_label, "p", "p (Holm)", "significant"):
         table.add_column(col, justify="left" if col == "metric" else "right")
