@@ -138,6 +138,7 @@ def _iter_jsonl(path: Path, skip_bad_lines: bool = False) -> Iterator[dict[str, 
     # one line at a time: decoding the whole file first would hold the text twice more
     # (12k KitREC rows are ~300 MB of UTF-8, twice that as Python str)
     blank_at = None  # the first blank line of a run; an error only if a row follows it
+    first_row = True
     with _open_binary(path) as f:
         for index, line in enumerate(f):
             if not line.strip():
@@ -154,8 +155,30 @@ def _iter_jsonl(path: Path, skip_bad_lines: bool = False) -> Iterator[dict[str, 
             except UnicodeDecodeError as exc:
                 problem = f"is not UTF-8 text ({exc.reason} at byte {exc.start})"
             else:
+                first_row = False
                 yield row
                 continue
+            if first_row and not (skip_bad_lines and _json_named(path)):
+                # the very first row unreadable: most likely another format (CSV, a binary file), where
+                # skipping bad rows would drop them all
+                raise DatasetLoadError(f"data.dataset (--dataset): {path} {row_label(index)} {problem}; "
+                                       f"{_format_hint(path)}")
+            first_row = False
             if not skip_bad_lines:
                 raise DatasetLoadError(f"data.dataset (--dataset): {path} {row_label(index)} {problem}; {SKIP_HINT}")
             yield UnreadableLine(f"the line {problem}")
+
+
+def _json_named(path: Path) -> bool:
+    name = path.name[:-3] if path.name.endswith(".gz") else path.name
+    return name.endswith((".jsonl", ".json"))
+
+
+def _format_hint(path: Path) -> str:
+    hint = ("a dataset file is JSON Lines (.jsonl, one row object per line), JSON (.json) or Parquet (.parquet), "
+            "each optionally .gz")
+    if path.name.lower().endswith((".csv", ".csv.gz", ".tsv")):
+        hint += "; convert a CSV file first, e.g. pandas.read_csv(...).to_json('rows.jsonl', orient='records', lines=True)"
+    elif _json_named(path):
+        hint += f"; if only some lines are bad, {SKIP_HINT}"
+    return hint
