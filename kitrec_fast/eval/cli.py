@@ -69,7 +69,7 @@ def run_score(args: argparse.Namespace) -> int:
     from kitrec_fast.console import make_console
 
     from kitrec_fast.eval.score import score_predictions, write_report
-    from kitrec_fast.fsio import check_writable
+    from kitrec_fast.fsio import check_writable, refused_writes
 
     from kitrec_fast.errors import UserError
 
@@ -81,7 +81,8 @@ def run_score(args: argparse.Namespace) -> int:
     except UserError as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False)
         return exc.exit_code
-    paths = write_report(report, args.output)
+    with refused_writes(args.output, "--output"):
+        paths = write_report(report, args.output)
     console.print(_score_table(report))
     cands = report.overall.candidates
     if cands["min"] != cands["max"]:
