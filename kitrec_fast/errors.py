@@ -55,12 +55,26 @@ def run_cli(main: Callable[[list[str]], int], argv: list[str] | None = None) -> 
             raise
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Exception as exc:
+        # A load by Hub id that no loader wrapped (kitrec_fast.hub): still one line, not a traceback.
+        line = None if debug else _hub_line(exc)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        return UserError.exit_code
     except KeyboardInterrupt:
         # Ctrl-C outside a training loop (which handles it itself): nothing half-written to report.
         if debug:
             raise
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _hub_line(exc: BaseException) -> str | None:
+    from kitrec_fast.hub import hub_cause, unreached_line
+
+    cause = hub_cause(exc)
+    return None if cause is None else unreached_line(cause)
 
 
 class DiskFullError(UserError):

@@ -3,12 +3,13 @@ file or the new one, never half) and the project's cache directory."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from kitrec_fast.errors import UserError
 
@@ -46,6 +47,18 @@ def check_writable(path: str | os.PathLike, option: str, *, file: bool = False, 
         if not os.access(place, os.W_OK | os.X_OK):
             why = "is on a read-only file system" if _read_only(place) else "is not writable by this user"
             raise OutputNotWritable(f"{option}: cannot write {path}: {place} {why}")
+
+
+@contextlib.contextmanager
+def refused_writes(path: str | os.PathLike, option: str) -> Iterator[None]:
+    """A write the file system refuses although :func:`check_writable` passed (root on sysfs, a
+    security policy, a network mount squashing root) is one line like a read-only folder, not a
+    traceback. A full disk is not caught here: its own error says what to free."""
+    try:
+        yield
+    except PermissionError as exc:
+        raise OutputNotWritable(f"{option}: cannot write {path}: {exc.filename or path}: "
+                                f"{exc.strerror or exc}") from None
 
 
 def _read_only(path: Path) -> bool:

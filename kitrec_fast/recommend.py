@@ -157,8 +157,17 @@ def recommend(args: argparse.Namespace) -> dict:
     from kitrec_fast.render.chat import render_generation_prompt
     from kitrec_fast.render.tokenizer import load_tokenizer
 
+    if args.prompt is None:
+        from kitrec_fast.data.load import check_dataset
+
+        check_dataset(args.dataset)  # a missing file or an unreachable Hub: before the tokenizer and the model
+    from kitrec_fast.backends.common import MODEL_OPTION
+    from kitrec_fast.hub import require_hub
+
+    require_hub(cfg.model.name, "model", MODEL_OPTION)
     tokenizer_name = opts.tokenizer or cfg.data.tokenizer or resolve_model_path(cfg.model.name)
-    tokenizer = load_tokenizer(tokenizer_name)
+    tokenizer = load_tokenizer(tokenizer_name, "--tokenizer" if opts.tokenizer else "the run's data.tokenizer"
+                               if cfg.data.tokenizer else "the run's model.name")
     vocab = tokenizer.get_vocab()
     if IM_END not in vocab:
         raise GenerateError(f"tokenizer {tokenizer_name} has no {IM_END}; KitREC models are Qwen3 chat models")

@@ -165,3 +165,19 @@ def test_skip_also_skips_a_line_that_is_not_json(tmp_path, capsys):
     assert report["skipped"][0]["problem"].startswith("the line is not valid JSON: ")
     assert report["skipped"][1]["user_id"] == "U2"  # the rows after it keep their own line numbers
     assert report["rows"]["train"]["out"] + report["rows"]["validation"]["out"] == 2
+
+
+@pytest.mark.parametrize("name, content, expected", [
+    ("rows.csv", b'user_id,history\nU1,"a, b"\n', "convert a CSV file first"),
+    ("rows.bin", bytes(range(256)) * 4, "is not UTF-8 text"),
+])
+@pytest.mark.parametrize("skip", [False, True])
+def test_another_format_names_the_supported_ones_not_skip(tmp_path, capsys, name, content, expected, skip):
+    # skipping every line of a CSV or binary file would leave nothing: the formats are the way out
+    data = tmp_path / name
+    data.write_bytes(content)
+    assert _prepare(data, tmp_path / "o", *(["--on-bad-row", "skip"] if skip else [])) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.count("error:") == 1 and expected in err and "--on-bad-row skip" not in err
+    assert "JSON Lines (.jsonl" in err and "Parquet (.parquet)" in err
+    assert not (tmp_path / "o").exists()

@@ -113,6 +113,22 @@ def test_compare_table_has_named_columns_and_readable_p_values(tmp_path: Path, c
     assert "e-" not in format_comparison_markdown(result) and "| 1.0000 |" in format_comparison_markdown(md)
 
 
+def test_compare_table_title_names_which_run_is_a_and_which_is_b(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from kitrec_fast.eval.cli import _compare_table
+
+    a = write_jsonl(tmp_path / "baseline.jsonl", rows(n=20, seed=1))
+    b = write_jsonl(tmp_path / "tuned.jsonl", rows(n=20, seed=2))
+    console = Console(record=True, width=200)
+    result = compare_runs(a, b, n_bootstrap=10)
+    console.print(_compare_table(result))
+    title = console.export_text().splitlines()[:3]
+    assert "B - A" in title[0]
+    assert title[1].strip() == f"A: {result['a']}" and "baseline" in title[1]
+    assert "B: " in title[2] and "tuned" in title[2]
+
+
 # -- plots ---------------------------------------------------------------------------------------
 
 def test_error_chart_writes_na_for_missing_rates_and_says_when_all_are_zero() -> None:

@@ -322,3 +322,22 @@ def test_unsloth_fast_path_generates_what_the_peft_baseline_does(run_dir, tmp_pa
     for row, gen in zip(rows, engine.generate([r.prompt_ids for r in rows])):
         assert fast[row.row_id]["candidate_ids"] == row.candidate_ids
         assert fast[row.row_id]["raw_text"] == tok.decode(gen.token_ids, skip_special_tokens=False)
+
+
+def test_the_bar_and_the_final_line_show_one_rows_per_second(run_dir, tmp_path):
+    # two batches (4 rows, then 1): rich's own speed starts at the first batch's end and left that
+    # batch out, so the bar said ~10x the final line
+    import re
+
+    from rich.console import Console
+
+    no_unsloth()
+    console = Console(record=True, width=200, force_terminal=False)
+    summary = run_generate(GenerateOptions(dataset="embedded:test_music", output=tmp_path / "gen", run_dir=run_dir,
+                                           limit=5, max_new_tokens=2, batch_size=4, max_candidates=20,
+                                           max_prompt_tokens=1536), console=console)
+    text = console.export_text()
+    bar = re.findall(r"5/5\s+([\d.]+) rows/s", text)
+    final = re.findall(r"done 5 rows in [\d.]+s \(([\d.]+) rows/s\)", text)
+    assert bar and final, text
+    assert bar[-1] == final[0] == f"{summary['generated'] / summary['seconds']:.2f}", text

@@ -239,3 +239,26 @@ def test_ground_truth_id_matches_whatever_its_case(case) -> None:
     varied = score_predictions([{**r, "gt_item_id": case(r["gt_item_id"])} for r in rows], n_bootstrap=50)
     assert plain["hit@1"] == pytest.approx(1 / 3) and plain["mrr"] == pytest.approx((1 + 1 / 3) / 3)
     assert varied.overall.metrics == plain
+
+
+def test_a_torn_last_line_says_rerunning_generate_repairs_it(tmp_path: Path, capsys) -> None:
+    from kitrec_fast.eval.generate.resume import read_done
+    from kitrec_fast.eval.score import GENERATE_CONFIG
+
+    rows = model_records(0.5, seed=3, n=6)
+    preds = tmp_path / "gen" / "predictions.jsonl"
+    preds.parent.mkdir()
+    (preds.parent / GENERATE_CONFIG).write_text(json.dumps({"fingerprint": {"dataset": "embedded:test_music"}}))
+    # a kill mid-write: five whole rows, then half of the sixth and no newline
+    preds.write_text("".join(json.dumps(r) + "\n" for r in rows[:5]) + json.dumps(rows[5])[:80], encoding="utf-8")
+    assert main(["eval", "score", "--predictions", str(preds), "--output", str(tmp_path / "s")]) == 2
+    err = " ".join("".join(capsys.readouterr()).split())  # eval's errors are printed on its console
+    assert err.count("error:") == 1 and "predictions.jsonl:6: the last line is not valid JSON" in err
+    assert "rerun the same `eval generate` command" in err and not (tmp_path / "s").exists()
+    # what the message promises: generate's resume cuts the torn line off, and the rest then scores
+    assert sorted(read_done(preds)) == list(range(5))
+    assert len(load_predictions(preds)) == 5
+    # a bad line with rows after it is not a torn end: the plain message
+    preds.write_text(json.dumps(rows[0])[:80] + "\n" + json.dumps(rows[1]) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"predictions.jsonl:1: not valid JSON \("):
+        load_predictions(preds)

@@ -84,3 +84,37 @@ def test_the_check_creates_nothing_and_passes_a_new_nested_folder(tmp_path):
         check_writable(tmp_path / "f", "--output")
     with pytest.raises(OutputNotWritable, match="is a folder; give a file name"):
         check_writable(tmp_path, "--output", file=True)
+
+
+def _refusing_folder() -> Path:
+    """A folder that passes the permission check but refuses to create files: sysfs for root (EPERM
+    on every create, though the mount is read-write and root passes access checks)."""
+    sys_root = Path("/sys")
+    if os.geteuid() != 0 or not sys_root.is_dir() or not os.access(sys_root, os.W_OK):
+        pytest.skip("needs root and a sysfs: the only refusing folder that passes the permission check here")
+    try:
+        (sys_root / "kitrec-fast-probe").mkdir()
+    except PermissionError:
+        return sys_root
+    (sys_root / "kitrec-fast-probe").rmdir()
+    pytest.skip("this sysfs accepts new folders")
+
+
+@pytest.mark.parametrize("name", ["data prepare", "eval score"])
+def test_a_write_refused_after_the_check_is_one_error_line(name, tmp_path, capsys):
+    # the work is done for real (rows prepared, predictions scored); only the final write is refused
+    out = _refusing_folder() / "kitrec-fast-out"
+    if name == "data prepare":
+        rows = tmp_path / "rows.jsonl"
+        assert main(["data", "synth", "--rows", "4", "--output", str(rows)]) == 0
+        argv = ["data", "prepare", "--dataset", str(rows), "--tokenizer", "offline:qwen3", "--output", str(out)]
+    else:
+        from test_eval_score import model_records, write_jsonl
+
+        preds = write_jsonl(tmp_path / "preds.jsonl", model_records(0.5, seed=1, n=12))
+        argv = ["eval", "score", "--predictions", str(preds), "--output", str(out), "--bootstrap", "10"]
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: --output: cannot write {out}: ") and \
+        "Operation not permitted" in err, err

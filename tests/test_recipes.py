@@ -143,6 +143,18 @@ def test_a_flag_given_twice_is_one_error_line(argv, flag, capsys):
     assert captured.err == f"error: {flag}: given twice; give it once\n" and "usage" not in captured.out
 
 
+@pytest.mark.parametrize("argv, line", [
+    (["--dry-run", "--max-steps", "3.5"], "error: --max-steps: expects a whole number, got '3.5'\n"),
+    (["--dry-run", "train.max_steps=2.5"], "error: train.max_steps: expects a whole number, got 2.5\n"),
+])
+def test_a_fractional_step_count_is_one_error_line_either_way(argv, line, capsys):
+    from kitrec_fast.recipes._main import main
+
+    assert main("dualft_music", argv) == 2
+    captured = capsys.readouterr()
+    assert captured.err == line and "usage" not in captured.out + captured.err
+
+
 def test_help_lists_verbose_and_debug():
     for cmd in (["-m", "kitrec_fast", "--help"], ["-m", "kitrec_fast", "train", "--help"]):
         proc = subprocess.run([sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -17,6 +17,8 @@ from kitrec_fast.fsio import atomic_write_json, atomic_write_text, make_shareabl
 
 _PREQUANT = re.compile(r"(-unsloth)?-bnb-4bit$")
 _LAYER = re.compile(r"\.layers\.(\d+)\.")
+# the base an export loads: --base-model, else the weights the run trained on
+_BASE_OPTION = "--base-model (default: the run's weights)"
 
 
 class ExportError(UserError):
@@ -73,7 +75,10 @@ def base_parameters(base_model: str) -> int:
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    with init_empty_weights():
+    from kitrec_fast.hub import hub_errors, require_hub
+
+    require_hub(base_model, "model", _BASE_OPTION)
+    with hub_errors(base_model, "model", _BASE_OPTION), init_empty_weights():
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base_model))
     return sum(p.numel() for p in model.parameters())
 
@@ -83,12 +88,9 @@ def export_merged(run_dir: str | Path, out_dir: str | Path, dtype: str = "bfloat
     """Write base + adapter merged into ``out_dir`` as a plain transformers checkpoint."""
     import json
 
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from kitrec_fast.artifacts import rundir
     from kitrec_fast.backends.common import resolve_model_path
+    from kitrec_fast.hub import hub_errors, require_hub
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     adapter = run_dir / rundir.ADAPTER_DIR
@@ -100,11 +102,17 @@ def export_merged(run_dir: str | Path, out_dir: str | Path, dtype: str = "bfloat
     if base_model is None:
         cfg = rundir.read_resolved_config(run_dir)
         base_model = base_for_merge(weights or resolve_model_path(cfg.model.name))
+    require_hub(base_model, "model", _BASE_OPTION)  # before the imports below take their seconds
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     torch_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[dtype]
     check_export_space(base_parameters(base_model), torch.tensor([], dtype=torch_dtype).element_size(), out_dir)
     # Load the base in float32 layer storage only where it is cheap; otherwise in the output dtype
     # and merge each layer in float32 (merge_lora_fp32), which bounds the extra memory to one layer.
-    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch_dtype, low_cpu_mem_usage=True)
+    with hub_errors(base_model, "model", _BASE_OPTION):
+        model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch_dtype, low_cpu_mem_usage=True)
     model = PeftModel.from_pretrained(model, str(adapter))
     n, layers = merge_lora_fp32(model)
     if n == 0:

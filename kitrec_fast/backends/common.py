@@ -30,6 +30,10 @@ class LoadedModel:
 
 
 
+# how messages name the base model's setting (a run's config, or --model where a command takes one)
+MODEL_OPTION = "model.name"
+
+
 def resolve_model_path(name: str) -> str:
     """Hub id or directory as given; an offline test model (``testkit:...``) is built once into the cache."""
     if name.startswith("testkit:"):

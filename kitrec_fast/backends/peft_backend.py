@@ -9,7 +9,8 @@ from __future__ import annotations
 import sys
 
 from kitrec_fast.backends.common import (
-    LoadedModel, device_map, gradient_checkpointing_mode, resolve_dtype, resolve_model_path)
+    MODEL_OPTION, LoadedModel, device_map, gradient_checkpointing_mode, resolve_dtype, resolve_model_path)
+from kitrec_fast.hub import hub_errors, require_hub
 
 NAME = "peft"
 
@@ -35,14 +36,16 @@ def _load_base(cfg):
             bnb_4bit_use_double_quant=cfg.model.double_quant,
             bnb_4bit_compute_dtype=dtype,
         )
-    model = AutoModelForCausalLM.from_pretrained(
-        path,
-        quantization_config=quant,
-        dtype=dtype,
-        attn_implementation=cfg.model.attn_implementation,
-        revision=cfg.model.revision,
-        device_map=device_map(),
-    )
+    require_hub(path, "model", MODEL_OPTION)
+    with hub_errors(path, "model", MODEL_OPTION):
+        model = AutoModelForCausalLM.from_pretrained(
+            path,
+            quantization_config=quant,
+            dtype=dtype,
+            attn_implementation=cfg.model.attn_implementation,
+            revision=cfg.model.revision,
+            device_map=device_map(),
+        )
     return model, path, dtype, quant
 
 

@@ -19,7 +19,8 @@ import unsloth  # noqa: E402,F401  (must precede transformers/trl/peft)
 from unsloth import FastLanguageModel  # noqa: E402
 
 from kitrec_fast.backends.common import (  # noqa: E402
-    LoadedModel, device_map, gradient_checkpointing_mode, resolve_dtype, resolve_model_path)
+    MODEL_OPTION, LoadedModel, device_map, gradient_checkpointing_mode, resolve_dtype, resolve_model_path)
+from kitrec_fast.hub import hub_errors, require_hub  # noqa: E402
 
 NAME = "unsloth"
 UNSLOTH_VERSION = getattr(unsloth, "__version__", "?")
@@ -112,18 +113,20 @@ def _from_pretrained(cfg, max_seq_length: int):
     # reports the checkpoint it resolved to.
     # Its GPU loader also takes the device: under DDP each rank loads onto cuda:LOCAL_RANK.
     extra = {"on_model_resolved": resolved.append, "device_map": device_map()} if torch.cuda.is_available() else {}
-    model, _ = FastLanguageModel.from_pretrained(
-        model_name=path,
-        max_seq_length=max_seq_length,
-        dtype=dtype,
-        load_in_4bit=cfg.model.load_in_4bit,
-        # "exact" keeps the named checkpoint (quantized to nf4 on load) instead of Unsloth's
-        # silent remap to its pre-quantized dynamic copy, so both backends load the same weights.
-        use_exact_model_name=cfg.model.weights == "exact",
-        revision=cfg.model.revision,
-        random_state=cfg.train.seed,
-        **extra,
-    )
+    require_hub(path, "model", MODEL_OPTION)
+    with hub_errors(path, "model", MODEL_OPTION):
+        model, _ = FastLanguageModel.from_pretrained(
+            model_name=path,
+            max_seq_length=max_seq_length,
+            dtype=dtype,
+            load_in_4bit=cfg.model.load_in_4bit,
+            # "exact" keeps the named checkpoint (quantized to nf4 on load) instead of Unsloth's
+            # silent remap to its pre-quantized dynamic copy, so both backends load the same weights.
+            use_exact_model_name=cfg.model.weights == "exact",
+            revision=cfg.model.revision,
+            random_state=cfg.train.seed,
+            **extra,
+        )
     return model, path, dtype, resolved[-1] if resolved else path
 
 

@@ -11,7 +11,7 @@ from kitrec_fast.badrow import row_label
 from kitrec_fast.config import ConfigError, DataConfig
 from kitrec_fast.console import make_console
 from kitrec_fast.errors import UserError
-from kitrec_fast.fsio import check_writable
+from kitrec_fast.fsio import check_writable, refused_writes
 
 _D = DataConfig.__dataclass_fields__  # the defaults live in DataConfig; the flags only name them
 
@@ -70,6 +70,7 @@ def _keep_cited(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
+    from kitrec_fast.data.load import check_dataset
     from kitrec_fast.data.pipeline import prepare, save_prepared
     from kitrec_fast.render.tokenizer import load_tokenizer
 
@@ -86,10 +87,12 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         return 2
     check_writable(args.output, "--output", replaced_whole=True)
     try:
+        check_dataset(args.dataset)  # before the tokenizer: a missing file or an unreachable Hub fails at once
         tok = load_tokenizer(args.tokenizer)
         with rows_progress(console) as progress:
             prepared = prepare(cfg, tok, progress=progress)
-        out = save_prepared(prepared, args.output)
+        with refused_writes(args.output, "--output"):
+            out = save_prepared(prepared, args.output)
     except (UserError, ValueError) as exc:  # BadRowError, DatasetLoadError, RenderError...: messages name row/option
         raise UserError(str(exc)) from None  # one `error:` line, exit 2, like every user error
     print_summary(console, prepared.report, time.perf_counter() - t0, out)

@@ -29,6 +29,7 @@ from kitrec_fast.errors import UserError
 
 EMBEDDED_PREFIX = "embedded:"
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample"
+_OPTION = "data.dataset (--dataset)"
 _LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".jsonl.gz", ".json.gz", ".parquet.gz")
 
 
@@ -61,17 +62,33 @@ def iter_raw(dataset: str, split: str = "train",
     step keep only the rows in flight. ``count`` is known up front (a quick line count for JSON
     lines), so progress and the spread of verified rows need no second pass over parsed rows.
     """
+    local = check_dataset(dataset)
+    if local is not None:
+        return _iter_local(local, split, skip_bad_lines)
+    from kitrec_fast.hub import hub_errors
+
+    with hub_errors(dataset, "dataset", _OPTION):
+        import datasets
+
+        ds = datasets.load_dataset(dataset, split=split)  # memory-mapped Arrow: iterating reads row by row
+    return iter(ds), len(ds)
+
+
+def check_dataset(dataset: str) -> Path | None:
+    """The local file ``dataset`` names, or None for a Hub id that can be loaded; raises what
+    ``iter_raw`` would for a missing file or an unreachable Hub. Cheap, so a command calls it before
+    its slow setup (a tokenizer, a model) instead of failing after it."""
     if dataset.startswith(EMBEDDED_PREFIX):
-        return _iter_local(embedded_path(dataset[len(EMBEDDED_PREFIX):]), split, skip_bad_lines)
+        return embedded_path(dataset[len(EMBEDDED_PREFIX):])
     path = Path(dataset).expanduser()
     if path.is_file():
-        return _iter_local(path, split, skip_bad_lines)
+        return path
     if dataset.lower().endswith(_LOCAL_SUFFIXES):
         raise DatasetLoadError(f"data.dataset (--dataset): file not found: {dataset}")
-    import datasets
+    from kitrec_fast.hub import require_hub
 
-    ds = datasets.load_dataset(dataset, split=split)  # memory-mapped Arrow: iterating reads row by row
-    return iter(ds), len(ds)
+    require_hub(dataset, "dataset", _OPTION)
+    return None
 
 
 def _iter_local(path: Path, split: str, skip_bad_lines: bool) -> tuple[Iterable[dict[str, Any]], int]:
@@ -121,6 +138,7 @@ def _iter_jsonl(path: Path, skip_bad_lines: bool = False) -> Iterator[dict[str, 
     # one line at a time: decoding the whole file first would hold the text twice more
     # (12k KitREC rows are ~300 MB of UTF-8, twice that as Python str)
     blank_at = None  # the first blank line of a run; an error only if a row follows it
+    first_row = True
     with _open_binary(path) as f:
         for index, line in enumerate(f):
             if not line.strip():
@@ -137,8 +155,30 @@ def _iter_jsonl(path: Path, skip_bad_lines: bool = False) -> Iterator[dict[str, 
             except UnicodeDecodeError as exc:
                 problem = f"is not UTF-8 text ({exc.reason} at byte {exc.start})"
             else:
+                first_row = False
                 yield row
                 continue
+            if first_row and not (skip_bad_lines and _json_named(path)):
+                # the very first row unreadable: most likely another format (CSV, a binary file), where
+                # skipping bad rows would drop them all
+                raise DatasetLoadError(f"data.dataset (--dataset): {path} {row_label(index)} {problem}; "
+                                       f"{_format_hint(path)}")
+            first_row = False
             if not skip_bad_lines:
                 raise DatasetLoadError(f"data.dataset (--dataset): {path} {row_label(index)} {problem}; {SKIP_HINT}")
             yield UnreadableLine(f"the line {problem}")
+
+
+def _json_named(path: Path) -> bool:
+    name = path.name[:-3] if path.name.endswith(".gz") else path.name
+    return name.endswith((".jsonl", ".json"))
+
+
+def _format_hint(path: Path) -> str:
+    hint = ("a dataset file is JSON Lines (.jsonl, one row object per line), JSON (.json) or Parquet (.parquet), "
+            "each optionally .gz")
+    if path.name.lower().endswith((".csv", ".csv.gz", ".tsv")):
+        hint += "; convert a CSV file first, e.g. pandas.read_csv(...).to_json('rows.jsonl', orient='records', lines=True)"
+    elif _json_named(path):
+        hint += f"; if only some lines are bad, {SKIP_HINT}"
+    return hint

@@ -69,7 +69,7 @@ def run_score(args: argparse.Namespace) -> int:
     from kitrec_fast.console import make_console
 
     from kitrec_fast.eval.score import score_predictions, write_report
-    from kitrec_fast.fsio import check_writable
+    from kitrec_fast.fsio import check_writable, refused_writes
 
     from kitrec_fast.errors import UserError
 
@@ -81,7 +81,8 @@ def run_score(args: argparse.Namespace) -> int:
     except UserError as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False)
         return exc.exit_code
-    paths = write_report(report, args.output)
+    with refused_writes(args.output, "--output"):
+        paths = write_report(report, args.output)
     console.print(_score_table(report))
     cands = report.overall.candidates
     if cands["min"] != cands["max"]:
@@ -148,9 +149,12 @@ def _score_table(report: Any) -> Any:
 
 
 def _compare_table(result: Mapping[str, Any]) -> Any:
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=f"B - A over {result['n_pairs']} paired rows (Holm-corrected paired t-test)")
+    # the title says which run is which: "B - A" alone leaves the reader to recall the argument order
+    table = Table(title=f"B - A over {result['n_pairs']} paired rows (Holm-corrected paired t-test)\n"
+                        f"A: {escape(str(result['a']))}\nB: {escape(str(result['b']))}")
     ci_label = f"{int(round(100 * (1 - result['alpha'])))}% CI"
     for col in ("metric", "A", "B", "B - A", ci_label, "p", "p (Holm)", "significant"):
         table.add_column(col, justify="left" if col == "metric" else "right")

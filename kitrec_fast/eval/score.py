@@ -204,13 +204,25 @@ def load_predictions(path: str | Path) -> list[dict[str, Any]]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise PredictionsError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+                if any(rest.strip() for rest in fh):
+                    raise PredictionsError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+                raise PredictionsError(_torn_last_line(path, lineno, exc.msg)) from None
             _check_record(record, f"{path}:{lineno}")
             records.append(record)
     if not records:
         raise PredictionsError(f"{path} holds no predictions (an empty file: did `eval generate` run to "
                                "its first batch?); nothing to score")
     return records
+
+
+def _torn_last_line(path: str | Path, lineno: int, problem: str) -> str:
+    # eval generate appends and fsyncs batch by batch, so a kill leaves at most this one torn line,
+    # which its next run on the same folder cuts off before generating that row again
+    where = f"{path}:{lineno}: the last line is not valid JSON ({problem}): cut short, as by a run killed mid-write"
+    if (Path(path).parent / GENERATE_CONFIG).is_file():
+        return (f"{where}; rerun the same `eval generate` command (same --output): it drops the torn line and "
+                "generates that row again, then score")
+    return f"{where}; regenerate that row (`eval generate` repairs its own output when rerun) or remove the line"
 
 
 def read_provenance(predictions: str | Path) -> dict[str, Any]:

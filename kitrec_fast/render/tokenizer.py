@@ -22,15 +22,20 @@ class TokenizerError(UserError):
     """The tokenizer cannot be used for KitREC rendering; the message names the option."""
 
 
-def load_tokenizer(name: str) -> Any:
+def load_tokenizer(name: str, option: str = "data.tokenizer (--tokenizer)") -> Any:
+    """``option`` names where ``name`` came from in messages (a run's model name when no tokenizer is set)."""
     if not name:
         raise TokenizerError("data.tokenizer (--tokenizer): must name a tokenizer id, directory or 'offline:qwen3'")
     if name == OFFLINE_QWEN3:
         tok = _offline_qwen3()
     else:
-        from transformers import AutoTokenizer
+        from kitrec_fast.hub import hub_errors, require_hub
 
-        tok = AutoTokenizer.from_pretrained(name)
+        require_hub(name, "tokenizer", option)
+        with hub_errors(name, "tokenizer", option):
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(name)
     return ensure_pad_token(tok)
 
 

@@ -33,6 +33,18 @@ class _Once(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
+class _OnceWhole(_Once):
+    """A whole number given once; the conversion is ours, not argparse's ``type=int``, whose error
+    prints the whole usage block instead of one line like ``train.max_steps=2.5`` gets."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        try:
+            number = int(values)
+        except ValueError:
+            raise ConfigError(f"{option_string}: expects a whole number, got {values!r}") from None
+        super().__call__(parser, namespace, number, option_string)
+
+
 class _OnceFlag(argparse.Action):
     """store_true, given at most once (``--smoke --smoke`` is a slip to point out, like any repeat)."""
 
@@ -55,7 +67,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="Resolve and check everything the run would (config, names, run directory), print, exit.")
     p.add_argument("--profile", action=_Once, choices=["auto", "16gb", "24gb", "48gb", "80gb"], default=None,
                    help="GPU memory profile (max length, micro-batch, checkpointing); default: the recipe as is.")
-    p.add_argument("--max-steps", action=_Once, type=int, help="Shorthand for train.max_steps=N.")
+    p.add_argument("--max-steps", action=_OnceWhole, metavar="N", help="Shorthand for train.max_steps=N.")
     p.add_argument("--output-dir", action=_Once, help="Shorthand for output_dir=DIR.")
     p.add_argument("--dataset", action=_Once, help="Shorthand for data.dataset=D (Hub id or local file).")
     p.add_argument("--model", action=_Once, help="Shorthand for model.name=M (Hub id or local directory).")

@@ -139,6 +139,20 @@ def check_dataset_source(cfg: RunConfig) -> None:
         raise TrainingDataError(f"data.dataset (--dataset): {name} is empty (no rows to train on)")
 
 
+def check_hub_sources(cfg: RunConfig) -> None:
+    """Dataset, tokenizer and base model named by Hub id: an unreachable Hub with nothing cached for
+    one of them stops the run here, in seconds, before minutes of data preparation or model loading."""
+    from kitrec_fast.backends.common import MODEL_OPTION
+    from kitrec_fast.hub import require_hub
+
+    local_data = cfg.data.dataset.lower().endswith((".jsonl", ".json", ".parquet", ".gz"))
+    if not local_data:
+        require_hub(cfg.data.dataset, "dataset", "data.dataset (--dataset)")
+    if cfg.data.tokenizer:
+        require_hub(cfg.data.tokenizer, "tokenizer", "data.tokenizer")
+    require_hub(cfg.model.name, "model", MODEL_OPTION)
+
+
 def _has_content(path: Path) -> bool:
     """Whether a local data file holds anything but whitespace (read up to the first such byte)."""
     import gzip
@@ -211,6 +225,12 @@ def validate(cfg: RunConfig, command: str, accept_config_change: bool = False, d
     check_writable(cfg.resolved_output_dir, "--output-dir")
     state = inspect_run_dir(cfg, accept_config_change)
     if dry_run:
+        from kitrec_fast.hub import HubUnreachableError
+
+        try:
+            check_hub_sources(cfg)
+        except HubUnreachableError as exc:  # not the configuration's fault: a note, as for a missing GPU
+            notes.append(f"a run here would stop: {exc}")
         check_trainer_names(cfg)
         if state.finished:
             notes.append(f"{cfg.resolved_output_dir} is a finished run with these settings; a run does nothing.")
@@ -227,7 +247,8 @@ def _prepare_data(cfg: RunConfig):
     from kitrec_fast.render.tokenizer import load_tokenizer
 
     try:
-        tokenizer = load_tokenizer(cfg.data.tokenizer or resolve_model_path(cfg.model.name))
+        tokenizer = load_tokenizer(cfg.data.tokenizer or resolve_model_path(cfg.model.name),
+                                   "data.tokenizer" if cfg.data.tokenizer else "model.name (no data.tokenizer set)")
         return tokenizer, prepare(cfg.data, tokenizer)
     except FileNotFoundError as exc:
         # The data stage's own errors (bad row, unreadable file, unknown tokenizer, a prompt or
@@ -301,6 +322,7 @@ def _checks(run: _Run, accept_config_change: bool) -> RunResult | None:
                       f"best eval_loss {summary.get('best_eval_loss')}); nothing to do. Use another --output-dir "
                       "to train again.")
         return RunResult(run_dir, summary)
+    check_hub_sources(cfg)
     console.print(config_table(cfg))
 
     # The backend first: on the fast path unsloth must patch transformers/trl before they load.

@@ -38,11 +38,12 @@ def _progress(console):
     from rich.text import Text
 
     class RowsPerSecond(ProgressColumn):
-        """Rows/s over this session's rows (rows done by an earlier run are the starting point)."""
+        """The final line's rows/s as it stands (``rows_per_second``), not rich's own speed, which
+        counts from the first batch's end and so leaves that batch's time out."""
 
         def render(self, task) -> Text:
-            speed = task.finished_speed or task.speed
-            return Text("-- rows/s" if speed is None else f"{speed:.2f} rows/s", style="progress.data.speed")
+            rate = task.fields.get("rows_per_second")
+            return Text("-- rows/s" if rate is None else f"{rate:.2f} rows/s", style="progress.data.speed")
 
     return Progress(TextColumn("[bold]generate[/]"), BarColumn(), MofNCompleteColumn(), RowsPerSecond(),
                     TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
@@ -126,6 +127,12 @@ def _generate(opts: GenerateOptions, console, command: str) -> dict:
         from kitrec_fast.backends.common import resolve_model_path
 
         check_unquantized_base(resolve_model_path(resolved[0][1].model.name))  # before minutes of work
+    from kitrec_fast.data.load import DatasetLoadError, check_dataset
+
+    try:
+        check_dataset(opts.dataset)  # a missing file or an unreachable Hub: before the backend and any output
+    except DatasetLoadError as exc:
+        raise GenerateError(str(exc)) from None
     # The backend module before anything imports transformers: unsloth must patch it first.
     backend_module = None
     if opts.engine == "hf" and not opts.prepare_only:
@@ -193,7 +200,8 @@ def _prepare(opts: GenerateOptions, cfg, adapter: Optional[str], command: str, c
     def flush() -> None:
         if plan.builder is None:  # the tokenizer only when there is something to build
             name = opts.tokenizer or cfg.data.tokenizer or resolve_model_path(cfg.model.name)
-            plan.tokenizer = load_tokenizer(name)
+            plan.tokenizer = load_tokenizer(name, "--tokenizer" if opts.tokenizer else "the run's data.tokenizer"
+                                            if cfg.data.tokenizer else "the run's model.name")
             vocab = plan.tokenizer.get_vocab()
             if IM_END not in vocab:
                 raise GenerateError(f"tokenizer {name} has no {IM_END}; KitREC models are Qwen3 chat models")
@@ -311,10 +319,17 @@ def _generate_rows(plan: _Plan, engine, console) -> None:
             fh.flush()
             os.fsync(fh.fileno())
             summary["generated"] += len(batch)
-            progress.advance(task, len(batch))
+            summary["seconds"] = round(time.perf_counter() - t0, 2)  # to the last row written
+            progress.update(task, advance=len(batch), rows_per_second=rows_per_second(summary))
             if pause:
                 time.sleep(pause)
-    summary["seconds"] = round(time.perf_counter() - t0, 2)
+
+
+def rows_per_second(summary: dict) -> float:
+    """The one rows/s the bar and the final line show: rows generated in this session over the
+    seconds from the start of generation (model loading and prompt building not counted) to the
+    last row written."""
+    return summary["generated"] / summary["seconds"] if summary["seconds"] else float("nan")
 
 
 def _report_done(plan: _Plan, console) -> None:
@@ -322,7 +337,7 @@ def _report_done(plan: _Plan, console) -> None:
     skipped = plan.builder.skipped if plan.builder is not None else []
     summary["skipped"] = skipped
     if summary["generated"]:
-        rate = summary["generated"] / summary["seconds"] if summary["seconds"] else float("nan")
+        rate = rows_per_second(summary)
         console.print(f"[green]done[/] {summary['generated']} rows in {summary['seconds']:.1f}s ({rate:.2f} rows/s); "
                       f"{len(skipped)} bad rows skipped. Score with:\n"
                       f"  kitrec-fast eval score --predictions {plan.pred_path} --output {plan.out_dir / 'score'}")
