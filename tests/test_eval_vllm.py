@@ -176,6 +176,7 @@ def test_a_head_size_the_installed_vllm_cannot_serve_is_refused_before_the_engin
     assert "cannot serve testkit:tiny-qwen3: its attention head size is 16" in said
     # the sizes come from vLLM's CPU attention backend itself; the way out is named
     assert "(CPU_ATTN) supports head sizes 32, 64, 80, 96, 112, 128" in said and "use --engine hf" in said
+    assert f"train the smoke run with --model {HD64}" in said  # the CPU user's way to try vLLM
     assert not out.exists()
 
 

@@ -12,9 +12,11 @@ import json
 from pathlib import Path
 from typing import Optional
 
+from kitrec_fast.backends.common import TINY_MODEL
 from kitrec_fast.eval.generate.options import GenerateError
 
 _PREQUANTIZED = ("-bnb-4bit", "-4bit", "-awq", "-gptq")
+TINY_HD64 = "testkit:tiny-qwen3-hd64"  # the smoke model's sibling with a head size vLLM's CPU attention takes
 WAY_OUT = "use --engine hf (the training backend's model.generate), which serves any head size"
 
 
@@ -48,8 +50,11 @@ def check_vllm_can_serve(model_path: str, model_name: str) -> None:
         return  # no readable config here: the engine reads it itself and says what is wrong
     refusal = head_size_refusal(head, vllm_dtype())
     if refusal:
+        # the smoke run's tiny model: a CPU user who wants to try vLLM can train on its head_dim-64 sibling
+        hint = (f" (or train the smoke run with --model {TINY_HD64} to try vLLM here)" if model_name == TINY_MODEL
+                else "")
         raise GenerateError(f"--engine vllm: vLLM {vllm.__version__} cannot serve {model_name}: its attention head "
-                            f"size is {head}, and {refusal}; {WAY_OUT}")
+                            f"size is {head}, and {refusal}; {WAY_OUT}{hint}")
 
 
 def check_unquantized_base(model_path: str) -> None:
