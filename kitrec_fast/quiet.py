@@ -24,14 +24,26 @@ else those libraries log still shows. Why each is harmless:
 * torch "'pin_memory' argument is set as true but no accelerator is found": the Trainer's
   DataLoader asks for pinned memory, which only speeds up copies to a GPU; on a CPU-only run there
   is no copy to speed up (with a GPU the warning does not arise).
+* vLLM "Triton is installed, but doesn't include CPU backend": vLLM's CPU build looks for Triton's
+  CPU backend, which the Triton wheel (a requirement of Unsloth, built for GPUs) lacks; vLLM then
+  runs its own compiled CPU kernels, as on any CPU machine. A GPU build of vLLM never says it.
+* vLLM's own INFO lines (engine configuration, backend choices, timings: ~60 lines per engine
+  start): its warnings and errors still show. Set through vLLM's ``VLLM_LOGGING_LEVEL`` (a value
+  the user exported wins).
 * Progress bars "Loading weights" and "Writing model shards" (transformers) and "Saving the dataset"
   (datasets): each command prints its own line once the model is loaded or the data saved; the
   bars would be drawn into logs as carriage-return noise. Hub download bars are not touched.
+
+vLLM runs its engine in spawned processes, which the filters installed here do not reach: the
+environment does. Before vLLM is imported, :func:`pass_to_children` sets ``QUIET_ENV``, which makes
+a child process install the same filters when it imports kitrec_fast (a spawned child imports its
+parent's main module, hence kitrec_fast, before anything of vLLM), and vLLM's log level.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 
 KNOWN_NOISE = (
     ("torch.utils._pytree", "is an Enum subclass and is now natively supported"),
@@ -39,10 +51,13 @@ KNOWN_NOISE = (
     ("unsloth_zoo.log", "Could not build the patched trl.trainer."),
     ("torchao", "Failed to load "),
     ("transformers.trainer_utils", "The tokenizer has new PAD/BOS/EOS tokens"),
+    ("vllm.triton_utils.importing", "Triton is installed, but doesn't include CPU backend"),
 )
 # Python warnings (message start) and tqdm bars (description start) hidden likewise.
 KNOWN_WARNINGS = ("'pin_memory' argument is set as true but no accelerator is found",)
 KNOWN_BARS = ("Loading weights", "Writing model shards", "Saving the dataset")
+QUIET_ENV = "KITREC_FAST_QUIET"
+VLLM_LEVEL = ("VLLM_LOGGING_LEVEL", "WARNING")
 
 
 def _cuda_present() -> bool:
@@ -80,6 +95,14 @@ def hide_known_noise() -> None:
         warnings.filterwarnings("ignore", message=re.escape(text))
     _hide_bars(KNOWN_BARS)
     _installed = True
+
+
+def pass_to_children() -> None:
+    """If this process hides the known lines, the processes it starts from now on hide them too
+    (and vLLM's INFO lines); a ``--verbose`` command leaves the environment as it is."""
+    if _installed:
+        os.environ[QUIET_ENV] = "1"
+        os.environ.setdefault(*VLLM_LEVEL)
 
 
 def _hide_bars(descriptions: tuple[str, ...]) -> None:

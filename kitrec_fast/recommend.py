@@ -140,12 +140,17 @@ def recommend(args: argparse.Namespace) -> dict:
     import time
 
     from kitrec_fast.eval.generate import GenerateError, HFEngine, VLLMEngine, resolve_config
-    from kitrec_fast.eval.generate.engines import check_unquantized_base, choose_engine
+    from kitrec_fast.eval.generate.engines import choose_engine
 
     opts = _options(args)
     opts = dataclasses.replace(opts, engine=choose_engine(opts.engine)[0])
     cfg, adapter = resolve_config(opts)
     text_prompt = _text_prompt(args.prompt) if args.prompt is not None else None  # checked before any loading
+    if opts.engine == "vllm":
+        from kitrec_fast.backends.common import resolve_model_path
+        from kitrec_fast.eval.generate.vllm_check import check_vllm_can_serve
+
+        check_vllm_can_serve(resolve_model_path(cfg.model.name), cfg.model.name)  # before the engine starts
     backend_module = None
     if opts.engine == "hf":  # before anything imports transformers: unsloth must patch it first
         from kitrec_fast.backends import get_backend
@@ -182,11 +187,9 @@ def recommend(args: argparse.Namespace) -> dict:
     else:
         from kitrec_fast.eval.generate.command import adapter_rank
 
-        base = resolve_model_path(cfg.model.name)
-        check_unquantized_base(base)
-        engine = VLLMEngine(base, {"adapter": (adapter, adapter_rank(adapter))} if adapter else {}, stop_ids,
-                            opts.max_new_tokens, max_model_len=len(prompt_ids) + opts.max_new_tokens, max_num_seqs=1,
-                            seed=cfg.train.seed)
+        adapters = {"adapter": (adapter, adapter_rank(adapter))} if adapter else {}
+        engine = VLLMEngine(resolve_model_path(cfg.model.name), adapters, stop_ids, opts.max_new_tokens,
+                            max_model_len=len(prompt_ids) + opts.max_new_tokens, max_num_seqs=1, seed=cfg.train.seed)
     t0 = time.perf_counter()
     (gen,) = engine.generate([prompt_ids], adapter="adapter" if adapter else None)
     seconds = time.perf_counter() - t0

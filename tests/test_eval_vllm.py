@@ -155,6 +155,31 @@ def test_a_4bit_only_base_is_refused_before_anything_loads(tmp_path):
     assert not (tmp_path / "out" / "predictions.jsonl").exists()
 
 
+@needs_vllm
+@pytest.mark.parametrize("command", ["eval", "recommend"])
+def test_a_head_size_the_installed_vllm_cannot_serve_is_refused_before_the_engine_starts(tmp_path, command):
+    # testkit:tiny-qwen3 has head_dim 16; on a GPU vLLM has backends for it, and nothing is refused there
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    out = tmp_path / "out"
+    model = ["--model", "testkit:tiny-qwen3", "--engine", "vllm", "--dataset", "embedded:test_music"]
+    args = (["eval", "generate", *model, "--limit", "1", "--output", str(out)] if command == "eval"
+            else ["recommend", *model, "--row", "1"])
+    # --verbose: vLLM's engine would announce itself if it started
+    proc = cli(*args, "--verbose", ok=False, timeout=600)
+    said = " ".join(proc.stdout.split()) + " " + " ".join(proc.stderr.split())  # the console wraps long lines
+    assert proc.returncode == 2, said[-3000:]
+    assert "Traceback" not in said and "Initializing a V1 LLM engine" not in said and "EngineCore" not in said
+    assert said.count("error:") == 1 and "error: --engine vllm: vLLM 0.32" in said
+    assert "cannot serve testkit:tiny-qwen3: its attention head size is 16" in said
+    # the sizes come from vLLM's CPU attention backend itself; the way out is named
+    assert "(CPU_ATTN) supports head sizes 32, 64, 80, 96, 112, 128" in said and "use --engine hf" in said
+    assert f"train the smoke run with --model {HD64}" in said  # the CPU user's way to try vLLM
+    assert not out.exists()
+
+
 def test_several_runs_need_distinct_names_and_their_own_adapters(tmp_path):
     with pytest.raises(UserError, match="several runs are named run"):
         GenerateOptions(dataset="d", output=tmp_path, runs=[tmp_path / "a" / "run", tmp_path / "b" / "run"])

@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from kitrec_fast.eval.generate.engines import (Generated, HFEngine, VLLMEngine, check_unquantized_base,
-                                               choose_engine)
+from kitrec_fast.eval.generate.engines import Generated, HFEngine, VLLMEngine, choose_engine
 from kitrec_fast.eval.generate.options import (CONFIG_FILE, PREDICTIONS_FILE, GenerateError, GenerateOptions,
                                                resolve_config)
 from kitrec_fast.eval.generate.resume import check_fingerprint, output_lock, read_done
@@ -125,8 +124,11 @@ def _generate(opts: GenerateOptions, console, command: str) -> dict:
                             "Evaluate each base in its own command")
     if opts.engine == "vllm":
         from kitrec_fast.backends.common import resolve_model_path
+        from kitrec_fast.eval.generate.vllm_check import check_vllm_can_serve
 
-        check_unquantized_base(resolve_model_path(resolved[0][1].model.name))  # before minutes of work
+        name = resolved[0][1].model.name
+        check_unquantized_base(resolve_model_path(name))  # before minutes of work
+        check_vllm_can_serve(resolve_model_path(name), name)  # before prompts are built and the engine starts
     from kitrec_fast.data.load import DatasetLoadError, check_dataset
 
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
-from kitrec_fast.eval.generate.options import GenerateError
+from kitrec_fast.eval.generate.vllm_check import import_vllm, vllm_dtype
 
 
 @dataclass
@@ -55,7 +55,6 @@ class HFEngine:
 CPU_MEMORY_FRACTION = 0.1
 GPU_MEMORY_FRACTION = 0.9
 _LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM accepts for max_lora_rank
-_PREQUANTIZED = ("-bnb-4bit", "-4bit", "-awq", "-gptq")
 
 
 def choose_engine(requested: str) -> tuple[str, str]:
@@ -74,24 +73,6 @@ def choose_engine(requested: str) -> tuple[str, str]:
                            if missing)
 
 
-def check_unquantized_base(model_path: str) -> None:
-    """vLLM serves the adapter on the unquantized base; a checkpoint stored only in 4 bits cannot be that base."""
-    import json
-    from pathlib import Path
-
-    quant = None
-    config = Path(model_path) / "config.json"
-    if config.is_file():
-        quant = (json.loads(config.read_text()).get("quantization_config") or {}).get("quant_method")
-    elif model_path.lower().endswith(_PREQUANTIZED):
-        quant = model_path.rsplit("-", 1)[-1]
-    if quant:
-        raise GenerateError(
-            f"--engine vllm: {model_path} is a pre-quantized ({quant}) checkpoint; vLLM loads the adapter on the "
-            "unquantized base model (bitsandbytes is not among vLLM's quantization methods). Give the 16-bit base "
-            "with --model (e.g. Qwen/Qwen3-14B for a run trained on unsloth/Qwen3-14B-bnb-4bit) or use --engine hf")
-
-
 class VLLMEngine:
     """vLLM: the unquantized base (bf16 on a GPU, fp32 on CPU) with each run's adapter as a LoRA request.
 
@@ -103,17 +84,13 @@ class VLLMEngine:
 
     def __init__(self, model_path: str, adapters: dict[str, tuple[str, int]], stop_ids: list[int],
                  max_new_tokens: int, max_model_len: int, max_num_seqs: int, seed: int):
-        try:
-            import vllm
-            from vllm import LLM, SamplingParams
-            from vllm.lora.request import LoRARequest
-        except ImportError as exc:
-            raise GenerateError(f"--engine vllm needs vLLM, which is not importable here ({exc}); install it "
-                                "(pip install -e '.[vllm]'; see README 'Evaluating at scale') or use --engine hf") from None
+        vllm = import_vllm()
         import torch
+        from vllm import LLM, SamplingParams
+        from vllm.lora.request import LoRARequest
 
         gpu = torch.cuda.is_available()
-        self.precision = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if gpu else "float32"
+        self.precision = vllm_dtype()
         self.version = vllm.__version__
         self.settings: dict[str, Any] = {
             "dtype": self.precision, "max_model_len": max_model_len, "max_num_seqs": max_num_seqs,
