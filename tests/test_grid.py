@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -44,27 +46,56 @@ def _grid(args: list[str], env: dict | None = None, timeout: float = 120) -> sub
                           env=env or _env(), timeout=timeout)
 
 
+def _stale_ray_temp_dir() -> tuple[Path, str]:
+    """A Ray temp folder of this module's own (short: Ray's socket paths must stay under ~100
+    characters) holding what a killed ``ray start --head`` leaves behind: ``ray_current_cluster``
+    naming a head that no longer answers. Returns the folder (RAY_TMPDIR) and the dead address."""
+    root = Path(tempfile.mkdtemp(prefix="kr-", dir=os.environ.get("TMPDIR", "/tmp")))
+    dead = f"127.0.0.1:{_free_port()}"
+    (root / "ray").mkdir()
+    (root / "ray" / "ray_current_cluster").write_text(dead)
+    return root, dead
+
+
 @pytest.fixture(scope="module")
-def ray_address():
+def ray_cluster():
     """One local Ray cluster (2 CPUs) for the module, held by a small driver process that shuts it
-    down when its stdin closes (only processes this fixture started are stopped)."""
+    down when its stdin closes (only processes this fixture started are stopped). It starts in a Ray
+    temp folder of its own that holds a stale address file, as a machine where a `ray start` head
+    was killed has one: address="local" must start a new cluster instead of joining the dead head."""
+    temp, dead = _stale_ray_temp_dir()
     code = ("import sys, ray\n"
-            "ctx = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)\n"
+            "ctx = ray.init(address='local', num_cpus=2, include_dashboard=False, log_to_driver=False)\n"
             "print(ctx.address_info['gcs_address'], flush=True)\n"
             "sys.stdin.read()\n"
             "ray.shutdown()\n")
     holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, text=True, env=_env())
+                              stderr=subprocess.DEVNULL, text=True, env=_env(RAY_TMPDIR=str(temp)))
     try:
         address = holder.stdout.readline().strip()
         assert address, "the Ray holder process did not start a cluster"
-        yield address
+        yield {"address": address, "stale": dead, "temp_dir": temp}
     finally:
         holder.stdin.close()
         try:
             holder.wait(timeout=60)
         except subprocess.TimeoutExpired:
             holder.kill()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def ray_address(ray_cluster):
+    return ray_cluster["address"]
+
+
+def test_the_test_cluster_is_its_own_beside_a_stale_address_file(ray_cluster):
+    # the holder read its temp folder, found the dead head's address there and started a cluster anyway
+    assert (ray_cluster["temp_dir"] / "ray" / "ray_current_cluster").is_file()
+    assert ray_cluster["address"] != ray_cluster["stale"]
+    assert any(p.name.startswith("session_") for p in (ray_cluster["temp_dir"] / "ray").iterdir())
+    host, port = ray_cluster["address"].rsplit(":", 1)
+    socket.create_connection((host, int(port)), timeout=10).close()
 
 
 def _read_state(out: Path) -> dict | None:
