@@ -393,3 +393,60 @@ def test_report_figure_says_when_every_metric_is_zero():
     assert words(figure([entry("a", 0.0, 8), entry("b", 0.0, 8)])) == ["every metric is 0 for every job"]
     assert words(figure([entry("a", None, None)])) == ["no job has a score yet"]
     assert words(figure([entry("a", 0.0, 8), entry("b", 0.25, 8)])) == []
+
+
+# -- what a grid says before and between its jobs -------------------------------------------------
+
+def test_a_starting_grid_says_so_at_once_and_in_status(tmp_path):
+    # validating the jobs' options (a recipe --dry-run each) and starting Ray take a minute or two
+    # on 2 cores: the grid says what it is doing at once, and --status in another terminal says it
+    # starts. train.bogus_key makes the start end at the option check, before Ray.
+    out = tmp_path / "grid"
+    proc = subprocess.Popen([sys.executable, "-m", "kitrec_fast", "grid", "singleft_music", "--sets", "A", "--smoke",
+                             "--backends", "peft", "train.bogus_key=1", "--output", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    try:
+        first = proc.stdout.readline()
+        assert "checking the options of 1 job(s)" in first, first + proc.stderr.read()
+        os.kill(proc.pid, signal.SIGSTOP)  # held in its start while --status reads
+        status = _grid(["--status", "--output", str(out)])
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert "grid starting" in status.stdout and "checking the options" in status.stdout
+        assert f"pid {proc.pid}" in status.stdout
+        assert "pending" in status.stdout and "singleft_music_seta-peft" in status.stdout
+        # killed during its start: --status says it stopped, not that it is still starting
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        status = _grid(["--status", "--output", str(out)])
+        assert "stopped before its first job" in status.stdout and "grid starting" not in status.stdout
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.slow
+def test_a_trained_job_waiting_for_its_groups_evaluation_is_shown_as_such(killed_grid, tmp_path):
+    # Two backends of one recipe and set are evaluated together (one engine): the job that finished
+    # training first waits for the other's training before its evaluation starts.
+    from rich.console import Console
+
+    from kitrec_fast.grid.progress import jobs_table
+    from kitrec_fast.grid.runner import GridRunner
+    from kitrec_fast.grid.spec import GridSpec
+    from kitrec_fast.grid.state import merge_state
+
+    spec = GridSpec(output=tmp_path, families=("singleft_music",), sets=("A",), backends=("peft", "unsloth"),
+                    smoke=True)
+    trained, training = "singleft_music_seta-peft", "singleft_music_seta-unsloth"
+    shutil.copytree(killed_grid["out"] / "runs" / trained, tmp_path / "runs" / trained)  # a finished training
+    runner = GridRunner(spec, merge_state(spec, None, "test"), Console())
+    runner._submit(trained)
+    record = runner.state["jobs"][trained]
+    assert record["state"] == "trained" and record["waiting_for"] == [training]
+    assert not runner.running  # no evaluation was started for half of its group
+    console = Console(record=True, width=200)
+    console.print(jobs_table(runner.state))
+    row = next(line for line in console.export_text().splitlines() if trained in line)
+    assert f"trained; evaluation waits for {training} to train" in row and f"{MAX_STEPS}/{MAX_STEPS}" in row
+    assert "queued" not in row
