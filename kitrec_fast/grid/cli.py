@@ -159,6 +159,7 @@ def run_grid(argv: list[str]) -> int:
     # Checking the jobs and starting Ray take a minute or two before the first job: each step is
     # said here as it begins and recorded in the state file for `grid --status` in another terminal.
     output_existed = spec.output.is_dir()
+    state.pop("starting", None)  # a start that was killed earlier is over; this one starts now
 
     def starting(doing: str) -> None:
         mark_starting(state, doing)
