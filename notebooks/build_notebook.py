@@ -79,27 +79,47 @@ Times are estimates from FLOP counts and each card's throughput, not measurement
 
 Installs `kitrec-fast` with its pinned stack (transformers 5.17.0, trl 1.15.0, unsloth 2026.10.9,
 peft, bitsandbytes); Colab's preinstalled torch is kept when it satisfies `torch<2.15`. With
-`KITREC_FAST_SOURCE` left empty the cell installs the released package from PyPI. Until a release
-is there (or to try another version), set `KITREC_FAST_SOURCE` to a checkout of the repository
-(a folder), a wheel built from it (`python -m build`), or a `git+https://` URL of the repository;
-the cell says so when neither is available. If pip replaces torch or transformers, use *Runtime →
-Restart session* and continue with the next cell.
+`KITREC_FAST_SOURCE` left empty the cell installs the released package from PyPI.
+
+**Before a release** (or to try another version), bring a wheel: build it on your machine in a
+checkout of the repository with `python -m build --wheel` (it writes `dist/kitrec_fast-<version>-py3-none-any.whl`;
+`pip install build` first if needed), then either set `KITREC_FAST_SOURCE = "upload"` and pick that
+file in the dialog this cell opens, or copy it to your Google Drive and set `KITREC_FAST_SOURCE` to
+its path there (`/content/drive/MyDrive/kitrec_fast-<version>-py3-none-any.whl`; the cell mounts
+Drive and asks for access). A checkout folder or a `git+https://` URL of the repository works too.
+If pip replaces torch or transformers, use *Runtime → Restart session* and continue with the next cell.
 
 {times("install")}
 """),
     code("""
 import subprocess
 import sys
+from pathlib import Path
 
-# >>> SET THIS when kitrec-fast is not on PyPI: a checkout folder, a .whl file, or git+https://... <<<
+# >>> SET THIS when kitrec-fast is not on PyPI: "upload" (pick the .whl in a dialog), the .whl's path on
+# Google Drive (/content/drive/MyDrive/kitrec_fast-...whl), a checkout folder, or git+https://... <<<
 KITREC_FAST_SOURCE = ""
 
-target = KITREC_FAST_SOURCE.strip() or "kitrec-fast"  # empty: the released package from PyPI
+source = KITREC_FAST_SOURCE.strip()
+if source == "upload":  # Colab's upload dialog copies the file onto this VM, into the current folder
+    from google.colab import files
+
+    wheels = [name for name in files.upload() if name.endswith(".whl")]
+    if not wheels:
+        raise SystemExit("no .whl file was uploaded: pick dist/kitrec_fast-<version>-py3-none-any.whl, "
+                         "built in a checkout with `python -m build --wheel`, and run this cell again.")
+    source = str(Path(wheels[-1]).resolve())
+elif source.startswith("/content/drive/") and not Path(source).exists():
+    from google.colab import drive
+
+    drive.mount("/content/drive")
+target = source or "kitrec-fast"  # empty: the released package from PyPI
 print(f"pip install {target}")
 if subprocess.run([sys.executable, "-m", "pip", "install", "-q", target]).returncode != 0:
     where = "PyPI has no kitrec-fast release yet" if target == "kitrec-fast" else f"{target} did not install"
-    raise SystemExit(f"{where}: set KITREC_FAST_SOURCE above to a checkout of the repository, a wheel built "
-                     "from it, or a git+https:// URL of the repository, then run this cell again.")
+    raise SystemExit(f"{where}: set KITREC_FAST_SOURCE above to 'upload' (a wheel built with `python -m build "
+                     "--wheel`), the wheel's path on Google Drive, a checkout of the repository, or a "
+                     "git+https:// URL of the repository, then run this cell again.")
 """, "install", "heavy"),
 
     md("""

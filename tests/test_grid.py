@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -44,27 +46,56 @@ def _grid(args: list[str], env: dict | None = None, timeout: float = 120) -> sub
                           env=env or _env(), timeout=timeout)
 
 
+def _stale_ray_temp_dir() -> tuple[Path, str]:
+    """A Ray temp folder of this module's own (short: Ray's socket paths must stay under ~100
+    characters) holding what a killed ``ray start --head`` leaves behind: ``ray_current_cluster``
+    naming a head that no longer answers. Returns the folder (RAY_TMPDIR) and the dead address."""
+    root = Path(tempfile.mkdtemp(prefix="kr-", dir=os.environ.get("TMPDIR", "/tmp")))
+    dead = f"127.0.0.1:{_free_port()}"
+    (root / "ray").mkdir()
+    (root / "ray" / "ray_current_cluster").write_text(dead)
+    return root, dead
+
+
 @pytest.fixture(scope="module")
-def ray_address():
+def ray_cluster():
     """One local Ray cluster (2 CPUs) for the module, held by a small driver process that shuts it
-    down when its stdin closes (only processes this fixture started are stopped)."""
+    down when its stdin closes (only processes this fixture started are stopped). It starts in a Ray
+    temp folder of its own that holds a stale address file, as a machine where a `ray start` head
+    was killed has one: address="local" must start a new cluster instead of joining the dead head."""
+    temp, dead = _stale_ray_temp_dir()
     code = ("import sys, ray\n"
-            "ctx = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)\n"
+            "ctx = ray.init(address='local', num_cpus=2, include_dashboard=False, log_to_driver=False)\n"
             "print(ctx.address_info['gcs_address'], flush=True)\n"
             "sys.stdin.read()\n"
             "ray.shutdown()\n")
     holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, text=True, env=_env())
+                              stderr=subprocess.DEVNULL, text=True, env=_env(RAY_TMPDIR=str(temp)))
     try:
         address = holder.stdout.readline().strip()
         assert address, "the Ray holder process did not start a cluster"
-        yield address
+        yield {"address": address, "stale": dead, "temp_dir": temp}
     finally:
         holder.stdin.close()
         try:
             holder.wait(timeout=60)
         except subprocess.TimeoutExpired:
             holder.kill()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def ray_address(ray_cluster):
+    return ray_cluster["address"]
+
+
+def test_the_test_cluster_is_its_own_beside_a_stale_address_file(ray_cluster):
+    # the holder read its temp folder, found the dead head's address there and started a cluster anyway
+    assert (ray_cluster["temp_dir"] / "ray" / "ray_current_cluster").is_file()
+    assert ray_cluster["address"] != ray_cluster["stale"]
+    assert any(p.name.startswith("session_") for p in (ray_cluster["temp_dir"] / "ray").iterdir())
+    host, port = ray_cluster["address"].rsplit(":", 1)
+    socket.create_connection((host, int(port)), timeout=10).close()
 
 
 def _read_state(out: Path) -> dict | None:
@@ -362,3 +393,60 @@ def test_report_figure_says_when_every_metric_is_zero():
     assert words(figure([entry("a", 0.0, 8), entry("b", 0.0, 8)])) == ["every metric is 0 for every job"]
     assert words(figure([entry("a", None, None)])) == ["no job has a score yet"]
     assert words(figure([entry("a", 0.0, 8), entry("b", 0.25, 8)])) == []
+
+
+# -- what a grid says before and between its jobs -------------------------------------------------
+
+def test_a_starting_grid_says_so_at_once_and_in_status(tmp_path):
+    # validating the jobs' options (a recipe --dry-run each) and starting Ray take a minute or two
+    # on 2 cores: the grid says what it is doing at once, and --status in another terminal says it
+    # starts. train.bogus_key makes the start end at the option check, before Ray.
+    out = tmp_path / "grid"
+    proc = subprocess.Popen([sys.executable, "-m", "kitrec_fast", "grid", "singleft_music", "--sets", "A", "--smoke",
+                             "--backends", "peft", "train.bogus_key=1", "--output", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    try:
+        first = proc.stdout.readline()
+        assert "checking the options of 1 job(s)" in first, first + proc.stderr.read()
+        os.kill(proc.pid, signal.SIGSTOP)  # held in its start while --status reads
+        status = _grid(["--status", "--output", str(out)])
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert "grid starting" in status.stdout and "checking the options" in status.stdout
+        assert f"pid {proc.pid}" in status.stdout
+        assert "pending" in status.stdout and "singleft_music_seta-peft" in status.stdout
+        # killed during its start: --status says it stopped, not that it is still starting
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        status = _grid(["--status", "--output", str(out)])
+        assert "stopped before its first job" in status.stdout and "grid starting" not in status.stdout
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.slow
+def test_a_trained_job_waiting_for_its_groups_evaluation_is_shown_as_such(killed_grid, tmp_path):
+    # Two backends of one recipe and set are evaluated together (one engine): the job that finished
+    # training first waits for the other's training before its evaluation starts.
+    from rich.console import Console
+
+    from kitrec_fast.grid.progress import jobs_table
+    from kitrec_fast.grid.runner import GridRunner
+    from kitrec_fast.grid.spec import GridSpec
+    from kitrec_fast.grid.state import merge_state
+
+    spec = GridSpec(output=tmp_path, families=("singleft_music",), sets=("A",), backends=("peft", "unsloth"),
+                    smoke=True)
+    trained, training = "singleft_music_seta-peft", "singleft_music_seta-unsloth"
+    shutil.copytree(killed_grid["out"] / "runs" / trained, tmp_path / "runs" / trained)  # a finished training
+    runner = GridRunner(spec, merge_state(spec, None, "test"), Console())
+    runner._submit(trained)
+    record = runner.state["jobs"][trained]
+    assert record["state"] == "trained" and record["waiting_for"] == [training]
+    assert not runner.running  # no evaluation was started for half of its group
+    console = Console(record=True, width=200)
+    console.print(jobs_table(runner.state))
+    row = next(line for line in console.export_text().splitlines() if trained in line)
+    assert f"trained; evaluation waits for {training} to train" in row and f"{MAX_STEPS}/{MAX_STEPS}" in row
+    assert "queued" not in row

@@ -11,6 +11,8 @@ import json
 import os
 import re
 import shlex
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -185,3 +187,77 @@ def test_notebook_cpu_cells_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     text = output_text(dry)
     assert "memory profile 16gb" in text and "3072" in text, text[-3000:]
     assert "dry run" in text
+
+
+def _install_cell() -> str:
+    return next(c for c in load().cells if c.cell_type == "code" and "install" in tags(c)).source
+
+
+def _wheel(tmp_path: Path) -> Path:
+    """A wheel of this checkout, built as the install cell's markdown says (`python -m build --wheel`
+    needs its build backend from the index; uv's offline build uses the one setup.sh's install cached)."""
+    uv = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
+    if uv is None:
+        pytest.skip("uv is not installed (scripts/setup.sh installs it)")
+    proc = subprocess.run([uv, "build", "--wheel", "--offline", "-o", str(tmp_path / "dist"), str(ROOT)],
+                          capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        pytest.skip(f"no wheel built offline (the build backend is not in uv's cache): {proc.stderr[-300:]}")
+    (wheel,) = (tmp_path / "dist").glob("kitrec_fast-*.whl")
+    return wheel
+
+
+def _venv_beside_the_deps(path: Path) -> Path:
+    """A venv without kitrec_fast whose interpreter sees this venv's installed packages (pip among
+    them) through a .pth line, as Colab's Python has its preinstalled stack."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True, timeout=120)
+    python = path / "bin" / "python"
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    import sysconfig
+
+    (Path(site) / "_deps.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    return python
+
+
+@pytest.mark.slow
+def test_install_cell_installs_a_wheel_uploaded_or_from_drive(tmp_path: Path) -> None:
+    # The route before a release: a wheel built from the checkout gets onto the Colab VM by the upload
+    # dialog or from Google Drive, and the cell installs it. Colab's dialog (google.colab.files.upload)
+    # is stood in for by a module that does what it does: the picked file lands in the current folder
+    # and the call returns {name: bytes}. --no-deps and no index: the dependencies are those present.
+    wheel = _wheel(tmp_path)
+    colab = tmp_path / "colab" / "google" / "colab"
+    colab.mkdir(parents=True)
+    (colab / "__init__.py").write_text("")
+    (colab / "files.py").write_text(
+        "import os, shutil\n"
+        "def upload():\n"
+        f"    src = {str(wheel)!r}\n"
+        "    shutil.copy(src, os.path.basename(src))\n"
+        "    return {os.path.basename(src): open(src, 'rb').read()}\n")
+    drive = tmp_path / "drive" / "MyDrive"
+    drive.mkdir(parents=True)
+    shutil.copy(wheel, drive / wheel.name)
+    cell = _install_cell()
+    for route, value in (("upload", "upload"), ("drive", str(drive / wheel.name))):
+        python = _venv_beside_the_deps(tmp_path / f"venv-{route}")
+        work = tmp_path / f"content-{route}"
+        work.mkdir()
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        env.update(PIP_NO_DEPS="1", PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1",
+                   PYTHONPATH=str(tmp_path / "colab"))
+        source = cell.replace('KITREC_FAST_SOURCE = ""', f"KITREC_FAST_SOURCE = {value!r}")
+        assert source != cell
+        proc = subprocess.run([str(python), "-c", source], cwd=work, env=env, capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode == 0, f"{route}:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+        assert f"pip install {work / wheel.name if route == 'upload' else value}" in proc.stdout
+        # the installed wheel, not the checkout, answers
+        env.pop("PYTHONPATH")
+        out = subprocess.run([str(python), "-c", "import kitrec_fast; print(kitrec_fast.__file__)"], cwd=tmp_path,
+                             env=env, capture_output=True, text=True, check=True).stdout
+        assert out.startswith(str(tmp_path / f"venv-{route}")), out
+        version = subprocess.run([str(python.with_name("kitrec-fast")), "--version"], cwd=tmp_path, env=env,
+                                 capture_output=True, text=True)
+        assert version.stdout.strip() == f"kitrec-fast {wheel.name.split('-')[1]}", version.stdout + version.stderr

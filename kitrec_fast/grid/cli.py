@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import subprocess
 import sys
@@ -116,11 +117,14 @@ def validate_jobs(jobs) -> None:
 def show_status(output: Path, console) -> int:
     from kitrec_fast.grid.progress import jobs_table
     from kitrec_fast.grid.spec import GridError
-    from kitrec_fast.grid.state import read_state, state_path
+    from kitrec_fast.grid.state import read_state, start_phase, state_path
 
     state = read_state(output)
     if state is None:
         raise GridError(f"--status: {state_path(output)} does not exist (no grid ran with --output {output})")
+    phase = start_phase(state)
+    if phase is not None:
+        console.print(phase)
     console.print(jobs_table(state, title=f"grid {output}"))
     for job_id, r in state["jobs"].items():
         if r.get("error"):
@@ -130,7 +134,7 @@ def show_status(output: Path, console) -> int:
 
 def run_grid(argv: list[str]) -> int:
     from kitrec_fast.console import make_console
-    from kitrec_fast.grid.state import merge_state, read_state, write_state
+    from kitrec_fast.grid.state import mark_starting, merge_state, read_state, state_path, write_state
 
     parser = build_parser()
     rest, overrides = split_overrides(argv, parser)
@@ -152,29 +156,66 @@ def run_grid(argv: list[str]) -> int:
         return 0
     from kitrec_fast.grid.cluster import check_address, check_gpus, check_shared_output, connect
 
-    check_address(args.address)  # seconds, where validating the jobs' options takes longer
-    validate_jobs(todo)
+    # Checking the jobs and starting Ray take a minute or two before the first job: each step is
+    # said here as it begins and recorded in the state file for `grid --status` in another terminal.
+    output_existed = spec.output.is_dir()
+    state.pop("starting", None)  # a start that was killed earlier is over; this one starts now
 
-    joined = connect(args.address)
+    def starting(doing: str) -> None:
+        mark_starting(state, doing)
+        write_state(spec.output, state)
+        console.print(f"grid: {doing}")
+
+    def forget_start() -> None:
+        """A grid stopped before its first job leaves the output folder as it found it (a new one:
+        no state file that would say a grid ran)."""
+        if old is None:
+            state_path(spec.output).unlink(missing_ok=True)
+            if not output_existed and spec.output.is_dir() and not any(spec.output.iterdir()):
+                spec.output.rmdir()
+        else:
+            state.pop("starting", None)
+            write_state(spec.output, state)
+
+    connected = started = False
     try:
+        starting(f"checking the options of {len(todo)} job(s) (each recipe's --dry-run)")
+        check_address(args.address)  # seconds, where validating the jobs' options takes longer
+        validate_jobs(todo)
+        address = args.address or os.environ.get("RAY_ADDRESS")
+        starting(f"joining the Ray cluster at {address}" if address else "starting Ray on this machine")
+        connected = True  # from here on Ray may hold a connection, even when connect fails halfway
+        joined = connect(args.address)
         check_gpus(spec.smoke, args.address)
         if joined:
+            starting("checking that every node sees the output folder")
             check_shared_output(spec.output)
         from kitrec_fast.grid.runner import GridRunner
 
         console.print(f"grid: {len(todo)} of {len(spec.jobs())} job(s) to run; state in "
                       f"{spec.output / 'grid_state.json'} (kitrec-fast grid --status --output {spec.output})")
+        state.pop("starting", None)
+        started = True
         write_state(spec.output, state)
         state = GridRunner(spec, state, console).run()
     except KeyboardInterrupt:
+        if not started:
+            forget_start()
+            console.print("[yellow]interrupted[/] before the first job started; nothing ran")
+            return 130
         write_state(spec.output, state)
         console.print("[yellow]interrupted[/]: running jobs stop with their Ray workers; rerun the same command "
                       "to continue (training resumes from its newest checkpoint)")
         return 130
+    except BaseException:
+        if not started:
+            forget_start()
+        raise
     finally:
-        import ray
+        if connected:
+            import ray
 
-        ray.shutdown()
+            ray.shutdown()
     paths = write_report(spec, state)
     failed = [j.id for j in spec.jobs() if state["jobs"][j.id]["state"] != "done"]
     console.print(f"report: {paths['json']}, {paths['md']}, {paths['png']}")

@@ -87,9 +87,14 @@ def jobs_table(state: dict, title: str = "kitrec-fast grid"):
     table = Table(title=title)
     for col in ("job", "state", "attempt", "step/total", "loss", "ETA", "node"):
         table.add_column(col, justify="right" if col in ("attempt", "step/total", "loss", "ETA") else "left")
-    colors = {"done": "green", "failed": "red", "pending": "dim", "queued": "dim"}
+    colors = {"done": "green", "failed": "red", "pending": "dim", "queued": "dim", "trained": "dim"}
     for job_id, r in state["jobs"].items():
         st = r["state"]
+        shown = st
+        if st == "trained":  # its step/total is the finished training's; what it waits for is said here
+            waiting = r.get("waiting_for") or []
+            shown = (f"trained; evaluation waits for {', '.join(waiting)} to train" if waiting
+                     else "trained; evaluation next")
         attempt = r["attempts"].get(st) if st in r["attempts"] else None
         if r["step"] is None:
             steps = "-"
@@ -98,7 +103,7 @@ def jobs_table(state: dict, title: str = "kitrec-fast grid"):
         else:
             steps = f"{r['step']}/{r['total'] or '?'}"
         loss = "-" if r["loss"] is None else f"{r['loss']:.4f}"
-        table.add_row(job_id, f"[{colors.get(st, 'cyan')}]{st}[/]", str(attempt or "-"), steps, loss,
+        table.add_row(job_id, f"[{colors.get(st, 'cyan')}]{shown}[/]", str(attempt or "-"), steps, loss,
                       _fmt_eta(r["eta_s"]), r.get("node") or "-")
     updated = state.get("updated")
     if updated:

@@ -93,7 +93,7 @@ class GridRunner:
     def _kick_group(self, job_id: str) -> None:
         """A group member finished or failed: start the group's generation if it was waiting for it."""
         for m in self.groups[job_id]:
-            if m != job_id and self._record(m)["state"] == "queued" and self._generate_group(m):
+            if m != job_id and self._record(m)["state"] == "trained" and self._generate_group(m):
                 self._submit(m)
                 return
 
@@ -115,8 +115,12 @@ class GridRunner:
         commands = job.commands(stage)
         if stage == "generate":
             group = self._generate_group(job_id)
-            if group is None:  # waits for the rest of its evaluation group's training
-                record.update(state="queued", pids={}, eta_s=None)
+            if group is None:  # trained; its evaluation waits for the rest of its group's training
+                waiting = [m for m in self.groups[job_id] if m != job_id and self._record(m)["state"] != "failed"
+                           and self._next_stage(m) == "train"]
+                final = train_progress(job.run_dir, since=None)
+                record.update(state="trained", pids={}, eta_s=None, waiting_for=waiting, step=final["step"],
+                              total=final["total"] or final["step"], loss=final["loss"])
                 return
             job_ids = group
             commands = self.jobs[group[0]].generate_commands([self.jobs[m] for m in group])
@@ -130,7 +134,7 @@ class GridRunner:
         self.running[ref] = (tuple(job_ids), stage, attempt, proc, time.time())
         for m in job_ids:
             self._record(m)["attempts"][stage] = attempt
-            self._record(m).update(state="queued", log=str(log), pids={}, eta_s=None)
+            self._record(m).update(state="queued", log=str(log), pids={}, eta_s=None, waiting_for=[])
 
     # -- outcome of a stage ------------------------------------------------------------------
     def _finish(self, ref) -> None:

@@ -2,12 +2,16 @@
 
 Written atomically, so ``kitrec-fast grid --status`` in a second terminal (or a rerun after a
 crash) always reads a whole file. A job's ``state`` is one of ``STATES``; ``stages`` records the
-stages that finished, so a rerun never redoes them.
+stages that finished, so a rerun never redoes them. ``starting`` is there while the grid command
+checks its jobs and starts or joins Ray, before the first job runs (what it is doing, since when,
+and which process on which host does it).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
 from pathlib import Path
 
@@ -15,7 +19,8 @@ from kitrec_fast.fsio import atomic_write_json
 from kitrec_fast.grid.spec import GridError, GridSpec, Job
 
 STATE_FILE = "grid_state.json"
-STATES = ("pending", "queued", "train", "generate", "score", "done", "failed")
+# trained: training is done and the job's evaluation waits for the rest of its group to train
+STATES = ("pending", "queued", "train", "trained", "generate", "score", "done", "failed")
 
 
 def state_path(output: Path) -> Path:
@@ -64,3 +69,32 @@ def merge_state(spec: GridSpec, old: dict | None, command: str) -> dict:
 def write_state(output: Path, state: dict) -> None:
     state["updated"] = time.time()
     atomic_write_json(state_path(output), state)
+
+
+def mark_starting(state: dict, doing: str) -> None:
+    """Record the start step the grid command is on (written with the next ``write_state``)."""
+    since = (state.get("starting") or {}).get("since") or time.time()
+    state["starting"] = {"doing": doing, "since": since, "pid": os.getpid(), "host": socket.gethostname()}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it exists
+        return True
+    return True
+
+
+def start_phase(state: dict) -> str | None:
+    """A line on a grid that has not started its first job yet, or None once it has."""
+    start = state.get("starting")
+    if not start:
+        return None
+    since = time.strftime("%H:%M:%S", time.localtime(start["since"]))
+    who = f"pid {start['pid']} on {start['host']}"
+    if start["host"] == socket.gethostname() and not _alive(int(start["pid"])):
+        return (f"[yellow]a grid started at {since} ({who}) stopped before its first job[/], while "
+                f"{start['doing']}; rerun the grid command to start it again")
+    return f"[cyan]grid starting[/] (since {since}, {who}): {start['doing']}"
