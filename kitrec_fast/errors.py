@@ -53,14 +53,23 @@ def run_cli(main: Callable[[list[str]], int], argv: list[str] | None = None) -> 
     except UserError as exc:
         if debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        _say(f"error: {exc}")
         return exc.exit_code
     except KeyboardInterrupt:
         # Ctrl-C outside a training loop (which handles it itself): nothing half-written to report.
         if debug:
             raise
-        print("interrupted", file=sys.stderr)
+        _say("interrupted")
         return 130
+
+
+def _say(line: str) -> None:
+    """stderr may be a pipe whose reader is gone (`| tee`, ended by the same Ctrl-C): the exit
+    status still tells what happened."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
 
 
 class DiskFullError(UserError):

@@ -7,6 +7,7 @@ peft baseline must never share a process with it.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -245,6 +246,65 @@ def test_finished_run_rerun_says_nothing_to_do_or_that_the_config_differs(smoke_
     assert "train.learning_rate: 0.0002 -> 0.001" in changed.stderr and "Traceback" not in changed.stderr
     assert (run / "resolved_config.yaml").read_text() == config
     assert not (run / "checkpoint-7").exists()
+
+
+def _adapter_tensors(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "adapter_model.safetensors"))
+
+
+@pytest.mark.slow
+def test_a_run_whose_schedule_ended_is_finished_without_training_a_step(smoke_run, tmp_path):
+    """Ctrl-C after the last step's checkpoint (summary "interrupted", no adapter, no plots): the
+    rerun writes what is missing and trains nothing. A kill while it writes them leaves the attempt
+    unfinished (it is recorded as killed by the next start), and the next rerun completes it."""
+    from kitrec_fast.faults import ENV
+
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run.run_dir, run)
+    for name in ("summary.json", "loss_curves.png"):
+        (run / name).unlink()
+    shutil.rmtree(run / "adapter")
+    (run / "summary.json").write_text(json.dumps({"status": "interrupted", "interrupted": "SIGINT", "global_step": 6}))
+    attempts = json.loads((run / "attempts.json").read_text())
+    attempts[0]["outcome"] = "interrupted"
+    (run / "attempts.json").write_text(json.dumps(attempts))
+    rows_before = metrics(run)
+
+    killed = subprocess.run(smoke_run.command(run), cwd=ROOT, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, ENV: "kill:results=1"})
+    assert killed.returncode == -signal.SIGKILL, killed.stdout[-3000:] + killed.stderr[-3000:]
+    assert "finishing" in killed.stdout and "checkpoint-6 is the end of its schedule" in killed.stdout
+    assert [a["outcome"] for a in json.loads((run / "attempts.json").read_text())] == ["interrupted", "running"]
+    assert not (run / "summary.json").read_text().count('"finished"')
+
+    proc = subprocess.run(smoke_run.command(run), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "resuming from" not in proc.stdout and "attempt 2 was killed" in " ".join(proc.stdout.split())
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+    assert metrics(run) == rows_before  # not a step trained, nothing logged or moved aside
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["global_step"] == summary["max_steps"] == 6
+    assert summary["attempts"] == 3
+    attempts = json.loads((run / "attempts.json").read_text())
+    assert [a["outcome"] for a in attempts] == ["interrupted", "killed", "finished"]
+    assert [a["resumed_from"] for a in attempts] == [None, "checkpoint-6", "checkpoint-6"]
+    assert attempts[1]["started_at"] <= attempts[1]["last_seen_alive"] <= attempts[2]["started_at"]
+    assert (run / "loss_curves.png").is_file() and "Interrupted" not in (run / "README.md").read_text()
+    # no evaluation in this run: the final adapter is the last checkpoint's, as the uninterrupted run wrote it
+    got, want = _adapter_tensors(run / "adapter"), _adapter_tensors(smoke_run.run_dir / "adapter")
+    assert got.keys() == want.keys() and all(torch_equal(got[k], want[k]) for k in got)
+    log = (run / "train.log").read_text()
+    assert [line.split(",")[0] for line in log.splitlines() if line.startswith("===== attempt ")] == [
+        "===== attempt 1", "===== attempt 2", "===== attempt 3"]
+    assert "attempt 2 was killed" in " ".join(log.split()) and "finishing" in log
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))
 
 
 @pytest.mark.slow
