@@ -49,6 +49,7 @@ class FolderInUse(UserError):
 class Held:
     path: Path
     previous: dict | None  # the record a holder that died without cleaning up left (its last_seen: heartbeat)
+    made: bool = False  # hold_made created the folder
 
 
 def describe(record: dict | None) -> str:
@@ -174,3 +175,24 @@ def hold(folder: Path, name: str, option: str, what: str) -> Iterator[Held]:
         if _same_file(fh.fileno(), path):
             path.unlink(missing_ok=True)  # still locked: nobody can have taken the path in between
         fh.close()
+
+
+@contextmanager
+def hold_made(folder: Path, name: str, option: str, what: str) -> Iterator[Held]:
+    """:func:`hold`, making ``folder`` (and missing parents) first; those it made are removed again
+    when they are empty at the end (a command refused before writing leaves no folder behind)."""
+    made, missing = [], Path(folder)
+    while not missing.exists():
+        made.append(missing)
+        missing = missing.parent
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    try:
+        with hold(folder, name, option, what) as held:
+            held.made = bool(made)
+            yield held
+    finally:
+        for path in made:  # innermost first; one with files in it stays
+            try:
+                path.rmdir()
+            except OSError:
+                break

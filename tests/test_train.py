@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -176,8 +177,12 @@ def test_smoke_run_directory_describes_one_finished_attempt(smoke_run):
     assert env["attn_implementation"] == "sdpa"
     card = (run / "README.md").read_text()
     assert "# dualft_music_seta: KitREC LoRA adapter" in card and "Interrupted" not in card
-    for path in (run / "adapter").iterdir():  # shared like every run file (safetensors writes 0600)
-        assert path.stat().st_mode & 0o644 == 0o644, (path.name, oct(path.stat().st_mode))
+    # every file of the run, checkpoints included, is shared (safetensors writes its files 0600)
+    for path in (p for p in run.rglob("*") if p.is_file()):
+        assert path.stat().st_mode & 0o644 == 0o644, (str(path.relative_to(run)), oct(path.stat().st_mode))
+    assert not (run / ".train.lock").exists()  # the run's lock ended with it
+    log = (run / "train.log").read_text()
+    assert log.startswith("===== attempt 1, 20") and "run summary" in log and "\x1b[" not in log
 
 
 def test_logged_train_nll_is_bounded_by_the_smoothed_loss(smoke_run):
@@ -387,8 +392,8 @@ def _wait_for_step(proc, run: Path, step: int, attempt: int = 1, timeout: float 
 def test_ctrl_c_once_checkpoints_and_exits_130_twice_aborts_cleanly(tmp_path):
     run = tmp_path / "run"
     args = [sys.executable, "-m", "kitrec_fast.recipes.dualft_music", "--smoke", "--backend", "peft",
-            "--output-dir", str(run), *FAST, "data.val_fraction=0", "train.max_steps=40",
-            "train.gradient_accumulation_steps=1", "train.save_steps=20", "train.eval_steps=20"]
+            "--output-dir", str(run), *FAST, "data.val_fraction=0", "train.max_steps=200",
+            "train.gradient_accumulation_steps=1", "train.save_steps=100", "train.eval_steps=100"]
     # twice: abort at once, no traceback, no checkpoint written
     returncode, out = _ctrl_c_twice(args, run, step=1, attempt=1)
     assert returncode == 130, out[-3000:]
@@ -396,20 +401,38 @@ def test_ctrl_c_once_checkpoints_and_exits_130_twice_aborts_cleanly(tmp_path):
     assert "error: aborted at step" in out and "Traceback" not in out
     assert not list(run.glob("checkpoint-*"))
 
-    # once: the notice, a checkpoint after the current step, exit 130; the card says interrupted
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # once, under `| tee` that the same Ctrl-C ends: stdout and stderr are a pipe whose reader is
+    # gone when the signal comes. The notice, a checkpoint after the current step, exit 130, the card
+    # says interrupted; what the console showed is in the run's train.log.
+    read_end, write_end = os.pipe()
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=write_end, stderr=write_end)
+    os.close(write_end)
+    stop = threading.Event()
+    reader = threading.Thread(target=_drain, args=(read_end, stop), daemon=True)
+    reader.start()
     _wait_for_step(proc, run, 1, attempt=2)
+    # the same command again while this one trains: refused at once, naming the holder
+    second = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    errors = [line for line in second.stderr.splitlines() if line.startswith("error:")]
+    assert second.returncode == 2 and len(errors) == 1 and "Traceback" not in second.stderr, second.stderr[-3000:]
+    assert f"--output-dir {run} is in use by another training run (pid {proc.pid} on {socket.gethostname()}, " \
+           "started 20" in errors[0], errors[0]
+    stop.set()
+    reader.join(timeout=30)
+    os.close(read_end)
     proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=300)
+    proc.wait(timeout=300)
+    out = (run / "train.log").read_text()
     assert proc.returncode == 130, out[-3000:]
     notice = out.index("SIGINT: finishing the current step, then writing a checkpoint")
     assert notice < out.index("checkpoint written at step")
     summary = json.loads((run / "summary.json").read_text())
     stopped = summary["global_step"]
-    assert summary["status"] == "interrupted" and summary["interrupted"] == "SIGINT" and 1 <= stopped < 40
+    assert summary["status"] == "interrupted" and summary["interrupted"] == "SIGINT" and 1 <= stopped < 200
     assert (run / f"checkpoint-{stopped}" / "trainer_state.json").is_file() and not (run / "adapter").exists()
     card = (run / "README.md").read_text()
-    assert "KitREC LoRA adapter" in card and f"**Interrupted** at step {stopped} of 40" in card
+    assert "KitREC LoRA adapter" in card and f"**Interrupted** at step {stopped} of 200" in card
+    assert [r["step"] for r in metrics(run) if "loss" in r] == list(range(1, stopped + 1))  # each step once
     # the aborted first attempt's rows went aside when the second started from scratch
     assert {r["attempt"] for r in metrics(run)} == {2}
     abandoned = (run / "metrics.abandoned.jsonl").read_text().splitlines()
@@ -422,6 +445,15 @@ def test_ctrl_c_once_checkpoints_and_exits_130_twice_aborts_cleanly(tmp_path):
     card = (run / "README.md").read_text()
     assert "**Aborted** at step" in card and f"resume from checkpoint-{stopped}." in card
     assert "Interrupted" not in card and "In progress" not in card
+
+
+def _drain(fd: int, stop: threading.Event) -> None:
+    """Read a pipe until ``stop`` is set (then its reader goes away, as tee ended by Ctrl-C does)."""
+    import select
+
+    while not stop.is_set():
+        if select.select([fd], [], [], 0.1)[0] and not os.read(fd, 1 << 16):
+            return
 
 
 def _ctrl_c_twice(args: list[str], run: Path, step: int, attempt: int) -> tuple[int, str]:

@@ -300,27 +300,6 @@ class _Run:
             rundir.write_attempts(self.run_dir, self.attempts)
 
 
-@contextlib.contextmanager
-def _hold_run_dir(run: _Run):
-    """Hold the run directory (see kitrec_fast.dirlock) for the whole attempt. A directory made
-    just for the lock, and parents made with it, are removed again when nothing was written."""
-    from kitrec_fast.dirlock import hold
-
-    made, folder = [], run.run_dir
-    while not folder.exists():
-        made.append(folder)
-        folder = folder.parent
-    run.run_dir.mkdir(parents=True, exist_ok=True)
-    run.created = bool(made)
-    try:
-        with hold(run.run_dir, rundir.LOCK, "--output-dir", "another training run") as held:
-            yield held
-    finally:
-        for folder in made:  # innermost first; one with files in it stays
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-
-
 def _checks(run: _Run, accept_config_change: bool, stack: contextlib.ExitStack) -> RunResult | None:
     """Everything that can refuse the run before data or model load; a finished run's result."""
     from kitrec_fast.parallel import is_main_process
@@ -334,7 +313,11 @@ def _checks(run: _Run, accept_config_change: bool, stack: contextlib.ExitStack) 
     # Under torchrun every rank trains into this directory, but only rank 0 writes it: it alone holds it.
     run.main = is_main_process()
     if run.main:
-        run.held = stack.enter_context(_hold_run_dir(run))
+        from kitrec_fast.dirlock import hold_made
+
+        # Made for the lock if missing, and removed again when the run is refused before writing.
+        run.held = stack.enter_context(hold_made(run_dir, rundir.LOCK, "--output-dir", "another training run"))
+        run.created = run.held.made
     run.state = inspect_run_dir(cfg, accept_config_change)
     if run.state.finished:
         summary = json.loads((run_dir / rundir.SUMMARY).read_text())

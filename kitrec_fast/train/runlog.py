@@ -51,7 +51,8 @@ class RunLog:
                 return
             try:
                 new = not Path(path).exists()
-                self._fh = open(path, "ab+")
+                open(path, "ab").close()
+                self._fh = open(path, "r+b")  # not "a": a redraw rewrites the last lines in place
                 if new:
                     os.chmod(path, 0o644)
             except OSError:
