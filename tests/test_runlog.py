@@ -10,7 +10,7 @@ from kitrec_fast.train.runlog import RunLog, _Guarded
 
 def test_a_write_to_a_pipe_whose_reader_is_gone_is_dropped_and_later_writes_too(tmp_path):
     read_end, write_end = os.pipe()
-    stream = os.fdopen(write_end, "w")
+    stream = os.fdopen(write_end, "w", buffering=1)  # line-buffered, as stderr: each line is one write
     os.close(read_end)  # `| tee`, with tee ended by the same Ctrl-C
     log = RunLog()
     log.attach(tmp_path / "train.log", "===== attempt 1")
@@ -35,8 +35,10 @@ def test_the_log_holds_what_the_terminal_showed_not_every_redraw(tmp_path):
     log.attach(tmp_path / "train.log", "===== attempt 1")
     with Progress(console=console, auto_refresh=False) as progress:
         task = progress.add_task("train", total=40)
+        rows = progress.add_task("rows", total=40)  # a display of two lines: redraws move the cursor up
         for step in range(1, 41):
             progress.update(task, completed=step)
+            progress.update(rows, completed=step)
             progress.refresh()
             if step == 20:
                 console.print("eval @ step 20")
@@ -46,6 +48,6 @@ def test_the_log_holds_what_the_terminal_showed_not_every_redraw(tmp_path):
     assert "\x1b" not in text and "\r" not in text
     lines = text.splitlines()
     assert lines[:2] == ["===== attempt 1", "config table"] and lines[-1] == "run summary"
-    bars = [line for line in lines if line.startswith("train")]
-    assert len(bars) == 1 and "100%" in bars[0], lines  # the bar as it was left, once
-    assert lines.index("eval @ step 20") < lines.index(bars[0])
+    bars = [line for line in lines if line.startswith(("train", "rows"))]
+    assert len(bars) == 2 and all("100%" in bar for bar in bars), lines  # the display as it was left, once
+    assert lines.index("eval @ step 20") < lines.index(bars[0]) == lines.index(bars[1]) - 1

@@ -5,7 +5,10 @@ Run directory layout::
     RUN_DIR/
       resolved_config.yaml     the recipe with overrides, headed by the command that ran it
       attempts.json            one entry per attempt: command, start, resumed checkpoint, accepted
-                               config changes, wall time, outcome
+                               config changes, wall time, outcome (an attempt a kill ended is marked
+                               ``killed`` by the next start, with when it was last seen alive)
+      train.log                what the console showed, plain text, appended by every attempt
+      .train.lock              held (flock) while a process writes the directory; see kitrec_fast/dirlock.py
       environment.json         versions, GPU, git commit, the weights actually loaded
       data_report.json         what loading/validation/truncation did
       metrics.jsonl            one line per log/eval event (loss, nll, lr, tokens/s, memory) of the
@@ -23,7 +26,9 @@ Run directory layout::
 Nothing is written before training has really started (data prepared, model loaded, a resumed
 checkpoint's state loaded), so a bad dataset or model name leaves no run directory behind and a
 resume that cannot start leaves it as it was; a crash before the first checkpoint removes the directory it
-created. Under torchrun / accelerate launch only rank 0 writes all of this (the Trainer has every
+created. (The lock is taken first, in a directory made for it if missing; both go when the process ends.)
+A rerun whose checkpoint ends the schedule trains no step: it writes the adapter, plots, card and
+summary that are missing. Under torchrun / accelerate launch only rank 0 writes all of this (the Trainer has every
 rank write its own RNG state into each checkpoint).
 """
 
