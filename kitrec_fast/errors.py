@@ -53,20 +53,20 @@ def run_cli(main: Callable[[list[str]], int], argv: list[str] | None = None) -> 
     except UserError as exc:
         if debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        _say(f"error: {exc}")
         return exc.exit_code
     except Exception as exc:
         # A load by Hub id that no loader wrapped (kitrec_fast.hub): still one line, not a traceback.
         line = None if debug else _hub_line(exc)
         if line is None:
             raise
-        print(f"error: {line}", file=sys.stderr)
+        _say(f"error: {line}")
         return UserError.exit_code
     except KeyboardInterrupt:
         # Ctrl-C outside a training loop (which handles it itself): nothing half-written to report.
         if debug:
             raise
-        print("interrupted", file=sys.stderr)
+        _say("interrupted")
         return 130
 
 
@@ -75,6 +75,15 @@ def _hub_line(exc: BaseException) -> str | None:
 
     cause = hub_cause(exc)
     return None if cause is None else unreached_line(cause)
+
+
+def _say(line: str) -> None:
+    """stderr may be a pipe whose reader is gone (`| tee`, ended by the same Ctrl-C): the exit
+    status still tells what happened."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
 
 
 class DiskFullError(UserError):

@@ -8,6 +8,8 @@
                         staging folder, none synced or renamed into place
 * ``kill:save_file=N``  SIGKILL at the N-th checkpoint file this process syncs (a save cut short)
 * ``enospc:save_file=N`` the sync of that file fails with ENOSPC (a disk that filled up mid-save)
+* ``kill:results=1``    SIGKILL after training, once the final adapter is in place and before the
+                        plots, card and summary are written
 * ``stop:POINT=N``      SIGSTOP instead: the process freezes there, for a test to kill its node
 * ``once=PATH``         fire only in the first process that creates PATH (several jobs share the variable)
 * ``disk_free=BYTES``   the free space the disk checks see (a small disk without a small disk)
@@ -25,7 +27,7 @@ import signal
 
 ENV = "KITREC_FAST_FAULT"
 _ACTIONS = ("kill", "stop", "enospc")
-_POINTS = ("step", "eval_batch", "save", "save_file")
+_POINTS = ("step", "eval_batch", "save", "save_file", "results")
 
 
 @functools.lru_cache(maxsize=1)

@@ -113,11 +113,15 @@ def test_cut_at_stop_counts_the_stop_token():
 
 
 def test_output_lock_refuses_a_second_writer_and_is_removed_after(tmp_path):
+    import os
+    import socket
+
     with output_lock(tmp_path):
         assert (tmp_path / LOCK_FILE).is_file()
-        with pytest.raises(UserError, match="another `eval generate` is writing"):
+        with pytest.raises(UserError, match="is in use by another `eval generate`") as info:
             with output_lock(tmp_path):
                 pass
+        assert f"(pid {os.getpid()} on {socket.gethostname()}, started 20" in str(info.value)
     assert not (tmp_path / LOCK_FILE).exists()
     # a lock file left by a killed process is no obstacle: flock died with it
     (tmp_path / LOCK_FILE).write_text("")

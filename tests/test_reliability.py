@@ -10,6 +10,7 @@ checkpoint, a torn metrics line, the Trainer's rotation, the disk estimates) use
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -349,7 +350,22 @@ def test_run_estimate_matches_what_the_smoke_run_wrote(smoke_run, small_disk):
         check_run_space(model, cfg, smoke_run.run_dir / "new", summary["train_rows"])
     msg = str(info.value)
     assert checkpoints.gb(est.total) in msg and checkpoints.gb(est.total - 1) + " free" in msg
-    assert "3 checkpoint(s)" in msg and "save_total_limit" in msg
+    assert "3 checkpoint(s)" in msg and "set train.save_total_limit=1 (now 3: up to 3 of the 3 planned" in msg
+    # the parts the message names add up to the checkpoint and adapter sizes it states
+    import re
+
+    parts = re.search(r"checkpoint\(s\) of ([0-9.]+) MB \(adapter ([0-9.]+) MB \+ optimizer state ([0-9.]+) MB \+ "
+                      r"[a-z ]+ up to ([0-9.]+) MB\)", msg)
+    assert parts, msg
+    sizes = [float(x) for x in parts.groups()]
+    assert sizes[0] == pytest.approx(sum(sizes[1:]), abs=0.15), (sizes, msg)
+    final = re.search(r"final adapter of ([0-9.]+) MB \(adapter ([0-9.]+) MB \+ [a-z ]+ up to ([0-9.]+) MB\)", msg)
+    assert final and float(final[1]) == pytest.approx(float(final[2]) + float(final[3]), abs=0.15), msg
+    # two checkpoints planned: fewer kept at once would not help, so it is not suggested
+    two = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, save_steps=3))
+    with pytest.raises(DiskFullError) as info:
+        check_run_space(model, two, smoke_run.run_dir / "new", summary["train_rows"])
+    assert "2 checkpoint(s)" in str(info.value) and "save_total_limit" not in str(info.value), str(info.value)
     small_disk(est.total)
     check_run_space(model, cfg, smoke_run.run_dir / "new", summary["train_rows"])
     # a resumed run needs only what its checkpoints do not already take

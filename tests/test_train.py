@@ -7,8 +7,10 @@ peft baseline must never share a process with it.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -180,8 +182,12 @@ def test_smoke_run_directory_describes_one_finished_attempt(smoke_run):
                                     "transformers.trainer.Trainer"]
     card = (run / "README.md").read_text()
     assert "# dualft_music_seta: KitREC LoRA adapter" in card and "Interrupted" not in card
-    for path in (run / "adapter").iterdir():  # shared like every run file (safetensors writes 0600)
-        assert path.stat().st_mode & 0o644 == 0o644, (path.name, oct(path.stat().st_mode))
+    # every file of the run, checkpoints included, is shared (safetensors writes its files 0600)
+    for path in (p for p in run.rglob("*") if p.is_file()):
+        assert path.stat().st_mode & 0o644 == 0o644, (str(path.relative_to(run)), oct(path.stat().st_mode))
+    assert not (run / ".train.lock").exists()  # the run's lock ended with it
+    log = (run / "train.log").read_text()
+    assert log.startswith("===== attempt 1, 20") and "run summary" in log and "\x1b[" not in log
 
 
 def test_logged_train_nll_is_bounded_by_the_smoothed_loss(smoke_run):
@@ -250,6 +256,65 @@ def test_finished_run_rerun_says_nothing_to_do_or_that_the_config_differs(smoke_
     assert "train.learning_rate: 0.0002 -> 0.001" in changed.stderr and "Traceback" not in changed.stderr
     assert (run / "resolved_config.yaml").read_text() == config
     assert not (run / "checkpoint-7").exists()
+
+
+def _adapter_tensors(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "adapter_model.safetensors"))
+
+
+@pytest.mark.slow
+def test_a_run_whose_schedule_ended_is_finished_without_training_a_step(smoke_run, tmp_path):
+    """Ctrl-C after the last step's checkpoint (summary "interrupted", no adapter, no plots): the
+    rerun writes what is missing and trains nothing. A kill while it writes them leaves the attempt
+    unfinished (it is recorded as killed by the next start), and the next rerun completes it."""
+    from kitrec_fast.faults import ENV
+
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run.run_dir, run)
+    for name in ("summary.json", "loss_curves.png"):
+        (run / name).unlink()
+    shutil.rmtree(run / "adapter")
+    (run / "summary.json").write_text(json.dumps({"status": "interrupted", "interrupted": "SIGINT", "global_step": 6}))
+    attempts = json.loads((run / "attempts.json").read_text())
+    attempts[0]["outcome"] = "interrupted"
+    (run / "attempts.json").write_text(json.dumps(attempts))
+    rows_before = metrics(run)
+
+    killed = subprocess.run(smoke_run.command(run), cwd=ROOT, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, ENV: "kill:results=1"})
+    assert killed.returncode == -signal.SIGKILL, killed.stdout[-3000:] + killed.stderr[-3000:]
+    assert "finishing" in killed.stdout and "checkpoint-6 is the end of its schedule" in killed.stdout
+    assert [a["outcome"] for a in json.loads((run / "attempts.json").read_text())] == ["interrupted", "running"]
+    assert not (run / "summary.json").read_text().count('"finished"')
+
+    proc = subprocess.run(smoke_run.command(run), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "resuming from" not in proc.stdout and "attempt 2 was killed" in " ".join(proc.stdout.split())
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+    assert metrics(run) == rows_before  # not a step trained, nothing logged or moved aside
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["global_step"] == summary["max_steps"] == 6
+    assert summary["attempts"] == 3
+    attempts = json.loads((run / "attempts.json").read_text())
+    assert [a["outcome"] for a in attempts] == ["interrupted", "killed", "finished"]
+    assert [a["resumed_from"] for a in attempts] == [None, "checkpoint-6", "checkpoint-6"]
+    assert attempts[1]["started_at"] <= attempts[1]["last_seen_alive"] <= attempts[2]["started_at"]
+    assert (run / "loss_curves.png").is_file() and "Interrupted" not in (run / "README.md").read_text()
+    # no evaluation in this run: the final adapter is the last checkpoint's, as the uninterrupted run wrote it
+    got, want = _adapter_tensors(run / "adapter"), _adapter_tensors(smoke_run.run_dir / "adapter")
+    assert got.keys() == want.keys() and all(torch_equal(got[k], want[k]) for k in got)
+    log = (run / "train.log").read_text()
+    assert [line.split(",")[0] for line in log.splitlines() if line.startswith("===== attempt ")] == [
+        "===== attempt 1", "===== attempt 2", "===== attempt 3"]
+    assert "attempt 2 was killed" in " ".join(log.split()) and "finishing" in log
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))
 
 
 @pytest.mark.slow
@@ -332,8 +397,8 @@ def _wait_for_step(proc, run: Path, step: int, attempt: int = 1, timeout: float 
 def test_ctrl_c_once_checkpoints_and_exits_130_twice_aborts_cleanly(tmp_path):
     run = tmp_path / "run"
     args = [sys.executable, "-m", "kitrec_fast.recipes.dualft_music", "--smoke", "--backend", "peft",
-            "--output-dir", str(run), *FAST, "data.val_fraction=0", "train.max_steps=40",
-            "train.gradient_accumulation_steps=1", "train.save_steps=20", "train.eval_steps=20"]
+            "--output-dir", str(run), *FAST, "data.val_fraction=0", "train.max_steps=200",
+            "train.gradient_accumulation_steps=1", "train.save_steps=100", "train.eval_steps=100"]
     # twice: abort at once, no traceback, no checkpoint written
     returncode, out = _ctrl_c_twice(args, run, step=1, attempt=1)
     assert returncode == 130, out[-3000:]
@@ -341,20 +406,38 @@ def test_ctrl_c_once_checkpoints_and_exits_130_twice_aborts_cleanly(tmp_path):
     assert "error: aborted at step" in out and "Traceback" not in out
     assert not list(run.glob("checkpoint-*"))
 
-    # once: the notice, a checkpoint after the current step, exit 130; the card says interrupted
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # once, under `| tee` that the same Ctrl-C ends: stdout and stderr are a pipe whose reader is
+    # gone when the signal comes. The notice, a checkpoint after the current step, exit 130, the card
+    # says interrupted; what the console showed is in the run's train.log.
+    read_end, write_end = os.pipe()
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=write_end, stderr=write_end)
+    os.close(write_end)
+    stop = threading.Event()
+    reader = threading.Thread(target=_drain, args=(read_end, stop), daemon=True)
+    reader.start()
     _wait_for_step(proc, run, 1, attempt=2)
+    # the same command again while this one trains: refused at once, naming the holder
+    second = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    errors = [line for line in second.stderr.splitlines() if line.startswith("error:")]
+    assert second.returncode == 2 and len(errors) == 1 and "Traceback" not in second.stderr, second.stderr[-3000:]
+    assert f"--output-dir {run} is in use by another training run (pid {proc.pid} on {socket.gethostname()}, " \
+           "started 20" in errors[0], errors[0]
+    stop.set()
+    reader.join(timeout=30)
+    os.close(read_end)
     proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=300)
+    proc.wait(timeout=300)
+    out = (run / "train.log").read_text()
     assert proc.returncode == 130, out[-3000:]
     notice = out.index("SIGINT: finishing the current step, then writing a checkpoint")
     assert notice < out.index("checkpoint written at step")
     summary = json.loads((run / "summary.json").read_text())
     stopped = summary["global_step"]
-    assert summary["status"] == "interrupted" and summary["interrupted"] == "SIGINT" and 1 <= stopped < 40
+    assert summary["status"] == "interrupted" and summary["interrupted"] == "SIGINT" and 1 <= stopped < 200
     assert (run / f"checkpoint-{stopped}" / "trainer_state.json").is_file() and not (run / "adapter").exists()
     card = (run / "README.md").read_text()
-    assert "KitREC LoRA adapter" in card and f"**Interrupted** at step {stopped} of 40" in card
+    assert "KitREC LoRA adapter" in card and f"**Interrupted** at step {stopped} of 200" in card
+    assert [r["step"] for r in metrics(run) if "loss" in r] == list(range(1, stopped + 1))  # each step once
     # the aborted first attempt's rows went aside when the second started from scratch
     assert {r["attempt"] for r in metrics(run)} == {2}
     abandoned = (run / "metrics.abandoned.jsonl").read_text().splitlines()
@@ -367,6 +450,15 @@ def test_ctrl_c_once_checkpoints_and_exits_130_twice_aborts_cleanly(tmp_path):
     card = (run / "README.md").read_text()
     assert "**Aborted** at step" in card and f"resume from checkpoint-{stopped}." in card
     assert "Interrupted" not in card and "In progress" not in card
+
+
+def _drain(fd: int, stop: threading.Event) -> None:
+    """Read a pipe until ``stop`` is set (then its reader goes away, as tee ended by Ctrl-C does)."""
+    import select
+
+    while not stop.is_set():
+        if select.select([fd], [], [], 0.1)[0] and not os.read(fd, 1 << 16):
+            return
 
 
 def _ctrl_c_twice(args: list[str], run: Path, step: int, attempt: int) -> tuple[int, str]:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from kitrec_fast import faults
 from kitrec_fast.errors import DiskFullError
-from kitrec_fast.fsio import fsync_dir, fsync_file
+from kitrec_fast.fsio import fsync_dir, fsync_file, make_shareable
 
 PREFIX = "checkpoint-"
 STAGING = ".staging"
@@ -172,6 +172,7 @@ def seal(staged: Path, final: Path, run_dir: Path, also_sync: tuple[Path, ...] =
 
     ``also_sync``: files of the run directory whose content up to now must survive a power loss
     together with this checkpoint (metrics.jsonl)."""
+    make_shareable(staged)  # safetensors writes its file 0600; every file of a run is 0644
     for path in sorted(p for p in staged.rglob("*") if p.is_file()):
         faults.reached("save_file")
         fsync_file(path)

@@ -49,6 +49,7 @@ class RunEstimate:
     optimizer: int        # one checkpoint's optimizer state
     checkpoints: int      # how many checkpoints exist at once at most
     held: int             # bytes the run directory's checkpoints already take (a resumed run)
+    planned: int = 0      # how many checkpoints the run writes in all
 
     @property
     def checkpoint(self) -> int:
@@ -63,8 +64,19 @@ class RunEstimate:
         return max(0, self.total - self.held)
 
     def describe(self) -> str:
-        return (f"{self.checkpoints} checkpoint(s) of {gb(self.checkpoint)} (adapter {gb(self.adapter)}, optimizer "
-                f"state {gb(self.optimizer)}) + the final adapter")
+        small = f"tokenizer and trainer state up to {gb(SMALL_FILES)}"
+        return (f"{self.checkpoints} checkpoint(s) of {gb(self.checkpoint)} (adapter {gb(self.adapter)} + optimizer "
+                f"state {gb(self.optimizer)} + {small}) + the final adapter of {gb(self.adapter + SMALL_FILES)} "
+                f"(adapter {gb(self.adapter)} + {small})")
+
+    def fewer_checkpoints(self, limit: int) -> str:
+        """How ``train.save_total_limit`` could lower the need, or ``""`` when it cannot: the Trainer
+        deletes an old checkpoint only after writing the new one, so 2 exist at once at the least."""
+        if self.checkpoints <= 2:
+            return ""
+        now = f"now {limit}" if limit and limit > 0 else "now unlimited"
+        return (f"set train.save_total_limit=1 ({now}: up to {self.checkpoints} of the {self.planned} planned "
+                "checkpoints exist at once; with 1, 2 do), ")
 
 
 def estimate_run(model, cfg, run_dir: Path, train_rows: int) -> RunEstimate:
@@ -81,7 +93,7 @@ def estimate_run(model, cfg, run_dir: Path, train_rows: int) -> RunEstimate:
     held = sum(dir_bytes(p) for p in checkpoint_dirs(run_dir)) if Path(run_dir).is_dir() else 0
     return RunEstimate(adapter=trainable_bytes(model),
                        optimizer=optimizer_state_bytes(model, t.optim),
-                       checkpoints=at_once, held=held)
+                       checkpoints=at_once, held=held, planned=saves)
 
 
 def check_run_space(model, cfg, run_dir: Path, train_rows: int) -> RunEstimate:
@@ -92,7 +104,7 @@ def check_run_space(model, cfg, run_dir: Path, train_rows: int) -> RunEstimate:
         held = f"; {gb(est.held)} of it already there" if est.held else ""
         raise DiskFullError(
             f"not enough disk space for this run in {run_dir}: it writes about {gb(est.total)} ({est.describe()}"
-            f"{held}), {gb(free)} free. Free space, lower train.save_total_limit (now {cfg.train.save_total_limit}) "
+            f"{held}), {gb(free)} free. Free space, {est.fewer_checkpoints(cfg.train.save_total_limit)}"
             "or use another --output-dir.")
     return est
 

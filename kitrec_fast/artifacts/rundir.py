@@ -19,6 +19,9 @@ ABANDONED_METRICS = "metrics.abandoned.jsonl"
 ATTEMPTS = "attempts.json"
 SUMMARY = "summary.json"
 ADAPTER_DIR = "adapter"
+PLOT = "loss_curves.png"
+LOG = "train.log"
+LOCK = ".train.lock"  # held while a process writes the directory (kitrec_fast/dirlock.py)
 
 # Settings a resume may change: where and how often things are written or shown, and how the
 # effective batch is split into micro-batches and data-parallel processes (checked separately: the
@@ -198,6 +201,26 @@ def retire_abandoned_metrics(run_dir: Path, resume_step: int, previous_attempt: 
     atomic_write_text(run_dir / ABANDONED_METRICS, old + "".join(json.dumps(r) + "\n" for r in moved))
     atomic_write_text(run_dir / METRICS, "".join(json.dumps(r) + "\n" for r in keep))
     return len(moved)
+
+
+def mark_killed_attempts(run_dir: Path, attempts: list[dict], holder: dict | None = None) -> list[dict]:
+    """Attempts still ``running`` when a new one starts were killed (SIGKILL, the OOM killer, a lost
+    node): no handler ran to record their end. Each becomes ``killed``, with ``last_seen_alive``
+    (epoch seconds): its last heartbeat on the run directory's lock file (``holder``, the record the
+    dead process left there) or its last metrics row, whichever is later. Returns those attempts."""
+    lost = [a for a in attempts if a.get("outcome") == "running"]
+    for attempt in lost:
+        n = attempt.get("attempt")
+        seen = [r["time"] for name in (METRICS, ABANDONED_METRICS) for r in _rows(Path(run_dir) / name)
+                if r.get("attempt") == n and "time" in r]
+        later = [a.get("started_at", 0.0) for a in attempts if a.get("started_at", 0.0) > attempt.get("started_at", 0.0)]
+        if holder and attempt.get("started_at", 0.0) <= holder.get("started", 0.0) < min(later, default=float("inf")):
+            seen.append(holder["last_seen"])  # the lock was taken by this attempt's process
+        started = attempt.get("started_at", 0.0)
+        attempt["outcome"] = "killed"
+        attempt["last_seen_alive"] = max(seen, default=started)
+        attempt["wall_seconds"] = round(max(0.0, attempt["last_seen_alive"] - started), 1)
+    return lost
 
 
 def attempt_seconds(run_dir: Path, attempt: dict) -> float:

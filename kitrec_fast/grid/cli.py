@@ -132,7 +132,17 @@ def show_status(output: Path, console) -> int:
     return 0
 
 
+GRID_LOCK = ".grid.lock"
+
+
 def run_grid(argv: list[str]) -> int:
+    import contextlib
+
+    with contextlib.ExitStack() as held:
+        return _run_grid(argv, held)
+
+
+def _run_grid(argv: list[str], held) -> int:
     from kitrec_fast.console import make_console
     from kitrec_fast.grid.state import mark_starting, merge_state, read_state, state_path, write_state
 
@@ -143,6 +153,12 @@ def run_grid(argv: list[str]) -> int:
     if args.status:
         return show_status(args.output.resolve(), console)
     spec = make_spec(args, overrides)
+    # One grid at a time in an output folder, which may be shared by several nodes: see
+    # kitrec_fast/dirlock.py for why the lock holds there. Its own file: the jobs' run directories
+    # and evaluation folders inside the folder are locked by the jobs, each on its own.
+    from kitrec_fast.dirlock import hold_made
+
+    held.enter_context(hold_made(spec.output, GRID_LOCK, "--output", "another grid"))
     command = " ".join(["kitrec-fast", "grid"] + [shlex.quote(a) for a in argv])
     old = read_state(spec.output)
     state = merge_state(spec, old, command)

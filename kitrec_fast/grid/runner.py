@@ -27,8 +27,16 @@ POLL_S = 1.0
 LOG_TAIL_LINES = 15
 
 
+# A retried stage may start while the killed one's lock on its run directory still counts as held:
+# on NFS until the server drops the dead client's lock, elsewhere until its heartbeat is stale
+# (kitrec_fast/dirlock.py). Its jobs wait that long for their folders instead of failing.
+JOB_LOCK_WAIT_S = 300
+
+
 def forwarded_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIXES)}
+    from kitrec_fast.dirlock import WAIT_ENV
+
+    return {WAIT_ENV: str(JOB_LOCK_WAIT_S), **{k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIXES)}}
 
 
 def train_finished(run_dir: Path) -> bool:

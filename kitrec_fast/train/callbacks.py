@@ -26,8 +26,11 @@ class MetricsLogger(TrainerCallback):
         # tokens/s and peak memory are already in ``logs`` (tracking.ProjectMetrics via the trainer's log())
         row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), "time": time.time(),
                "attempt": self.attempt, **(logs or {})}
+        new = not self.path.exists()
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
+        if new:
+            self.path.chmod(0o644)  # whatever the umask: every file of a run is readable by others
         state.kitrec_last_row = row
 
 
@@ -118,11 +121,16 @@ class CheckpointOnSignal(TrainerCallback):
                   f"(rerun the same command to resume). Press Ctrl-C again to abort without saving.")
 
     def _say(self, text: str) -> None:
+        """After the request is recorded: a write that fails (stderr a pipe whose reader is gone,
+        as under `| tee` when Ctrl-C ended tee too) must not stop the checkpoint."""
         import sys
 
         stream = self.stream or sys.stderr
-        stream.write(text + "\n")
-        stream.flush()
+        try:
+            stream.write(text + "\n")
+            stream.flush()
+        except (OSError, ValueError):
+            pass
 
     def on_step_end(self, args, state, control, **kw):
         if self.requested is not None:
@@ -151,6 +159,9 @@ class OnTrainBegin(TrainerCallback):
         self.fired = False
 
     def on_train_begin(self, args, state, control, **kw):
+        self.fire()
+
+    def fire(self) -> None:
         if not self.fired:
             self.fired = True
             self.fn()

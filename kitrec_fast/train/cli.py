@@ -9,6 +9,7 @@ for the same key wins). A flag given twice, or a key set both by a shorthand fla
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shlex
 
 from kitrec_fast.config import ConfigError, RunConfig, apply_overrides, config_from_dict
@@ -144,8 +145,19 @@ def run(recipe: str, args: argparse.Namespace, command: str) -> int:
             console.print(f"[yellow]note[/] {note}", soft_wrap=True)  # a suggested command stays one line
         console.print("[green]dry run[/]: the configuration is valid; nothing was written.")
         return 0
-    result = training.run_training(cfg, command=command, console=console,
-                                   accept_config_change=args.accept_config_change)
+    from kitrec_fast.errors import UserError
+    from kitrec_fast.parallel import is_main_process
+    from kitrec_fast.train.runlog import captured
+
+    # Rank 0 writes the run directory and its train.log; the other ranks print nothing of their own.
+    with captured() if is_main_process() else contextlib.nullcontext() as log:
+        try:
+            result = training.run_training(cfg, command=command, console=console,
+                                           accept_config_change=args.accept_config_change, log=log)
+        except UserError as exc:
+            if log is not None:  # printed to stderr by run_cli, after this capture has ended
+                log.write(f"error: {exc}\n")
+            raise
     return result.exit_code
 
 

@@ -5,7 +5,10 @@ Run directory layout::
     RUN_DIR/
       resolved_config.yaml     the recipe with overrides, headed by the command that ran it
       attempts.json            one entry per attempt: command, start, resumed checkpoint, accepted
-                               config changes, wall time, outcome
+                               config changes, wall time, outcome (an attempt a kill ended is marked
+                               ``killed`` by the next start, with when it was last seen alive)
+      train.log                what the console showed, plain text, appended by every attempt
+      .train.lock              held (flock) while a process writes the directory; see kitrec_fast/dirlock.py
       environment.json         versions, GPU, git commit, the weights actually loaded, the trainer's classes
       data_report.json         what loading/validation/truncation did
       metrics.jsonl            one line per log/eval event (loss, nll, lr, tokens/s, memory) of the
@@ -23,12 +26,16 @@ Run directory layout::
 Nothing is written before training has really started (data prepared, model loaded, a resumed
 checkpoint's state loaded), so a bad dataset or model name leaves no run directory behind and a
 resume that cannot start leaves it as it was; a crash before the first checkpoint removes the directory it
-created. Under torchrun / accelerate launch only rank 0 writes all of this (the Trainer has every
+created. (The lock is taken first, in a directory made for it if missing; both go when the process ends.)
+A rerun whose checkpoint ends the schedule trains no step: it writes the adapter, plots, card and
+summary that are missing. Under torchrun / accelerate launch only rank 0 writes all of this (the Trainer has every
 rank write its own RNG state into each checkpoint).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import shutil
 import signal
 import time
@@ -169,11 +176,10 @@ def _has_content(path: Path) -> bool:
 
 
 def run_is_complete(run_dir: Path) -> bool:
-    """A finished run: its summary says so and the adapter was written."""
-    import json
-
+    """A finished run: its summary says so, and the adapter, card and plots were written."""
     path = Path(run_dir) / rundir.SUMMARY
-    if not path.is_file() or not (Path(run_dir) / rundir.ADAPTER_DIR / "adapter_config.json").is_file():
+    if not all((Path(run_dir) / name).is_file() for name in (
+            rundir.SUMMARY, f"{rundir.ADAPTER_DIR}/adapter_config.json", "README.md", rundir.PLOT)):
         return False
     return not json.loads(path.read_text()).get("interrupted")
 
@@ -234,6 +240,8 @@ def validate(cfg: RunConfig, command: str, accept_config_change: bool = False, d
         check_trainer_names(cfg)
         if state.finished:
             notes.append(f"{cfg.resolved_output_dir} is a finished run with these settings; a run does nothing.")
+        elif schedule_ended(state.resume, cfg, state.relevant_changes):
+            notes.append(f"{state.resume} ends its schedule: a run writes what is missing, training no step")
         elif state.resume is not None:
             notes.append(f"a run resumes from {state.resume}")
         if state.relevant_changes:
@@ -256,18 +264,27 @@ def _prepare_data(cfg: RunConfig):
         raise TrainingDataError(str(exc)) from exc
 
 
-def run_training(cfg: RunConfig, command: str, console=None, accept_config_change: bool = False) -> RunResult:
-    """Train ``cfg`` into its run directory: each stage below in the order it runs."""
+def run_training(cfg: RunConfig, command: str, console=None, accept_config_change: bool = False,
+                 log=None) -> RunResult:
+    """Train ``cfg`` into its run directory: each stage below in the order it runs. ``log`` (a
+    :class:`kitrec_fast.train.runlog.RunLog`) is attached to the run's train.log once it is written."""
     run = _Run(cfg, command, console or make_console(), t0=time.perf_counter(), started_at=time.time(),
-               run_dir=Path(cfg.resolved_output_dir))
-    finished = _checks(run, accept_config_change)
-    if finished is not None:
-        return finished
-    _data(run)
-    _model(run)
-    trainer, started, stop_cb = _trainer(run)
-    _train(run, trainer, started, stop_cb)
-    return _finish(run, trainer, stop_cb)
+               run_dir=Path(cfg.resolved_output_dir), log=log)
+    with contextlib.ExitStack() as held:
+        finished = _checks(run, accept_config_change, held)
+        if finished is not None:
+            return finished
+        _data(run)
+        _model(run)
+        trainer, started, stop_cb = _trainer(run)
+        if run.ended:
+            # The schedule ended before (Ctrl-C after its last checkpoint, or while the adapter,
+            # summary or plots were written): finish what is missing, train no further step.
+            started.fire()
+            _load_end_state(run, trainer)
+        else:
+            _train(run, trainer, started, stop_cb)
+        return _finish(run, trainer, stop_cb)
 
 
 @dataclass
@@ -280,9 +297,12 @@ class _Run:
     t0: float
     started_at: float
     run_dir: Path
+    log: Any = None  # runlog.RunLog: the console's copy, written to train.log from the first write on
     state: RunDirState = field(default_factory=RunDirState)
     main: bool = True  # rank 0 (or the only process): the one that writes the run directory
     created: bool = False  # the run directory did not exist before this attempt
+    held: Any = None  # dirlock.Held: this process holds the run directory (rank 0 only)
+    ended: bool = False  # the checkpoint resumed from is the end of its schedule: nothing left to train
     backend: Any = None
     resume: Any = None  # checkpoints.ResumePoint
     tracking: dict = field(default_factory=dict)
@@ -298,25 +318,34 @@ class _Run:
     def has_eval(self) -> bool:
         return len(self.prepared.validation) > 0
 
-    def end_attempt(self, outcome: str, written: bool) -> None:
-        self.attempt["wall_seconds"] = round(time.perf_counter() - self.t0, 1)
+    def end_attempt(self, outcome: str, written: bool, keep_wall: bool = False) -> None:
+        if not keep_wall:
+            self.attempt["wall_seconds"] = round(time.perf_counter() - self.t0, 1)
         self.attempt["outcome"] = outcome
         if self.main and written:
             rundir.write_attempts(self.run_dir, self.attempts)
 
 
-def _checks(run: _Run, accept_config_change: bool) -> RunResult | None:
+def _checks(run: _Run, accept_config_change: bool, stack: contextlib.ExitStack) -> RunResult | None:
     """Everything that can refuse the run before data or model load; a finished run's result."""
+    from kitrec_fast.parallel import is_main_process
+
     cfg, console, run_dir = run.cfg, run.console, run.run_dir
     problem = check_hardware(cfg, run.command)
     if problem:
         raise NoGPUError(problem)
     check_dataset_source(cfg)
     check_writable(cfg.resolved_output_dir, "--output-dir")
+    # Under torchrun every rank trains into this directory, but only rank 0 writes it: it alone holds it.
+    run.main = is_main_process()
+    if run.main:
+        from kitrec_fast.dirlock import hold_made
+
+        # Made for the lock if missing, and removed again when the run is refused before writing.
+        run.held = stack.enter_context(hold_made(run_dir, rundir.LOCK, "--output-dir", "another training run"))
+        run.created = run.held.made
     run.state = inspect_run_dir(cfg, accept_config_change)
     if run.state.finished:
-        import json
-
         summary = json.loads((run_dir / rundir.SUMMARY).read_text())
         console.print(f"[green]{run_dir} is a finished run[/] with these settings (step {summary.get('global_step')}, "
                       f"best eval_loss {summary.get('best_eval_loss')}); nothing to do. Use another --output-dir "
@@ -331,12 +360,11 @@ def _checks(run: _Run, accept_config_change: bool) -> RunResult | None:
     run.backend = get_backend(cfg.backend)
     check_trainer_names(cfg)
     from kitrec_fast.artifacts import checkpoints
-    from kitrec_fast.parallel import is_main_process
 
-    run.main = is_main_process()
     # The newest checkpoint that loads; newer broken ones are set aside once the run dir is written.
     run.resume = checkpoints.find_resume(run_dir)
     run.state.resume = run.resume.checkpoint
+    run.ended = schedule_ended(run.state.resume, cfg, run.state.relevant_changes)
     for line in run.resume.notices() if run.main else ():
         console.print(f"[yellow]checkpoint[/] {line}")
     from kitrec_fast.train.tracking import setup_tracking
@@ -378,6 +406,10 @@ def _model(run: _Run) -> None:
                                          "trainable_params": trainable, "total_params": total, **loaded.notes,
                                          **runtime_facts(loaded.model)})
     run.env["tracking"] = run.tracking
+    old_env = run.run_dir / rundir.ENVIRONMENT
+    if old_env.is_file():  # what earlier attempts' steps observed, until this one observes its own
+        with contextlib.suppress(ValueError):
+            run.env.update({k: v for k, v in json.loads(old_env.read_text()).items() if k in _OBSERVED})
     from kitrec_fast.artifacts.diskspace import check_run_space
 
     run.space = check_run_space(loaded.model, cfg, run.run_dir, len(run.prepared.train))
@@ -392,8 +424,10 @@ def _trainer(run: _Run):
     from transformers import EarlyStoppingCallback
 
     cfg, console, run_dir, state = run.cfg, run.console, run.run_dir, run.state
-    run.created = not run_dir.exists()
     run.attempts = rundir.read_attempts(run_dir)
+    for lost in rundir.mark_killed_attempts(run_dir, run.attempts, run.held.previous if run.held else None):
+        seen = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(lost["last_seen_alive"]))
+        console.print(f"[yellow]attempt {lost['attempt']}[/] was killed (it recorded no end); last seen alive {seen}")
     run.attempt = {"attempt": len(run.attempts) + 1, "command": run.command, "started_at": run.started_at,
                    "resumed_from": state.resume.name if state.resume else None,
                    "accepted_config_changes": {k: list(v) for k, v in state.relevant_changes.items()},
@@ -409,11 +443,15 @@ def _trainer(run: _Run):
         if not run.main:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
+        if run.log is not None:
+            began = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.started_at))
+            run.log.attach(run_dir / rundir.LOG, f"===== attempt {run.attempt['attempt']}, {began}: {run.command}")
         checkpoints.clear_for_resume(run_dir, run.resume)
         torn = rundir.drop_torn_metrics(run_dir)
         if torn:
             console.print(f"[yellow]metrics[/] {torn}")
-        moved = rundir.retire_abandoned_metrics(run_dir, resume_step, run.attempt["attempt"] - 1)
+        # (An attempt that only finishes trains no step: the rows, end-of-training one included, stand.)
+        moved = 0 if run.ended else rundir.retire_abandoned_metrics(run_dir, resume_step, run.attempt["attempt"] - 1)
         if moved:
             console.print(f"[cyan]metrics[/] {moved} rows of an earlier attempt after step {resume_step} moved to "
                           f"{rundir.ABANDONED_METRICS}")
@@ -439,7 +477,10 @@ def _trainer(run: _Run):
                            run.prepared.validation if run.has_eval else None, str(run_dir), callbacks)
     trainer.kitrec_checkpoint_bytes = run.space.checkpoint
     run.env["trainer_bases"] = trainer_bases(trainer)
-    if state.resume is not None:
+    if run.ended:
+        console.print(f"[cyan]finishing[/] {run_dir}: {state.resume.name} is the end of its schedule; writing what "
+                      "is missing (adapter, summary, card, plots), no step is trained")
+    elif state.resume is not None:
         console.print(f"[cyan]resuming[/] from {state.resume}")
     return trainer, started, stop_cb
 
@@ -485,23 +526,81 @@ def _train(run: _Run, trainer, started, stop_cb) -> None:
                 f"{rundir.RESOLVED_CONFIG} records? Use another --output-dir to start a new run.") from None
         raise
     stop_cb.uninstall()
-    run.end_attempt("interrupted" if stop_cb.requested else "finished", started.fired)
+    if stop_cb.requested:
+        run.end_attempt("interrupted", started.fired)
+
+
+def schedule_ended(checkpoint: Path | None, cfg: RunConfig, changes: dict) -> bool:
+    """Whether ``checkpoint`` ends its run's schedule: its step is the last one (``max_steps``, as the
+    Trainer laid it out, or an accepted new ``train.max_steps``), or early stopping stopped it there.
+
+    Resuming from it would train a step past the end: the Trainer checks for the end only after a step."""
+    if checkpoint is None:
+        return False
+    from kitrec_fast.artifacts.checkpoints import TRAINER_STATE
+
+    state = json.loads((Path(checkpoint) / TRAINER_STATE).read_text())
+    step, planned = int(state.get("global_step") or 0), int(state.get("max_steps") or 0)
+    if {"train.max_steps", "train.epochs"} & set(changes):
+        planned = cfg.train.max_steps  # a new length accepted on resume (<= 0: by epochs, the Trainer's to say)
+    if planned > 0 and step >= planned:
+        return True
+    stopper = (state.get("stateful_callbacks") or {}).get("EarlyStoppingCallback") or {}
+    patience = (stopper.get("args") or {}).get("early_stopping_patience") or 0
+    counter = (stopper.get("attributes") or {}).get("early_stopping_patience_counter") or 0
+    return patience > 0 and counter >= patience
+
+
+def _load_end_state(run: _Run, trainer) -> None:
+    """Where a finished ``trainer.train`` leaves the trainer, from the checkpoint that ended the
+    schedule: its state, and the weights it ends with (the best checkpoint's when evaluating)."""
+    from transformers import TrainerState
+
+    ckpt = run.state.resume
+    trainer.state = TrainerState.load_from_json(str(ckpt / "trainer_state.json"))
+    best = trainer.state.best_model_checkpoint
+    if trainer.args.load_best_model_at_end and best and Path(best).is_dir():
+        trainer._load_from_checkpoint(best)
+    else:
+        trainer._load_from_checkpoint(str(ckpt))
 
 
 def _finish(run: _Run, trainer, stop_cb) -> RunResult:
-    """Summary, adapter, plots and card; an interrupted run stops after its summary and card."""
+    """Summary, adapter, plots and card; an interrupted run stops after its summary and card.
+
+    The attempt is ``finished`` only once all of that is written; a Ctrl-C before that leaves it
+    ``aborted``, and a rerun writes what is missing without training."""
+    try:
+        result = _write_results(run, trainer, stop_cb)
+    except KeyboardInterrupt:
+        run.end_attempt("aborted", True)
+        raise TrainingAborted(f"aborted while writing the results of step {trainer.state.global_step}; rerun the "
+                              "same command to write them (no step is trained again).") from None
+    if not stop_cb.requested:
+        run.end_attempt("finished", True, keep_wall=True)  # the wall time the summary states
+    return result
+
+
+_OBSERVED = ("autocast", "activation_dtype", "final_hidden_dtype")
+
+
+def _write_results(run: _Run, trainer, stop_cb) -> RunResult:
     from kitrec_fast.artifacts import checkpoints
     from kitrec_fast.artifacts.diskspace import SMALL_FILES
     from kitrec_fast.backends import runtime_facts
 
     cfg, console, run_dir, env = run.cfg, run.console, run.run_dir, run.env
-    # What the training steps really ran with (autocast, activation dtype) is known only now.
-    env.update(runtime_facts(run.loaded.model, trainer))
+    # What the training steps really ran with (autocast, activation dtype) is known only now; an
+    # attempt that trained no step keeps what the earlier attempts observed.
+    facts = runtime_facts(run.loaded.model, trainer)
+    env.update({k: v for k, v in facts.items() if trainer.kitrec_observed or k not in _OBSERVED})
     if run.main:
         atomic_write_json(run_dir / rundir.ENVIRONMENT, env)
 
     tstate = trainer.state
     interrupted = stop_cb.requested
+    if not interrupted:
+        run.attempt["wall_seconds"] = round(time.perf_counter() - run.t0, 1)
     summary = {
         "recipe": cfg.recipe, "backend": cfg.backend, "weights": run.loaded.weights,
         "status": "interrupted" if interrupted else "finished",
@@ -535,9 +634,12 @@ def _finish(run: _Run, trainer, stop_cb) -> RunResult:
     if not run.main:
         return RunResult(run_dir, summary)
     make_shareable(adapter_dir)  # safetensors writes its file 0600; every run file is 0644
+    from kitrec_fast import faults
+
+    faults.reached("results")
     from kitrec_fast.artifacts.plots import plot_loss_curves
 
-    plot_loss_curves(rundir.read_metrics(run_dir), run_dir / "loss_curves.png", title=f"{cfg.recipe} ({cfg.backend})")
+    plot_loss_curves(rundir.read_metrics(run_dir), run_dir / rundir.PLOT, title=f"{cfg.recipe} ({cfg.backend})")
     _write_card(run_dir, cfg, env, summary)
     atomic_write_json(run_dir / rundir.SUMMARY, summary)
     _print_summary(console, summary)

@@ -69,43 +69,15 @@ def _truncate(path: Path, size: int) -> None:
 
 @contextmanager
 def output_lock(out_dir: Path) -> Iterator[None]:
-    """An exclusive flock on the output directory, removed when the holder is done.
+    """One `eval generate` at a time writes ``out_dir`` (see :mod:`kitrec_fast.dirlock`); a second
+    one is refused with the holder's pid, host and start time."""
+    from kitrec_fast.dirlock import FolderInUse, hold
 
-    The kernel drops the lock when the process dies (a stale file is then harmless: the next run
-    locks it again). Removing the file on a clean exit races with a second process that opened
-    it just before: that one may lock the removed file. So a lock only counts when the path still
-    names the locked file; otherwise the previous holder has just finished and the path is taken
-    again.
-    """
-    import fcntl
-
-    path = out_dir / LOCK_FILE
-    for _ in range(5):
-        fh = open(path, "a+")
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.close()
-            raise GenerateError(f"--output: another `eval generate` is writing to {out_dir}") from None
-        if _same_file(fh.fileno(), path):
-            break
-        fh.close()  # locked a file the previous holder had just removed: take the path again
-    else:
-        raise GenerateError(f"--output: could not lock {path}; is another `eval generate` starting there?")
     try:
-        yield
-    finally:
-        path.unlink(missing_ok=True)  # still locked: nobody can have locked the path in between
-        fh.close()
-
-
-def _same_file(fd: int, path: Path) -> bool:
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return False
-    own = os.fstat(fd)
-    return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
+        with hold(out_dir, LOCK_FILE, "--output", "another `eval generate`"):
+            yield
+    except FolderInUse as exc:
+        raise GenerateError(str(exc)) from None
 
 
 def check_fingerprint(out_dir: Path, fingerprint: dict) -> None:
