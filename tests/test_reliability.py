@@ -362,7 +362,8 @@ def test_run_estimate_matches_what_the_smoke_run_wrote(smoke_run, small_disk):
     final = re.search(r"final adapter of ([0-9.]+) MB \(adapter ([0-9.]+) MB \+ [a-z ]+ up to ([0-9.]+) MB\)", msg)
     assert final and float(final[1]) == pytest.approx(float(final[2]) + float(final[3]), abs=0.15), msg
     # two checkpoints planned: fewer kept at once would not help, so it is not suggested
-    two = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, save_steps=3))
+    two = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, save_steps=4))  # 6 steps: 2 saves
+    small_disk(estimate_run(model, two, smoke_run.run_dir / "new", summary["train_rows"]).total - 1)
     with pytest.raises(DiskFullError) as info:
         check_run_space(model, two, smoke_run.run_dir / "new", summary["train_rows"])
     assert "2 checkpoint(s)" in str(info.value) and "save_total_limit" not in str(info.value), str(info.value)
