@@ -5,7 +5,9 @@ generates, and ``KitrecSFTTrainer`` subclasses that; a CPU run subclasses unslot
 subclass of TRL's own. ``tests/scripts/trainer_class.py`` trains the smoke recipe on each (one
 process per kind, same model loader, fp32 everywhere) with what the generated class rewrites in
 play: gradient accumulation (``num_items_in_batch``), NEFTune and LoRA dropout under one seed, an
-evaluation, checkpoint saves, a resume and the adapter export.
+evaluation, checkpoint saves, a resume and the adapter export. (The data-parallel test's unsloth
+case, tests/test_ddp.py, still runs on the CPU run's trainer: its ranks on the generated class
+would be a third set of Unsloth processes.)
 """
 
 from __future__ import annotations
