@@ -110,10 +110,9 @@ def _cached(name: str, kind: str) -> bool:
         return True
     if kind != "dataset":
         return False
-    import datasets.config
-
-    # datasets names its Arrow cache folder namespace___name (datasets/builder.py)
-    arrow = Path(datasets.config.HF_DATASETS_CACHE)
+    # where datasets keeps its Arrow copies (datasets.config.HF_DATASETS_CACHE, without importing
+    # datasets: seconds), each in a folder named namespace___name (datasets/builder.py)
+    arrow = Path(os.environ.get("HF_DATASETS_CACHE") or Path(constants.HF_HOME) / "datasets").expanduser()
     wanted = name.replace("/", "___").lower()
     return arrow.is_dir() and any(p.name.lower() == wanted for p in arrow.iterdir())
 

@@ -328,6 +328,7 @@ def test_unsloth_fast_path_generates_what_the_peft_baseline_does(run_dir, tmp_pa
         assert fast[row.row_id]["raw_text"] == tok.decode(gen.token_ids, skip_special_tokens=False)
 
 
+@pytest.mark.slow
 def test_the_bar_and_the_final_line_show_one_rows_per_second(run_dir, tmp_path):
     # two batches (4 rows, then 1): rich's own speed starts at the first batch's end and left that
     # batch out, so the bar said ~10x the final line

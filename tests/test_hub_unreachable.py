@@ -90,3 +90,17 @@ def test_export_merged_with_a_hub_base(tmp_path, lora_run_dir):
     proc = _run(tmp_path, "offline", "export", str(lora_run_dir), "--merged-16bit", "merged",
                 "--base-model", HUB_MODEL)
     _assert_one_line(proc, HUB_MODEL, "--base-model", "offline", tmp_path)
+
+
+def test_a_hub_load_no_loader_wrapped_is_still_one_line(tmp_path):
+    # the net under every command (run_cli): a library call that needs the Hub, made outside the
+    # loaders (push, a future command), fails on one line naming what it asked for
+    code = ("import huggingface_hub\nfrom kitrec_fast.errors import run_cli\n"
+            "raise SystemExit(run_cli(lambda argv: huggingface_hub.hf_hub_download('Qwen/Qwen3-0.6B', "
+            "'config.json'), []))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=_env(tmp_path, "offline"),
+                          capture_output=True, text=True, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
+    assert lines[0].startswith("error: cannot reach the Hugging Face Hub (HF_HUB_OFFLINE=1 is set; ")
+    assert "nothing is cached" in lines[0] and "hf download" in lines[0]

@@ -214,3 +214,24 @@ def test_every_whole_number_setting_refuses_a_fraction_before_anything_loads(cap
             config_from_dict(apply_overrides(raw, {key: value}))
     with pytest.raises(ConfigError, match=r"^model.load_in_4bit: expects true or false"):
         config_from_dict({**raw, "model": {**raw["model"], "load_in_4bit": "yes"}})
+
+
+def test_dry_run_reads_a_local_dataset_as_the_run_would(tmp_path, capsys):
+    # a download cut short: the last line is torn; the dry run used to call this "valid"
+    import json
+
+    from kitrec_prompts import make_row
+
+    from kitrec_fast.recipes._main import main
+
+    data = tmp_path / "rows.jsonl"
+    rows = [json.dumps(make_row(user_id=f"U{i}", words=4)) for i in range(4)]
+    data.write_text("\n".join(rows[:3]) + "\n" + rows[3][:60])
+    argv = ["--dry-run", "--smoke", "--dataset", str(data), "--output-dir", str(tmp_path / "run")]
+    assert main("dualft_music", argv) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.startswith("error: data.dataset (--dataset):") and "row 4 (1-based" in err and "not valid JSON" in err
+    assert "--on-bad-row skip" in err and not (tmp_path / "run").exists()
+    assert main("dualft_music", argv + ["data.on_bad_row=skip"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"{data}: 3 usable rows, 1 bad (skipped: data.on_bad_row=skip)" in out

@@ -178,7 +178,8 @@ def _format_hint(path: Path) -> str:
     hint = ("a dataset file is JSON Lines (.jsonl, one row object per line), JSON (.json) or Parquet (.parquet), "
             "each optionally .gz")
     if path.name.lower().endswith((".csv", ".csv.gz", ".tsv")):
-        hint += "; convert a CSV file first, e.g. pandas.read_csv(...).to_json('rows.jsonl', orient='records', lines=True)"
+        hint += ("; convert a CSV file first, e.g. "
+                 "pandas.read_csv(...).to_json('rows.jsonl', orient='records', lines=True)")
     elif _json_named(path):
         hint += f"; if only some lines are bad, {SKIP_HINT}"
     return hint

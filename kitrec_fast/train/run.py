@@ -146,6 +146,39 @@ def check_dataset_source(cfg: RunConfig) -> None:
         raise TrainingDataError(f"data.dataset (--dataset): {name} is empty (no rows to train on)")
 
 
+def scan_local_rows(cfg: RunConfig) -> str | None:
+    """Dry run: a local dataset file streamed through the run's own reader and row check, so that a
+    torn or malformed row stops the dry run as it would stop the run; returns the usable / bad count.
+
+    One row at a time, nothing rendered or tokenized (seconds for a KitREC-sized file). The shipped
+    samples (``embedded:``) and Hub datasets are not read here."""
+    import itertools
+
+    from kitrec_fast.badrow import BadRowError
+    from kitrec_fast.data.load import iter_raw
+    from kitrec_fast.data.schema import normalize_row
+
+    name = cfg.data.dataset
+    if name.startswith("embedded:") or not Path(name).expanduser().is_file():
+        return None
+    skip = cfg.data.on_bad_row == "skip"
+    raw, _ = iter_raw(name, cfg.data.dataset_split, skip_bad_lines=skip)
+    usable, bad = 0, 0
+    for index, row in enumerate(itertools.islice(raw, cfg.data.limit)):
+        try:
+            normalize_row(row, index, require_target=True)
+        except BadRowError as exc:
+            if not skip:
+                raise TrainingDataError(f"data.dataset (--dataset): {name} {exc}") from None
+            bad += 1
+        else:
+            usable += 1
+    if not usable:
+        raise TrainingDataError(f"data.dataset (--dataset): none of the {bad} rows of {name} is usable")
+    skipped = f", {bad} bad (skipped: data.on_bad_row=skip)" if bad else ""
+    return f"{name}: {usable} usable rows{skipped}"
+
+
 def check_hub_sources(cfg: RunConfig) -> None:
     """Dataset, tokenizer and base model named by Hub id: an unreachable Hub with nothing cached for
     one of them stops the run here, in seconds, before minutes of data preparation or model loading."""
@@ -231,6 +264,9 @@ def validate(cfg: RunConfig, command: str, accept_config_change: bool = False, d
     check_writable(cfg.resolved_output_dir, "--output-dir")
     state = inspect_run_dir(cfg, accept_config_change)
     if dry_run:
+        rows = scan_local_rows(cfg)
+        if rows is not None:
+            notes.append(rows)
         from kitrec_fast.hub import HubUnreachableError
 
         try:
