@@ -156,6 +156,7 @@ def test_a_4bit_only_base_is_refused_before_anything_loads(tmp_path):
 
 
 @needs_vllm
+@pytest.mark.slow  # no engine starts, but each command imports vLLM (~20 s on 2 cores)
 @pytest.mark.parametrize("command", ["eval", "recommend"])
 def test_a_head_size_the_installed_vllm_cannot_serve_is_refused_before_the_engine_starts(tmp_path, command):
     # testkit:tiny-qwen3 has head_dim 16; on a GPU vLLM has backends for it, and nothing is refused there

@@ -18,6 +18,12 @@ FAMILIES = ("dualft_music", "dualft_movies", "singleft_music", "singleft_movies"
 
 # The embedded smoke configuration: the recipe's own code path with the tiny offline Qwen3, the
 # embedded synthetic sample and a few steps. Hyperparameters not listed keep the recipe's values.
+# The model stays the head_dim-16 one, which vLLM's CPU attention cannot serve: its head_dim-64
+# sibling (testkit:tiny-qwen3-hd64, 39.2M instead of 19.6M parameters: the untied embedding and LM
+# head double with the hidden size) made the peft smoke run take 21% more CPU time (161.7 s vs
+# 133.3 s user+sys, one back-to-back pair on 2 cores shared with other work, whose load made wall
+# times meaningless; 2026-12-04). README "Evaluating at scale" shows the one extra command that
+# trains the smoke run on it to try vLLM on CPU.
 SMOKE_OVERRIDES = {
     "model.name": "testkit:tiny-qwen3",
     "model.compute_dtype": "auto",
