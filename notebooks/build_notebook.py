@@ -125,9 +125,10 @@ if subprocess.run([sys.executable, "-m", "pip", "install", "-q", target]).return
     md("""
 Check the install (under 90 s on a GPU): versions, CUDA and the card's compute capability, the
 bitsandbytes CUDA library, triton, that unsloth imports, the attention kernel of each backend,
-Unsloth's fused LoRA kernels, a 3-step tiny training per backend (each in its own process) and their
-loss gap, and the free memory against the card's profile. Any `FAIL` row says what to fix; without a
-GPU the checks that need one are listed as `not run`. `kitrec-fast doctor --quick` skips the trainings.
+Unsloth's fused LoRA kernels (counted, and run against PEFT on one small layer: `fused_kernels`), a
+3-step tiny training per backend (each in its own process) and their loss gap, and the free memory
+against the card's profile. Any `FAIL` row says what to fix; without a GPU the checks that need one are
+listed as `not run`. `kitrec-fast doctor --quick` skips the trainings and the kernel check.
 """),
     code("""
 !kitrec-fast doctor
