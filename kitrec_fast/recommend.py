@@ -146,6 +146,14 @@ def recommend(args: argparse.Namespace) -> dict:
     opts = dataclasses.replace(opts, engine=choose_engine(opts.engine)[0])
     cfg, adapter = resolve_config(opts)
     text_prompt = _text_prompt(args.prompt) if args.prompt is not None else None  # checked before any loading
+    if args.prompt is None:
+        from kitrec_fast.data.load import check_dataset
+
+        check_dataset(args.dataset)  # a missing file or an unreachable Hub: before the backend, tokenizer and model
+    from kitrec_fast.backends.common import MODEL_OPTION
+    from kitrec_fast.hub import require_hub
+
+    require_hub(cfg.model.name, "model", MODEL_OPTION)
     if opts.engine == "vllm":
         from kitrec_fast.backends.common import resolve_model_path
         from kitrec_fast.eval.generate.vllm_check import check_vllm_can_serve
@@ -162,14 +170,6 @@ def recommend(args: argparse.Namespace) -> dict:
     from kitrec_fast.render.chat import render_generation_prompt
     from kitrec_fast.render.tokenizer import load_tokenizer
 
-    if args.prompt is None:
-        from kitrec_fast.data.load import check_dataset
-
-        check_dataset(args.dataset)  # a missing file or an unreachable Hub: before the tokenizer and the model
-    from kitrec_fast.backends.common import MODEL_OPTION
-    from kitrec_fast.hub import require_hub
-
-    require_hub(cfg.model.name, "model", MODEL_OPTION)
     tokenizer_name = opts.tokenizer or cfg.data.tokenizer or resolve_model_path(cfg.model.name)
     tokenizer = load_tokenizer(tokenizer_name, "--tokenizer" if opts.tokenizer else "the run's data.tokenizer"
                                if cfg.data.tokenizer else "the run's model.name")
