@@ -126,7 +126,11 @@ def _generate(opts: GenerateOptions, console, command: str) -> dict:
         from kitrec_fast.backends.common import resolve_model_path
         from kitrec_fast.eval.generate.vllm_check import check_vllm_can_serve
 
+        from kitrec_fast.backends.common import MODEL_OPTION
+        from kitrec_fast.hub import require_hub
+
         name = resolved[0][1].model.name
+        require_hub(name, "model", MODEL_OPTION)  # the base's config is read next: one line, not a traceback
         check_unquantized_base(resolve_model_path(name))  # before minutes of work
         check_vllm_can_serve(resolve_model_path(name), name)  # before prompts are built and the engine starts
     from kitrec_fast.data.load import DatasetLoadError, check_dataset
