@@ -181,6 +181,22 @@ def test_a_head_size_the_installed_vllm_cannot_serve_is_refused_before_the_engin
     assert not out.exists()
 
 
+def test_a_context_longer_than_the_base_positions_is_one_line_before_the_engine_starts():
+    # vLLM's own refusal is a traceback from inside its engine start; the tiny model has 8,192 positions
+    # (hand: a 7,000-token prompt + 2,048 new tokens = 9,048 > 8,192; 6,000 + 2,048 = 8,048 fits)
+    from kitrec_fast.backends.common import resolve_model_path
+    from kitrec_fast.eval.generate.vllm_check import check_context
+
+    path = resolve_model_path(HD64)
+    assert json.loads((Path(path) / "config.json").read_text())["max_position_embeddings"] == 8192
+    check_context(path, HD64, 6000, 2048)
+    with pytest.raises(UserError) as info:
+        check_context(path, HD64, 7000, 2048)
+    message = str(info.value)
+    assert "\n" not in message and "needs 9048 positions" in message and f"{HD64} has 8192" in message
+    assert "--max-candidates" in message and "--engine hf" in message
+
+
 def test_several_runs_need_distinct_names_and_their_own_adapters(tmp_path):
     with pytest.raises(UserError, match="several runs are named run"):
         GenerateOptions(dataset="d", output=tmp_path, runs=[tmp_path / "a" / "run", tmp_path / "b" / "run"])

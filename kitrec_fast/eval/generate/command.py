@@ -280,6 +280,10 @@ def _start_engine(opts: GenerateOptions, plans: list[_Plan], backend_module, con
             resolve_dtype(first.cfg.model.compute_dtype)).replace("torch.", "")
         record = {"name": "hf", "backend": first.cfg.backend, "base_precision": precision}
     else:
+        from kitrec_fast.eval.generate.vllm_check import check_context
+
+        check_context(resolve_model_path(first.cfg.model.name), first.cfg.model.name,
+                      max(p.store.longest for p in plans), opts.max_new_tokens)
         adapters = {p.lora_name: (p.adapter, adapter_rank(p.adapter)) for p in plans if p.adapter}
         engine = VLLMEngine(resolve_model_path(first.cfg.model.name), adapters, first.stop_ids, opts.max_new_tokens,
                             max_model_len=max_seq_length, max_num_seqs=opts.effective_batch_size,

@@ -72,6 +72,23 @@ def check_unquantized_base(model_path: str) -> None:
             "with --model (e.g. Qwen/Qwen3-14B for a run trained on unsloth/Qwen3-14B-bnb-4bit) or use --engine hf")
 
 
+def check_context(model_path: str, model_name: str, longest_prompt: int, max_new_tokens: int) -> None:
+    """Refuse, in one line, a context longer than the base's positions: vLLM stops its engine start
+    with a traceback there (its max_model_len check), where the hf engine would just go on."""
+    from transformers import AutoConfig
+
+    try:
+        positions = getattr(AutoConfig.from_pretrained(model_path).get_text_config(), "max_position_embeddings", None)
+    except (OSError, ValueError):
+        return
+    needed = longest_prompt + max_new_tokens
+    if positions and needed > positions:
+        raise GenerateError(
+            f"--engine vllm: the longest prompt ({longest_prompt} tokens) plus --max-new-tokens {max_new_tokens} "
+            f"needs {needed} positions, and {model_name} has {positions}; cut the prompts (--max-candidates N or "
+            f"--max-prompt-tokens N), lower --max-new-tokens, or use --engine hf")
+
+
 def head_size(model_path: str) -> Optional[int]:
     """The attention head size as vLLM reads it: ``head_dim``, else hidden size / attention heads."""
     from transformers import AutoConfig
