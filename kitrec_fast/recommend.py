@@ -186,7 +186,9 @@ def recommend(args: argparse.Namespace) -> dict:
                                max_seq_length=len(prompt_ids) + opts.max_new_tokens)
     else:
         from kitrec_fast.eval.generate.command import adapter_rank
+        from kitrec_fast.eval.generate.vllm_check import check_context
 
+        check_context(resolve_model_path(cfg.model.name), cfg.model.name, len(prompt_ids), opts.max_new_tokens)
         adapters = {"adapter": (adapter, adapter_rank(adapter))} if adapter else {}
         engine = VLLMEngine(resolve_model_path(cfg.model.name), adapters, stop_ids, opts.max_new_tokens,
                             max_model_len=len(prompt_ids) + opts.max_new_tokens, max_num_seqs=1, seed=cfg.train.seed)
