@@ -261,3 +261,25 @@ def test_install_cell_installs_a_wheel_uploaded_or_from_drive(tmp_path: Path) ->
         version = subprocess.run([str(python.with_name("kitrec-fast")), "--version"], cwd=tmp_path, env=env,
                                  capture_output=True, text=True)
         assert version.stdout.strip() == f"kitrec-fast {wheel.name.split('-')[1]}", version.stdout + version.stderr
+
+
+def test_the_install_page_and_the_notebook_give_the_same_install():
+    """The docs' install page and the notebook's install cell are written apart; they must not drift:
+    the page links the notebook, the wheel is built by the same command, and every value of
+    KITREC_FAST_SOURCE the page tells a Colab user to set is one the cell itself documents."""
+    import nbformat
+
+    page = (ROOT / "docs" / "install.md").read_text()
+    nb = nbformat.read(ROOT / "notebooks" / "quickstart_colab.ipynb", as_version=4)
+    install_md = next(c.source for c in nb.cells if c.cell_type == "markdown" and c.source.startswith("## 1. Install"))
+    cell = next(c.source for c in nb.cells if c.cell_type == "code" and "install" in c.metadata.get("tags", []))
+    assert "notebooks/quickstart_colab.ipynb" in page
+    builds = set(re.findall(r"python -m build --wheel", page))
+    assert builds and builds <= set(re.findall(r"python -m build --wheel", install_md))
+    wheel = "kitrec_fast-<version>-py3-none-any.whl"
+    assert wheel in page and wheel in install_md
+    told = set(re.findall(r'KITREC_FAST_SOURCE = "([^"]*)"', page))
+    assert "upload" in told
+    for value in told:
+        assert f'"{value}"' in cell or value in install_md, f"the install page says {value!r}; the cell does not"
+    assert "/content/drive/" in page and "/content/drive/" in cell
