@@ -171,8 +171,10 @@ def test_plain_chat_request_renders_the_runs_prompt_and_decodes_greedily(server)
 def test_a_model_the_server_lacks_is_its_404_on_one_line(server, tmp_path):
     other = tmp_path / "not-served"
     shutil.copytree(server["run"], other)
+    from kitrec_prompts import make_row
+
     prompt = tmp_path / "prompt.txt"  # a short prompt: the request, not the prompt, is under test
-    prompt.write_text("# Expert Cross-Domain Recommendation System\nPick one.\n(ID: B00000AAAA) Calm\n")
+    prompt.write_text(make_row(user_id="U7", n_candidates=3, words=2)["instruction"])
     proc = kitrec("recommend", "--server", server["url"], "--run", str(other), "--prompt", str(prompt), "--json")
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stdout + proc.stderr
