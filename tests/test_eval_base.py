@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -59,13 +60,25 @@ def test_auto_is_each_engines_own_protocol_and_original_unquantizes_only_hf():
     assert len({trained_key(cfg), trained_key(fp4), trained_key(single)}) == 3
 
 
+def _scaled_run(run: Path, to: Path, scale: float) -> Path:
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(run, to)
+    path = to / "adapter" / "adapter_model.safetensors"
+    save_file({k: v * scale if "lora_B" in k else v for k, v in load_file(str(path)).items()}, str(path))
+    return to
+
+
 @pytest.fixture(scope="module")
 def outputs(hd64_4bit_run, tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("bases")
+    # The 3-step, learning-rate-0.02 adapter makes the tiny model write "," on every row whatever the
+    # base; at 1/20 of its size the adapter still acts and the base's difference shows.
+    run = _scaled_run(hd64_4bit_run, root / "music-4bit", 0.05)
     return {
-        "hf_trained": generate(hd64_4bit_run, root / "hf-trained", "--engine", "hf", "--base", "trained"),
-        "hf_original": generate(hd64_4bit_run, root / "hf-original", "--engine", "hf", "--base", "original"),
-        "vllm_trained": generate(hd64_4bit_run, root / "vllm-trained", "--engine", "vllm", "--base", "trained"),
+        "hf_trained": generate(run, root / "hf-trained", "--engine", "hf", "--base", "trained"),
+        "hf_original": generate(run, root / "hf-original", "--engine", "hf", "--base", "original"),
+        "vllm_trained": generate(run, root / "vllm-trained", "--engine", "vllm", "--base", "trained"),
         "root": root,
     }
 
@@ -98,3 +111,19 @@ def test_the_original_base_changes_what_is_generated(outputs):
     config = json.loads((outputs["root"] / "hf-original" / "generate_config.json").read_text())
     assert config["base"]["served"] == "original" and config["engine"]["base_precision"] == "float32"
     assert config["engine"]["adapter_trained_on"].startswith("nf4 4-bit")
+
+
+def test_the_grid_passes_base_to_eval_generate_and_records_it_only_when_chosen(tmp_path):
+    from kitrec_fast.grid.spec import GridError, GridSpec
+
+    def spec(base: str) -> GridSpec:
+        return GridSpec(output=tmp_path, families=("dualft_music",), sets=("A",), backends=("peft",), smoke=True,
+                        eval_base=base)
+
+    (cmd,) = spec("trained").jobs()[0].generate_commands()
+    assert cmd[cmd.index("--base") + 1] == "trained"
+    assert spec("trained").settings()["eval_base"] == "trained"
+    (auto,) = spec("auto").jobs()[0].generate_commands()
+    assert "--base" not in auto and "eval_base" not in spec("auto").settings()  # older grids still match
+    with pytest.raises(GridError, match="--base: must be auto, original or trained"):
+        spec("dequantized")
