@@ -20,6 +20,7 @@ _FAMILIES = {
     "grid": "kitrec_fast.grid.cli",
     "doctor": "kitrec_fast.doctor",
     "recommend": "kitrec_fast.recommend",
+    "serve": "kitrec_fast.serve",
 }
 
 

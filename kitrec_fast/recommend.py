@@ -13,7 +13,9 @@ them. What the model is asked is what the prompt asks: an evaluation-style promp
 top-10 list, a training-style one for one item.
 
 Generation is ``eval generate``'s: the same engines (``--engine hf|vllm``), greedy decoding up to
-``--max-new-tokens``, stop at ``<|im_end|>``. The answer is read by the evaluation parser
+``--max-new-tokens``, stop at ``<|im_end|>``; or, with ``--server URL``, a running ``kitrec-fast
+serve`` is asked for the model named after the run (the prompt's token ids, temperature 0, the
+same stop tokens; ``kitrec_fast.serve``). The answer is read by the evaluation parser
 (``kitrec_fast.eval.parse``) and ranked by the scoring protocol (``--protocol``, default the
 paper's). The table lists every entry the model wrote, in its order; an id that is not among the
 prompt's candidates is flagged there (the paper's protocol drops it from the ranking, so its rank
@@ -57,6 +59,9 @@ def add_parser(subparsers: Any) -> None:
     model = p.add_argument_group("model (as `eval generate`)")
     add_model_arguments(model)
     model.add_argument("--max-new-tokens", type=int, default=2048, help="default 2048")
+    model.add_argument("--server", metavar="URL",
+                       help="ask a running `kitrec-fast serve` (e.g. http://127.0.0.1:8000) for the run's "
+                            "model instead of loading an engine here; the prompt is built here as without it")
     src = p.add_argument_group("prompt (one of)")
     src.add_argument("--dataset", help="Hub id, local .jsonl/.json/.parquet, or embedded:NAME (with --row)")
     src.add_argument("--split", default="test", help="dataset split (default test)")
@@ -92,7 +97,8 @@ def _options(args: argparse.Namespace):
     if args.row is not None and args.row < 1:
         raise RecommendError(f"--row: rows are counted from 1, got {args.row}")
     return GenerateOptions(dataset=args.dataset or "-", output=Path("."), run_dir=args.run_dir, model=args.model,
-                           adapter=args.adapter, backend=args.backend, engine=args.engine, split=args.split,
+                           adapter=args.adapter, backend=args.backend, engine=args.engine, base=args.base,
+                           split=args.split,
                            max_new_tokens=args.max_new_tokens, tokenizer=args.tokenizer)
 
 
@@ -141,9 +147,16 @@ def recommend(args: argparse.Namespace) -> dict:
 
     from kitrec_fast.eval.generate import GenerateError, HFEngine, VLLMEngine, resolve_config
     from kitrec_fast.eval.generate.engines import choose_engine
+    from kitrec_fast.eval.generate.trained_base import resolve_base, served_config, trained_base
 
     opts = _options(args)
-    opts = dataclasses.replace(opts, engine=choose_engine(opts.engine)[0])
+    server = getattr(args, "server", None)
+    if server is not None and opts.run_dir is None:
+        raise RecommendError("--server needs --run: the server names each model after its run directory")
+    if server is not None and opts.base != "auto":
+        raise RecommendError("--base: the server chose its base when it started; give --base to `kitrec-fast serve`")
+    if server is None:
+        opts = dataclasses.replace(opts, engine=choose_engine(opts.engine)[0])
     cfg, adapter = resolve_config(opts)
     text_prompt = _text_prompt(args.prompt) if args.prompt is not None else None  # checked before any loading
     if args.prompt is None:
@@ -154,13 +167,14 @@ def recommend(args: argparse.Namespace) -> dict:
     from kitrec_fast.hub import require_hub
 
     require_hub(cfg.model.name, "model", MODEL_OPTION)
-    if opts.engine == "vllm":
+    if opts.engine == "vllm" and server is None:
         from kitrec_fast.backends.common import resolve_model_path
         from kitrec_fast.eval.generate.vllm_check import check_vllm_can_serve
 
-        check_vllm_can_serve(resolve_model_path(cfg.model.name), cfg.model.name)  # before the engine starts
+        # before the engine starts
+        check_vllm_can_serve(resolve_model_path(cfg.model.name), cfg.model.name, resolve_base(opts.base, opts.engine))
     backend_module = None
-    if opts.engine == "hf":  # before anything imports transformers: unsloth must patch it first
+    if opts.engine == "hf" and server is None:  # before anything imports transformers: unsloth must patch it first
         from kitrec_fast.backends import get_backend
 
         backend_module = get_backend(cfg.backend)
@@ -181,26 +195,57 @@ def recommend(args: argparse.Namespace) -> dict:
     prompt_ids = (list(map(int, prompt.prompt_ids)) if prompt.prompt_ids is not None
                   else render_generation_prompt(tokenizer, prompt.text))
     stop_ids = [vocab[IM_END]] + ([vocab[END_OF_TEXT]] if END_OF_TEXT in vocab else [])
+    if server is not None:
+        return _ask_server(server, opts.run_dir.name, cfg, prompt, prompt_ids, stop_ids, opts.max_new_tokens,
+                           tokenizer, args.protocol)
+    base = resolve_base(opts.base, opts.engine)
     if opts.engine == "hf":
-        engine: Any = HFEngine(backend_module, cfg, adapter, stop_ids, tokenizer.pad_token_id, opts.max_new_tokens,
+        engine: Any = HFEngine(backend_module, served_config(cfg, base), adapter, stop_ids, tokenizer.pad_token_id, opts.max_new_tokens,
                                max_seq_length=len(prompt_ids) + opts.max_new_tokens)
     else:
         from kitrec_fast.eval.generate.command import adapter_rank
         from kitrec_fast.eval.generate.vllm_check import check_context
 
-        check_context(resolve_model_path(cfg.model.name), cfg.model.name, len(prompt_ids), opts.max_new_tokens)
-        adapters = {"adapter": (adapter, adapter_rank(adapter))} if adapter else {}
-        engine = VLLMEngine(resolve_model_path(cfg.model.name), adapters, stop_ids, opts.max_new_tokens,
-                            max_model_len=len(prompt_ids) + opts.max_new_tokens, max_num_seqs=1, seed=cfg.train.seed)
+        if base == "trained":
+            model_path = trained_base(cfg)[0]
+        else:
+            model_path = resolve_model_path(cfg.model.name)
+        check_context(model_path, cfg.model.name, len(prompt_ids), opts.max_new_tokens)
+        engine = VLLMEngine(model_path, {"adapter": (adapter, adapter_rank(adapter))} if adapter else {}, stop_ids,
+                            opts.max_new_tokens, max_model_len=len(prompt_ids) + opts.max_new_tokens, max_num_seqs=1,
+                            seed=cfg.train.seed)
     t0 = time.perf_counter()
     (gen,) = engine.generate([prompt_ids], adapter="adapter" if adapter else None)
     seconds = time.perf_counter() - t0
     text = tokenizer.decode(gen.token_ids, skip_special_tokens=False)
     return {
-        "prompt": prompt.source, "model": cfg.model.name, "adapter": adapter, "engine": opts.engine,
+        "prompt": prompt.source, "model": cfg.model.name, "adapter": adapter, "engine": opts.engine, "base": base,
         "candidates": len(prompt.candidate_ids), "prompt_tokens": len(prompt_ids),
         "new_tokens": gen.new_tokens, "finished": gen.finished, "seconds": round(seconds, 3),
         **read_answer(text, prompt.candidate_ids, args.protocol, prompt.gt_item_id),
+    }
+
+
+def _ask_server(server: str, model: str, cfg, prompt: Prompt, prompt_ids: list[int], stop_ids: list[int],
+                max_new_tokens: int, tokenizer: Any, protocol: str) -> dict:
+    """The prompt's ids to a ``kitrec-fast serve`` server (greedy, the run's stop tokens); the answer
+    read as an engine's answer is read here."""
+    import time
+
+    from kitrec_fast.eval.generate.engines import Generated, cut_at_stop
+    from kitrec_fast.serve import complete
+
+    t0 = time.perf_counter()
+    choice = complete(server, model, prompt_ids, stop_ids, max_new_tokens)
+    seconds = time.perf_counter() - t0
+    cut = cut_at_stop(list(choice["token_ids"]), stop_ids)
+    gen = Generated(cut.token_ids, cut.finished or choice.get("finish_reason") == "stop")
+    text = tokenizer.decode(gen.token_ids, skip_special_tokens=False)
+    return {
+        "prompt": prompt.source, "model": cfg.model.name, "adapter": model, "engine": f"server {server}",
+        "candidates": len(prompt.candidate_ids), "prompt_tokens": len(prompt_ids),
+        "new_tokens": gen.new_tokens, "finished": gen.finished, "seconds": round(seconds, 3),
+        **read_answer(text, prompt.candidate_ids, protocol, prompt.gt_item_id),
     }
 
 

@@ -1,6 +1,10 @@
 """Shared fixtures.
 
 * ``qwen3_tokenizer``: the offline Qwen3 tokenizer, built once per session (~10 s the first time).
+* ``hd64_run``: one short training run on the head_dim-64 tiny Qwen3 (``model.load_in_4bit=false``,
+  a large learning rate so its adapter visibly changes greedy output), for the vLLM tests, which
+  copy it before changing anything; made once per session like ``smoke_run``. ``hd64_4bit_run``: the
+  same training on the 4-bit (nf4) base.
 * ``smoke_run``: ONE finished smoke training run (peft backend, 6 steps, a checkpoint every 2)
   made once per session (once for all xdist workers), for every test that only reads a run directory, or copies it
   (``shutil.copytree``) before changing anything. Training a run costs ~1-2 min on 2 cores; do not
@@ -93,6 +97,41 @@ def smoke_run(tmp_path_factory) -> SmokeRun:
             proc = subprocess.run(run.command(run.run_dir), cwd=ROOT, capture_output=True, text=True, timeout=900)
             assert proc.returncode == 0, f"STDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-4000:]}"
     return run
+
+
+HD64 = "testkit:tiny-qwen3-hd64"
+
+
+def _hd64_training(tmp_path_factory, name: str, four_bit: bool) -> Path:
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent
+    run = shared / name
+    with FileLock(str(shared / f"{name}.lock")):
+        summary = run / "summary.json"
+        if not (summary.is_file() and json.loads(summary.read_text()).get("status") == "finished"):
+            shutil.rmtree(run, ignore_errors=True)
+            proc = subprocess.run(
+                [sys.executable, "-m", "kitrec_fast.recipes.dualft_music", "--smoke", "--backend", "peft",
+                 "--output-dir", str(run), f"model.name={HD64}", f"model.load_in_4bit={str(four_bit).lower()}",
+                 "data.limit=8", "data.max_length=2048", "data.max_candidates=10", "data.min_candidates=3",
+                 "train.max_steps=3", "train.learning_rate=0.02", "train.warmup_ratio=0", "train.save_steps=3",
+                 "train.eval_steps=3", "train.gradient_accumulation_steps=1", "lora.r=16", "lora.alpha=32"],
+                cwd=ROOT, capture_output=True, text=True, timeout=900)
+            assert proc.returncode == 0, f"STDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-4000:]}"
+    return run
+
+
+@pytest.fixture(scope="session")
+def hd64_run(tmp_path_factory) -> Path:
+    return _hd64_training(tmp_path_factory, "hd64-run", four_bit=False)
+
+
+@pytest.fixture(scope="session")
+def hd64_4bit_run(tmp_path_factory) -> Path:
+    return _hd64_training(tmp_path_factory, "hd64-4bit-run", four_bit=True)
 
 
 @pytest.fixture(autouse=True)

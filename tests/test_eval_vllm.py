@@ -62,18 +62,11 @@ def predictions(out: Path) -> dict[int, dict]:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> tuple[Path, Path]:
-    """Two adapters on the head_dim-64 base: a smoke training run, and a copy with its LoRA B negated."""
+def runs(hd64_run, tmp_path_factory) -> tuple[Path, Path]:
+    """Two adapters on the head_dim-64 base: the session's hd64 training run, and a copy with its LoRA B negated."""
     root = tmp_path_factory.mktemp("vllm_runs")
     first = root / "music-a"
-    proc = subprocess.run(
-        [sys.executable, "-m", "kitrec_fast.recipes.dualft_music", "--smoke", "--backend", "peft",
-         "--output-dir", str(first), f"model.name={HD64}", "model.load_in_4bit=false",
-         "data.limit=8", "data.max_length=2048", "data.max_candidates=10", "data.min_candidates=3",
-         "train.max_steps=3", "train.learning_rate=0.02", "train.warmup_ratio=0", "train.save_steps=3",
-         "train.eval_steps=3", "train.gradient_accumulation_steps=1", "lora.r=16", "lora.alpha=32"],
-        cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, f"STDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-4000:]}"
+    shutil.copytree(hd64_run, first)
     return first, _copy_adapter(first, root / "music-b", lambda v: -v)
 
 

@@ -127,7 +127,9 @@ def keep_4bit_layout_trainable(model) -> dict:
     through ``gemv_4bit``, an op without an autograd formula: the gradient through the frozen base
     weights to their inputs is dropped, and training after the first evaluation follows wrong
     gradients without an error. Training never wants that layout: turn it off on every 4-bit layer
-    and undo a repack already done. Returns what the environment record keeps.
+    and undo a repack already done. The hf engine's inference turns it off as well: the packed
+    kernel computes in bf16, so generations on such a CPU would not be what training computed
+    (nor what a CPU without AVX512-BF16 generates). Returns what the environment record keeps.
     """
     import bitsandbytes as bnb
     from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse, has_avx512bf16

@@ -174,6 +174,10 @@ def load_for_inference(cfg, adapter_dir: str | None, max_seq_length: int | None 
 
         model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
     FastLanguageModel.for_inference(model)
+    if cfg.model.load_in_4bit:  # generate what training computed (see keep_4bit_layout_trainable)
+        from kitrec_fast.backends.common import keep_4bit_layout_trainable
+
+        keep_4bit_layout_trainable(model)
     return model
 
 

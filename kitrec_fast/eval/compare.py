@@ -40,6 +40,7 @@ from kitrec_fast.eval.score import (
     RowScore,
     ScoreReport,
     load_predictions,
+    read_provenance,
     read_row_scores,
     score_rows,
     to_json_safe,
@@ -76,20 +77,22 @@ class Run:
     rows: list[RowScore]
     protocol: str | None  # None: a score directory from before protocols were recorded
     label: str
+    base: str | None = None  # the base served ("original", "trained (<fingerprint>)"); None: not recorded
 
 
 def load_run(run: RunInput, ks: Sequence[int] = DEFAULT_KS, protocol: str = DEFAULT_PROTOCOL) -> Run:
     """Per-row scores (and the protocol they were scored under) from any of the inputs above."""
     check_protocol(protocol)
     if isinstance(run, ScoreReport):
-        return Run(list(run.rows), run.protocol, run.source or "<in-memory>")
+        return Run(list(run.rows), run.protocol, run.source or "<in-memory>", run.provenance.get("base"))
     if isinstance(run, (str, Path)):
         path = Path(run)
         if path.is_dir():
             return _load_dir(path, ks, protocol)
         if not path.is_file():
             raise CompareError(f"{path}: no such file or directory")
-        return Run(score_rows(load_predictions(path), ks, protocol), protocol, str(path))
+        return Run(score_rows(load_predictions(path), ks, protocol), protocol, str(path),
+                   read_provenance(path).get("base"))
     items = list(run)
     if items and all(isinstance(r, RowScore) for r in items):
         return Run(items, protocol, "<in-memory>")  # type: ignore[arg-type]
@@ -105,7 +108,8 @@ def _load_dir(path: Path, ks: Sequence[int], protocol: str) -> Run:
         if not stale:
             return _load_score_dir(score)
     if predictions.is_file():
-        return Run(score_rows(load_predictions(predictions), ks, protocol), protocol, str(predictions))
+        return Run(score_rows(load_predictions(predictions), ks, protocol), protocol, str(predictions),
+                   read_provenance(predictions).get("base"))
     raise CompareError(f"{path}: neither an `eval score` output ({PER_ROW_FILE}) nor an `eval generate` output "
                        f"({PREDICTIONS_FILE})")
 
@@ -114,9 +118,10 @@ def _load_score_dir(path: Path) -> Run:
     try:
         report = json.loads((path / REPORT_FILE).read_text(encoding="utf-8"))
         protocol = (report.get("protocol") or {}).get("name")
+        base = (report.get("provenance") or {}).get("base")
     except (OSError, ValueError, AttributeError):
-        protocol = None
-    return Run(read_row_scores(path / PER_ROW_FILE), protocol, str(path))
+        protocol = base = None
+    return Run(read_row_scores(path / PER_ROW_FILE), protocol, str(path), base)
 
 
 def comparability_problems(a: Run, b: Run, ids: Sequence[int]) -> list[str]:
@@ -136,6 +141,14 @@ def comparability_problems(a: Run, b: Run, ids: Sequence[int]) -> list[str]:
                         f"A had {ra[first].n_candidates}, B had {rb[first].n_candidates}); Hit@K over "
                         "different candidate counts is a different task")
     return problems
+
+
+def _base_note(a: Run, b: Run) -> list[str]:
+    """A comparison across served bases is allowed (measuring that choice is its point), and said."""
+    if a.base == b.base or a.base is None or b.base is None:
+        return []
+    return [f"bases differ: A was served on the {a.base} base, B on the {b.base} base; the difference "
+            "includes the base choice"]
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
@@ -240,7 +253,8 @@ def _pair(run_a: Run, run_b: Run, ks: Sequence[int], force: bool, n_bootstrap: i
         "b": run_b.label,
         "protocol": {"a": run_a.protocol, "b": run_b.protocol},
         "candidates_per_row": {"min": cands[0], "max": cands[-1]} if cands else {"min": None, "max": None},
-        "warnings": [f"NOT COMPARABLE, compared because of --force: {p}" for p in problems],
+        "warnings": [f"NOT COMPARABLE, compared because of --force: {p}" for p in problems] + _base_note(run_a, run_b),
+        "base": {"a": run_a.base, "b": run_b.base},
         "n_pairs": len(ids),
         "alpha": alpha,
         "bootstrap": {"n_resamples": n_bootstrap, "seed": seed},

@@ -236,6 +236,9 @@ def read_provenance(predictions: str | Path) -> dict[str, Any]:
     out = {k: fingerprint.get(k) for k in PROVENANCE_KEYS if k in fingerprint}
     if config.get("run_dir"):
         out["run_dir"] = config["run_dir"]
+    base = config.get("base") or {}
+    if base.get("served"):  # original vs trained: the same adapter on two bases are two results
+        out["base"] = base["served"] + (f" ({base['fingerprint']})" if base.get("fingerprint") else "")
     return out
 
 
@@ -456,7 +459,8 @@ def format_markdown(report: ScoreReport) -> str:
         f"Protocol: **{report.protocol}** ({PROTOCOLS[report.protocol]})  ",
         f"Rows: {report.overall.n}; candidates per row: {_span(cands)}  ",
         f"Model: `{prov.get('model', 'unknown')}`; adapter: `{prov.get('adapter', 'unknown')}`; "
-        f"dataset: `{prov.get('dataset', 'unknown')}` ({prov.get('split', 'unknown split')})  ",
+        f"dataset: `{prov.get('dataset', 'unknown')}` ({prov.get('split', 'unknown split')})"
+        + (f"; base served: {prov['base']}  " if prov.get("base") else "  "),
         f"Source: `{report.source}`  " if report.source else "Source: in-memory records  ",
         f"{pct}% bootstrap intervals from {report.n_bootstrap} resamples (seed {report.seed}).",
         "",

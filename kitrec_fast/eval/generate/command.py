@@ -17,6 +17,7 @@ from kitrec_fast.eval.generate.engines import Generated, HFEngine, VLLMEngine, c
 from kitrec_fast.eval.generate.options import (CONFIG_FILE, PREDICTIONS_FILE, GenerateError, GenerateOptions,
                                                resolve_config)
 from kitrec_fast.eval.generate.resume import check_fingerprint, output_lock, read_done
+from kitrec_fast.eval.generate.trained_base import resolve_base, served_config, trained_base, trained_key
 from kitrec_fast.eval.generate.rows import EvalRow, PromptStore, RowBuilder, iter_selected
 from kitrec_fast.fsio import atomic_write_json, check_writable
 from kitrec_fast.grid.worker import _die_with_parent
@@ -123,16 +124,14 @@ def _generate(opts: GenerateOptions, console, command: str) -> dict:
         raise GenerateError(f"--run: one engine serves one base model; these runs have different bases ({bases}). "
                             "Evaluate each base in its own command")
     if opts.engine == "vllm":
-        from kitrec_fast.backends.common import resolve_model_path
+        from kitrec_fast.backends.common import MODEL_OPTION, resolve_model_path
         from kitrec_fast.eval.generate.vllm_check import check_vllm_can_serve
-
-        from kitrec_fast.backends.common import MODEL_OPTION
         from kitrec_fast.hub import require_hub
 
         name = resolved[0][1].model.name
         require_hub(name, "model", MODEL_OPTION)  # the base's config is read next: one line, not a traceback
-        check_unquantized_base(resolve_model_path(name))  # before minutes of work
-        check_vllm_can_serve(resolve_model_path(name), name)  # before prompts are built and the engine starts
+        # before prompts are built and the engine starts (minutes of work)
+        check_vllm_can_serve(resolve_model_path(name), name, resolve_base(opts.base, opts.engine))
     from kitrec_fast.data.load import DatasetLoadError, check_dataset
 
     try:
@@ -186,6 +185,9 @@ def _prepare(opts: GenerateOptions, cfg, adapter: Optional[str], command: str, c
         "max_candidates": max_candidates or "all", "max_prompt_tokens": opts.max_prompt_tokens,
         "candidate_seed": cfg.data.split_seed if (max_candidates or opts.max_prompt_tokens) else None,
         "tokenizer": opts.tokenizer or cfg.data.tokenizer or cfg.model.name,
+        # None: the engine's own base (what outputs made before --base existed used)
+        "base": None if resolve_base(opts.base, opts.engine) == resolve_base("auto", opts.engine)
+        else resolve_base(opts.base, opts.engine),
     }
     check_fingerprint(out_dir, fingerprint)
     pred_path = out_dir / PREDICTIONS_FILE
@@ -272,12 +274,15 @@ def _start_engine(opts: GenerateOptions, plans: list[_Plan], backend_module, con
     max_seq_length = max(p.store.longest for p in plans) + opts.max_new_tokens
     if any(p.stop_ids != first.stop_ids for p in plans):
         raise GenerateError("--run: the runs' tokenizers have different stop tokens; evaluate them separately")
+    base = resolve_base(opts.base, opts.engine)
+    base_record = {"served": base, "model": first.cfg.model.name, "revision": first.cfg.model.revision}
     t_load = time.perf_counter()
     if opts.engine == "hf":
-        engine: Any = HFEngine(backend_module, first.cfg, first.adapter, first.stop_ids,
+        served = served_config(first.cfg, base)
+        engine: Any = HFEngine(backend_module, served, first.adapter, first.stop_ids,
                                first.tokenizer.pad_token_id, opts.max_new_tokens, max_seq_length=max_seq_length)
-        precision = _base_record(first.cfg) if first.cfg.model.load_in_4bit else str(
-            resolve_dtype(first.cfg.model.compute_dtype)).replace("torch.", "")
+        precision = _base_record(served) if served.model.load_in_4bit else str(
+            resolve_dtype(served.model.compute_dtype)).replace("torch.", "")
         record = {"name": "hf", "backend": first.cfg.backend, "base_precision": precision}
     else:
         from kitrec_fast.eval.generate.vllm_check import check_context
@@ -285,10 +290,18 @@ def _start_engine(opts: GenerateOptions, plans: list[_Plan], backend_module, con
         check_context(resolve_model_path(first.cfg.model.name), first.cfg.model.name,
                       max(p.store.longest for p in plans), opts.max_new_tokens)
         adapters = {p.lora_name: (p.adapter, adapter_rank(p.adapter)) for p in plans if p.adapter}
-        engine = VLLMEngine(resolve_model_path(first.cfg.model.name), adapters, first.stop_ids, opts.max_new_tokens,
+        model_path = resolve_model_path(first.cfg.model.name)
+        if base == "trained":
+            if len({trained_key(p.cfg) for p in plans}) > 1:
+                raise GenerateError("--base trained: the runs loaded their base with different quantization "
+                                    "settings, so they have different trained bases; evaluate them separately")
+            model_path, built = trained_base(first.cfg, console)
+            base_record.update(fingerprint=built["fingerprint"], made_from=built["made_from"])
+        engine = VLLMEngine(model_path, adapters, first.stop_ids, opts.max_new_tokens,
                             max_model_len=max_seq_length, max_num_seqs=opts.effective_batch_size,
                             seed=first.cfg.train.seed)
-        record = {"name": "vllm", "version": engine.version, "base_precision": f"{engine.precision} (unquantized)",
+        record = {"name": "vllm", "version": engine.version, "base_precision": f"{engine.precision} ("
+                  + ("dequantized from the trained 4-bit weights)" if base == "trained" else "unquantized)"),
                   "settings": engine.settings, "adapters": len(adapters)}
     seconds = time.perf_counter() - t_load
     console.print(f"[green]model[/] {first.cfg.model.name} + "
@@ -298,8 +311,9 @@ def _start_engine(opts: GenerateOptions, plans: list[_Plan], backend_module, con
     for plan in plans:
         trained_on = _base_record(plan.cfg)
         plan.config["engine"] = {**record, "adapter_trained_on": trained_on, "load_seconds": round(seconds, 1)}
+        plan.config["base"] = base_record
         atomic_write_json(plan.out_dir / CONFIG_FILE, plan.config)
-        if opts.engine == "vllm" and plan.adapter and plan.cfg.model.load_in_4bit:
+        if opts.engine == "vllm" and plan.adapter and plan.cfg.model.load_in_4bit and base == "original":
             console.print(f"[yellow]note[/] {plan.lora_name}: adapter trained on a {trained_on} base, served on the "
                           f"{engine.precision} base (as the paper's evaluation did); predictions can differ "
                           "slightly from --engine hf, which loads the training quantization")

@@ -73,6 +73,31 @@ def choose_engine(requested: str) -> tuple[str, str]:
                            if missing)
 
 
+def engine_settings(max_model_len: int, max_num_seqs: int) -> tuple[str, dict[str, Any]]:
+    """``(precision, settings)`` of a vLLM engine; ``eval generate``'s engine and ``serve`` share them."""
+    import torch
+
+    gpu = torch.cuda.is_available()
+    precision = vllm_dtype()
+    return precision, {
+        "dtype": precision, "max_model_len": max_model_len, "max_num_seqs": max_num_seqs,
+        # KitREC prompts of one test set share the template and task sections; the prefix cache
+        # keeps their KV once. Chunked prefill lets 7k-token prefills interleave with decodes.
+        "enable_prefix_caching": True, "enable_chunked_prefill": True,
+        "gpu_memory_utilization": GPU_MEMORY_FRACTION if gpu else CPU_MEMORY_FRACTION,
+        # CPU runs are tests: torch.compile's C++ warm-up costs minutes per engine start there and
+        # gains nothing on a tiny model. GPUs keep compilation and CUDA graphs (decode speed).
+        "enforce_eager": not gpu,
+    }
+
+
+def lora_settings(ranks: Sequence[int]) -> dict[str, Any]:
+    """vLLM's LoRA settings for adapters of these ranks, one slot each."""
+    rank = max(ranks)
+    return {"enable_lora": True, "max_loras": len(ranks), "max_cpu_loras": len(ranks),
+            "max_lora_rank": next((r for r in _LORA_RANKS if r >= rank), rank)}
+
+
 class VLLMEngine:
     """vLLM: the unquantized base (bf16 on a GPU, fp32 on CPU) with each run's adapter as a LoRA request.
 
@@ -85,28 +110,14 @@ class VLLMEngine:
     def __init__(self, model_path: str, adapters: dict[str, tuple[str, int]], stop_ids: list[int],
                  max_new_tokens: int, max_model_len: int, max_num_seqs: int, seed: int):
         vllm = import_vllm()
-        import torch
         from vllm import LLM, SamplingParams
         from vllm.lora.request import LoRARequest
 
-        gpu = torch.cuda.is_available()
-        self.precision = vllm_dtype()
         self.version = vllm.__version__
-        self.settings: dict[str, Any] = {
-            "dtype": self.precision, "max_model_len": max_model_len, "max_num_seqs": max_num_seqs,
-            # KitREC prompts of one test set share the template and task sections; the prefix cache
-            # keeps their KV once. Chunked prefill lets 7k-token prefills interleave with decodes.
-            "enable_prefix_caching": True, "enable_chunked_prefill": True,
-            "gpu_memory_utilization": GPU_MEMORY_FRACTION if gpu else CPU_MEMORY_FRACTION,
-            # CPU runs are tests: torch.compile's C++ warm-up costs minutes per engine start there and
-            # gains nothing on a tiny model. GPUs keep compilation and CUDA graphs (decode speed).
-            "enforce_eager": not gpu,
-        }
+        self.precision, self.settings = engine_settings(max_model_len, max_num_seqs)
         kwargs: dict[str, Any] = {"model": model_path, "seed": seed, **self.settings}
         if adapters:
-            rank = max(r for _, r in adapters.values())
-            kwargs.update(enable_lora=True, max_loras=len(adapters), max_cpu_loras=len(adapters),
-                          max_lora_rank=next((r for r in _LORA_RANKS if r >= rank), rank))
+            kwargs.update(lora_settings([r for _, r in adapters.values()]))
         self.llm = LLM(**kwargs)
         # detokenize=False: prompts go in as ids and the command decodes the ids itself, as with hf.
         self.params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, stop_token_ids=stop_ids,

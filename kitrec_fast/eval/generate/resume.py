@@ -13,7 +13,7 @@ from kitrec_fast.eval.generate.options import CONFIG_FILE, PREDICTIONS_FILE, Gen
 LOCK_FILE = ".generate.lock"
 # Settings that change what a row's generation is; a rerun into the same directory must match them.
 FINGERPRINT_KEYS = ("model", "adapter", "backend", "engine", "dataset", "split", "max_new_tokens",
-                    "max_candidates", "max_prompt_tokens", "candidate_seed", "tokenizer")
+                    "max_candidates", "max_prompt_tokens", "candidate_seed", "tokenizer", "base")
 
 
 def read_done(path: Path, notice=None) -> set[int]:

@@ -41,9 +41,15 @@ def vllm_dtype() -> str:
     return "float32"
 
 
-def check_vllm_can_serve(model_path: str, model_name: str) -> None:
-    """Refuse, in one line, a base vLLM cannot serve; before any prompt is built or engine started."""
-    check_unquantized_base(model_path)
+def check_vllm_can_serve(model_path: str, model_name: str, base: str = "original",
+                         command: str = "--engine vllm") -> None:
+    """Refuse, in one line, a base vLLM cannot serve; before any prompt is built or engine started.
+
+    ``base``: "trained" serves a checkpoint dequantized from the 4-bit weights, which a pre-quantized
+    base may give; its head size is the base's. ``command`` opens the message (the option or command
+    that asked for vLLM)."""
+    if base != "trained":
+        check_unquantized_base(model_path)
     vllm = import_vllm()
     head = head_size(model_path)
     if head is None:
@@ -53,7 +59,7 @@ def check_vllm_can_serve(model_path: str, model_name: str) -> None:
         # the smoke run's tiny model: a CPU user who wants to try vLLM can train on its head_dim-64 sibling
         hint = (f" (or train the smoke run with --model {TINY_HD64} to try vLLM here)" if model_name == TINY_MODEL
                 else "")
-        raise GenerateError(f"--engine vllm: vLLM {vllm.__version__} cannot serve {model_name}: its attention head "
+        raise GenerateError(f"{command}: vLLM {vllm.__version__} cannot serve {model_name}: its attention head "
                             f"size is {head}, and {refusal}; {WAY_OUT}{hint}")
 
 
