@@ -99,6 +99,10 @@ def test_every_option_has_help_with_its_default(path, parser):
             and action.default is not argparse.SUPPRESS
         if meaningful:
             assert "default" in shown.lower(), f"kitrec-fast {' '.join(path)} {name}: default {action.default!r} not shown"
+        if isinstance(action.default, (int, float)) and not isinstance(action.default, bool):
+            # a number written into the help by hand must be the real one
+            assert f"{action.default:g}" in shown, f"kitrec-fast {' '.join(path)} {name}: help says {shown!r}, " \
+                                                 f"the default is {action.default:g}"
 
 
 @pytest.mark.parametrize("path,parser", TREE, ids=[" ".join(p) or "kitrec-fast" for p, _ in TREE])
