@@ -32,7 +32,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                          description="Fast QLoRA fine-tuning for KitREC. Each command's --help has an example.")
     # Both are taken off the command line by run_cli, wherever they stand; listed here for --help.
     parser.add_argument("--verbose", action="store_true",
-                        help="show the harmless library lines every command hides (the README lists them and "
+                        help="show the harmless library lines every command hides (the troubleshooting page lists them and "
                              "why each is harmless); also KITREC_FAST_VERBOSE=1")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error (for bug reports)")
     parser.add_argument("--version", action="version", version=f"kitrec-fast {__version__}")

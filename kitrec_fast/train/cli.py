@@ -66,7 +66,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                         "change is recorded in the run (attempts.json)")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error (for bug reports)")
     p.add_argument("--verbose", action="store_true",
-                   help="show the harmless library lines kitrec-fast hides (the README lists them and why "
+                   help="show the harmless library lines kitrec-fast hides (the troubleshooting page lists them and why "
                         "each is harmless); also KITREC_FAST_VERBOSE=1")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="any recipe key, dotted, anywhere on the line: train.learning_rate=1e-4 data.max_length=4096")

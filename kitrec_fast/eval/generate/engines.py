@@ -109,7 +109,7 @@ class VLLMEngine:
             from vllm.lora.request import LoRARequest
         except ImportError as exc:
             raise GenerateError(f"--engine vllm needs vLLM, which is not importable here ({exc}); install it "
-                                "(pip install -e '.[vllm]'; see README 'Evaluating at scale') or use --engine hf") from None
+                                "(pip install -e '.[vllm]'; see the evaluation page, 'Evaluating at scale') or use --engine hf") from None
         import torch
 
         gpu = torch.cuda.is_available()
