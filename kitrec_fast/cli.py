@@ -27,11 +27,14 @@ _FAMILIES = {
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     from kitrec_fast import __version__
 
-    parser = argparse.ArgumentParser(prog="kitrec-fast", description="Fast QLoRA fine-tuning for KitREC.")
+    from kitrec_fast.clihelp import parser as make_parser
+
+    parser = make_parser("kitrec-fast", "Fast QLoRA fine-tuning for KitREC.",
+                         description="Fast QLoRA fine-tuning for KitREC. Each command's --help has an example.")
     # Both are taken off the command line by run_cli, wherever they stand; listed here for --help.
     parser.add_argument("--verbose", action="store_true",
-                        help="show the harmless library lines every command hides (why each is harmless: "
-                             "kitrec_fast/quiet.py); also KITREC_FAST_VERBOSE=1")
+                        help="show the harmless library lines every command hides (the troubleshooting page lists them and "
+                             "why each is harmless); also KITREC_FAST_VERBOSE=1")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error (for bug reports)")
     parser.add_argument("--version", action="version", version=f"kitrec-fast {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -365,7 +365,9 @@ def render(checks: list[Check], quick: bool, wall_s: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="kitrec-fast doctor", description=__doc__.split("\n\n")[0])
+    from kitrec_fast.clihelp import parser
+
+    ap = parser("kitrec-fast doctor", DOCTOR_HELP, *DOCTOR_EXAMPLES)
     add_arguments(ap)
     ap.add_argument("--probe", choices=("unsloth", "peft"), help=argparse.SUPPRESS)
     ap.add_argument("--train", action="store_true", help=argparse.SUPPRESS)
@@ -374,6 +376,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(probe(args.probe, args.train)))
         return 0
     return doctor(args)
+
+
+DOCTOR_HELP = "Check this machine: versions, GPU, libraries, a tiny training per backend."
+DOCTOR_EXAMPLES = ("kitrec-fast doctor", "kitrec-fast doctor --quick --json")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -401,7 +407,10 @@ def doctor(args) -> int:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("doctor", help="Check this machine: versions, GPU, libraries, a tiny training per backend.")
+    from kitrec_fast.clihelp import command
+
+    p = command(sub, "doctor", DOCTOR_HELP, *DOCTOR_EXAMPLES,
+                description=f"{DOCTOR_HELP} Every backend runs in its own process; doctor stays under 90 s.")
     add_arguments(p)
     p.set_defaults(func=doctor)
 

@@ -54,14 +54,24 @@ def add_parser(subparsers: Any) -> None:
     from kitrec_fast.eval.generate.cli import add_model_arguments
     from kitrec_fast.eval.protocol import DEFAULT_PROTOCOL, PROTOCOLS
 
-    p = subparsers.add_parser("recommend", help="ranked recommendations of a trained model for one user's prompt",
-                              description=__doc__.split("\n\n")[0])
+    from kitrec_fast.clihelp import command
+
+    p = command(subparsers, "recommend", "Ask a trained model for one user's ranked recommendations.",
+                "kitrec-fast recommend --run runs/music-smoke --dataset embedded:test_music --row 3",
+                "kitrec-fast recommend --run runs/music-smoke --prompt prompt.txt --json",
+                description="Ask a trained model for one user's ranked recommendations. The prompt is a dataset "
+                            "row (--dataset with --row, validated and rendered as eval generate does) or a "
+                            "KitREC-layout prompt text (--prompt FILE, or - for stdin); every candidate is kept.")
     model = p.add_argument_group("model (as `eval generate`)")
     add_model_arguments(model)
+<<<<<<< HEAD
     model.add_argument("--max-new-tokens", type=int, default=2048, help="default 2048")
     model.add_argument("--server", metavar="URL",
                        help="ask a running `kitrec-fast serve` (e.g. http://127.0.0.1:8000) for the run's "
                             "model instead of loading an engine here; the prompt is built here as without it")
+=======
+    model.add_argument("--max-new-tokens", type=int, default=2048, help="length limit of the answer")
+>>>>>>> i29h
     src = p.add_argument_group("prompt (one of)")
     src.add_argument("--dataset", help="Hub id, local .jsonl/.json/.parquet, or embedded:NAME (with --row)")
     src.add_argument("--split", default="test", help="dataset split (default test)")

@@ -1,5 +1,7 @@
-"""What the README's commands do to a checkout: long messages stay whole in logs, the documented
-order of commands never lands on "nothing to do", and what they create is ignored by git."""
+"""What the documented commands do to a checkout: long messages stay whole in logs, the documented
+order of commands never lands on "nothing to do", and what they create is ignored by git. The
+commands are those of the README and of every page of the manual (docs/), so moving a command
+from one to the other loses no check."""
 
 from __future__ import annotations
 
@@ -11,7 +13,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-README = (ROOT / "README.md").read_text()
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCUMENTED = "\n".join(page.read_text() for page in PAGES)
 
 
 def test_a_long_message_is_one_line_outside_a_terminal(capsys):
@@ -24,7 +27,7 @@ def test_a_long_message_is_one_line_outside_a_terminal(capsys):
 
 
 def _commands(text: str) -> list[list[str]]:
-    """The shell commands of the README's bash blocks (continuation lines joined, comments cut)."""
+    """The shell commands of the bash blocks in ``text`` (continuation lines joined, comments cut)."""
     out = []
     for block in re.findall(r"```bash\n(.*?)```", text, re.S):
         for line in block.replace("\\\n", " ").splitlines():
@@ -35,11 +38,11 @@ def _commands(text: str) -> list[list[str]]:
 
 
 def _cpu_training_runs() -> list[tuple[str, list[str]]]:
-    """(recipe, parser arguments) of every README command a CPU user trains with: quickstart, the
+    """(recipe, parser arguments) of every documented command a CPU user trains with: quickstart, the
     --smoke recipe commands (torchrun included), and the plain baseline's ``python -m`` line with
-    the --smoke that the no-GPU message tells them to add."""
+    the --smoke that the no-GPU message tells them to add. A command written on two pages counts once."""
     runs = []
-    for words in _commands(README):
+    for words in _commands(DOCUMENTED):
         words = [w for w in words if w != "&&"]
         if "quickstart" in words:
             runs.append(("dualft_music", words[words.index("quickstart") + 1:] + ["--smoke"]))
@@ -52,11 +55,11 @@ def _cpu_training_runs() -> list[tuple[str, list[str]]]:
             argv = argv + ["--smoke"]
         if "--smoke" in argv:
             runs.append((words[at].rsplit(".", 1)[1], argv))
-    return runs
+    return list(dict.fromkeys((family, tuple(argv)) for family, argv in runs))
 
 
-def test_readme_training_commands_each_write_their_own_run_directory():
-    # Run in the order the README gives them, two commands that share a folder would make the second
+def test_documented_training_commands_each_write_their_own_run_directory():
+    # Run in the order the pages give them, two commands that share a folder would make the second
     # say "finished run ... nothing to do" (or resume the first) instead of training.
     from kitrec_fast.train.cli import build_parser, parse_run_args, resolve_config
 
@@ -64,7 +67,7 @@ def test_readme_training_commands_each_write_their_own_run_directory():
     assert len(runs) >= 4, runs  # quickstart, the smoke recipe, the baseline, the torchrun smoke
     folders = {}
     for family, argv in runs:
-        args = parse_run_args(build_parser("readme", False, ""), argv)
+        args = parse_run_args(build_parser("docs", False, ""), list(argv))
         folder = resolve_config(family, args).resolved_output_dir
         assert folder not in folders, f"{family} {argv} and {folders.get(folder)} share {folder}"
         folders[folder] = (family, argv)
@@ -79,7 +82,7 @@ def _git_ignored(path: str) -> bool:
 @pytest.mark.skipif(not (ROOT / ".git").exists(), reason="not a git checkout")
 def test_what_the_documented_commands_create_is_ignored():
     created = set()
-    for words in _commands(README):
+    for words in _commands(DOCUMENTED):
         for flag in ("--output", "--output-dir", "--merged-16bit"):
             if flag in words:
                 created.add(words[words.index(flag) + 1])

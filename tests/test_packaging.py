@@ -32,7 +32,8 @@ def test_license_and_repository_address_are_declared_once():
     assert project["license"] == "Apache-2.0" and project["license-files"] == ["LICENSE"]
     assert "Apache License" in (ROOT / "LICENSE").read_text() and "Version 2.0" in (ROOT / "LICENSE").read_text()
     repo = project["urls"]["Repository"]
-    for path in ("README.md", "notebooks/quickstart_colab.ipynb", "notebooks/build_notebook.py"):
+    for path in ("README.md", "notebooks/quickstart_colab.ipynb", "notebooks/build_notebook.py", "mkdocs.yml",
+                 *(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))):
         assert repo not in (ROOT / path).read_text(), f"{path} repeats the repository address"
 
 

@@ -17,10 +17,16 @@ _D = DataConfig.__dataclass_fields__  # the defaults live in DataConfig; the fla
 
 
 def add_parser(subparsers: Any) -> None:
-    data = subparsers.add_parser("data", help="Prepare, generate or inspect KitREC training data.")
+    from kitrec_fast.clihelp import command
+
+    data = command(subparsers, "data", "Prepare, generate or inspect KitREC training data.",
+                   "kitrec-fast data prepare --dataset embedded:dualft_music --tokenizer offline:qwen3 --output prepared/")
     sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
 
-    p = sub.add_parser("prepare", help="Load, split, truncate and tokenize a dataset; save it with a report.")
+    p = command(sub, "prepare", "Load, split, truncate and tokenize a dataset; save it with a report.",
+                "kitrec-fast data prepare --dataset embedded:dualft_music --tokenizer offline:qwen3 --output prepared/",
+                "kitrec-fast data prepare --dataset rows.jsonl --tokenizer Qwen/Qwen3-14B --on-bad-row skip "
+                "--output prepared/")
     _common(p)
     p.add_argument("--max-length", type=int, default=_D["max_length"].default, help="token budget of a whole conversation")
     p.add_argument("--max-candidates", type=int, default=_D["max_candidates"].default, help="candidates kept in every prompt")
@@ -28,30 +34,39 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--history-recent", choices=("last", "first"), default=_D["history_recent"].default,
                    help="which end of a history list is the most recent item")
     _keep_cited(p)
-    p.add_argument("--val-fraction", type=float, default=_D["val_fraction"].default)
-    p.add_argument("--split-seed", type=int, default=_D["split_seed"].default)
-    p.add_argument("--on-bad-row", choices=("error", "skip"), default=_D["on_bad_row"].default)
+    p.add_argument("--val-fraction", type=float, default=_D["val_fraction"].default,
+                   help="share of the rows held out for validation (by user, so no user is in both)")
+    p.add_argument("--split-seed", type=int, default=_D["split_seed"].default,
+                   help="seed of the train/validation split (the same seed gives the same split)")
+    p.add_argument("--on-bad-row", choices=("error", "skip"), default=_D["on_bad_row"].default,
+                   help="a row failing validation: stop with its line number (error), or leave it out and list "
+                        "it in report.json (skip)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N rows")
     p.add_argument("--output", required=True, help="directory for train/, validation/ and report.json")
     p.set_defaults(func=cmd_prepare)
 
-    s = sub.add_parser("synth", help="Write synthetic KitREC rows as JSON lines.")
-    s.add_argument("--rows", type=int, required=True)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--domain", choices=("music", "movies"), default="music")
-    s.add_argument("--kind", choices=("dualft", "singleft"), default="dualft")
-    s.add_argument("--split", choices=("train", "val", "test"), default="train")
+    s = command(sub, "synth", "Write synthetic KitREC rows as JSON lines.",
+                "kitrec-fast data synth --rows 200 --output rows.jsonl",
+                "kitrec-fast data synth --rows 50 --split test --domain movies --layout mixed --output test.jsonl.gz")
+    s.add_argument("--rows", type=int, required=True, help="number of rows to write (at least 1)")
+    s.add_argument("--seed", type=int, default=0, help="random seed (the same seed writes the same rows)")
+    s.add_argument("--domain", choices=("music", "movies"), default="music", help="target domain of the candidates")
+    s.add_argument("--kind", choices=("dualft", "singleft"), default="dualft",
+                   help="dualft: Books plus target-domain history; singleft: Books history only")
+    s.add_argument("--split", choices=("train", "val", "test"), default="train",
+                   help="train rows carry the reasoning target; val/test rows the ground truth only")
     s.add_argument("--layout", choices=("plain", "template", "mixed"), default="plain",
                    help="val/test rows: training-style prompts with flat fields, the documented evaluation "
                         "template with nested metadata, or a per-row mix of every documented form")
     s.add_argument("--output", required=True, help="output .jsonl (or .jsonl.gz)")
     s.set_defaults(func=cmd_synth)
 
-    i = sub.add_parser("inspect", help="Show one rendered sample with its trained span, and a length histogram.")
+    i = command(sub, "inspect", "Show one rendered sample with its trained span, and a length histogram.",
+                "kitrec-fast data inspect --dataset embedded:dualft_music --tokenizer offline:qwen3 --row 3")
     _common(i)
     i.add_argument("--row", type=int, default=1,
                    help="row to show, counted from 1 (the file line in a .jsonl file), as error messages count")
-    i.add_argument("--max-length", type=int, default=5120)
+    i.add_argument("--max-length", type=int, default=5120, help="token budget of a whole conversation")
     _keep_cited(i)
     i.add_argument("--limit", type=int, default=256, help="rows rendered for the histogram")
     i.set_defaults(func=cmd_inspect)

@@ -11,9 +11,11 @@ __all__ = ["add_parser"]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "eval", help="evaluate trained adapters", description="Generation, scoring and comparison."
-    )
+    from kitrec_fast.clihelp import command
+
+    parser = command(subparsers, "eval", "Evaluate trained adapters: generate, score, compare, loss.",
+                     "kitrec-fast eval generate --run runs/music-smoke --dataset embedded:test_music --limit 8 "
+                     "--output eval-smoke/")
     sub = parser.add_subparsers(dest="eval_command", metavar="SUBCOMMAND", required=True)
     _add_score(sub)
     _add_compare(sub)
@@ -38,7 +40,10 @@ def _add_protocol(p: argparse.ArgumentParser) -> None:
 
 
 def _add_score(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("score", help="score a predictions JSONL file")
+    from kitrec_fast.clihelp import command
+
+    p = command(sub, "score", "Score a predictions file: Hit@K, MRR and NDCG overall and per user type.",
+                "kitrec-fast eval score --predictions eval-smoke/predictions.jsonl --output eval-smoke/")
     p.add_argument("--predictions", required=True, type=Path, help="predictions JSONL file")
     p.add_argument("--output", required=True, type=Path, help="directory for report.json/.md and PNGs")
     _add_protocol(p)
@@ -48,9 +53,13 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_compare(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("compare", help="paired comparison of runs on the same rows (each run against the first)",
-                       description="Two runs: B against A. More: each RUN against BASELINE in one table, with "
-                                   "one Holm correction over every (run, metric) test.")
+    from kitrec_fast.clihelp import command
+
+    p = command(sub, "compare", "Compare runs on the same rows, each against the first (paired tests).",
+                "kitrec-fast eval compare eval-a/ eval-b/ --output compare/",
+                description="Compare runs on the same rows, each against the first (paired tests). Two runs: "
+                            "B against A. More: each RUN against BASELINE in one table, with one Holm correction "
+                            "over every (run, metric) test.")
     p.add_argument("a", type=Path, metavar="BASELINE",
                    help="run A (the baseline): predictions JSONL, an `eval score` or an `eval generate` output "
                         "directory")

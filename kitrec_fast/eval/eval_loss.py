@@ -287,8 +287,12 @@ def loss_table(report: dict):
 
 
 def add_loss_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser("loss", help="loss and perplexity of a run's adapter on validation rows",
-                       description="Smoothed loss, plain cross-entropy and perplexity with the training masking.")
+    from kitrec_fast.clihelp import command
+
+    p = command(sub, "loss", "Loss and perplexity of a run's adapter on validation rows.",
+                "kitrec-fast eval loss --run runs/music-smoke",
+                description="Loss and perplexity of a run's adapter on validation rows: the smoothed loss, the "
+                            "plain cross-entropy and the perplexity, with the training masking.")
     p.add_argument("--run", dest="run_dir", required=True, type=Path, help="run directory")
     p.add_argument("--dataset", help="dataset (default: the run's data.dataset)")
     p.add_argument("--split", help="split (default: the run's data.dataset_split)")

@@ -13,13 +13,17 @@ from pathlib import Path
 
 
 DEFAULT_OUTPUT = "grid"
+GRID_HELP = "Train and evaluate the paper's grid of recipes on Ray (GPUs, or --smoke on CPUs)."
+GRID_EXAMPLES = ("kitrec-fast grid --smoke --backends peft --output grid-smoke",
+                 "kitrec-fast grid dualft_music --sets A B --address auto --output /shared/grid")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="kitrec-fast grid",
-        description="Train and evaluate a grid of recipes on Ray: one fresh process per job, one GPU each "
-                    "(--smoke: one CPU each). Rerunning the same command continues the grid.")
+    from kitrec_fast.clihelp import parser
+
+    p = parser("kitrec-fast grid", GRID_HELP, *GRID_EXAMPLES,
+               description="Train and evaluate a grid of recipes on Ray: one fresh process per job, one GPU each "
+                           "(--smoke: one CPU each). Rerunning the same command continues the grid.")
     p.add_argument("recipes", nargs="*", metavar="RECIPE",
                    help="recipe families (dualft_music ...) or full names (dualft_music_setb); default: all four")
     p.add_argument("--sets", nargs="+", type=str.upper, default=None, metavar="SET", help="A and/or B (default both)")
@@ -253,9 +257,10 @@ def _grid(args: argparse.Namespace) -> int:
 def add_parser(sub) -> None:
     # The grid parses its own arguments (KEY=VALUE anywhere, recipes before or after options), so
     # the subcommand only collects them.
-    p = sub.add_parser("grid", help="Train and evaluate the paper's grid of recipes on Ray (GPUs or --smoke).",
-                       add_help=False, prefix_chars="\x00")
-    p.add_argument("grid_argv", nargs=argparse.REMAINDER)
+    from kitrec_fast.clihelp import command
+
+    p = command(sub, "grid", GRID_HELP, *GRID_EXAMPLES, add_help=False, prefix_chars="\x00")
+    p.add_argument("grid_argv", nargs=argparse.REMAINDER, help="the grid's own arguments (kitrec-fast grid --help)")
     p.set_defaults(func=_grid)
 
 

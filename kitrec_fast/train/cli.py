@@ -59,36 +59,57 @@ class _OnceFlag(argparse.Action):
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="set_name", action=_Once, choices=["A", "B", "a", "b"], default=None,
-                   help="Candidate set of the recipe family (default A).")
+                   help="candidate set of the recipe family (default A)")
     p.add_argument("--backend", action=_Once, choices=["unsloth", "peft"],
-                   help="unsloth (fast path) or peft (baseline).")
+                   help="unsloth (the fast path) or peft (the baseline) (default: the recipe's)")
     p.add_argument("--smoke", action=_OnceFlag,
-                   help="Tiny offline Qwen3, embedded sample data, a few steps: runs on CPU in about a minute.")
+                   help="tiny offline Qwen3, embedded sample data, a few steps: runs on CPU in about a minute")
     p.add_argument("--dry-run", action=_OnceFlag,
-                   help="Resolve and check everything the run would (config, names, run directory), print, exit.")
+                   help="resolve and check everything the run would (config, names, data, run directory), print "
+                        "the resolved configuration and exit; writes nothing")
     p.add_argument("--profile", action=_Once, choices=["auto", "16gb", "24gb", "48gb", "80gb"], default=None,
-                   help="GPU memory profile (max length, micro-batch, checkpointing); default: the recipe as is.")
-    p.add_argument("--max-steps", action=_OnceWhole, metavar="N", help="Shorthand for train.max_steps=N.")
-    p.add_argument("--output-dir", action=_Once, help="Shorthand for output_dir=DIR.")
-    p.add_argument("--dataset", action=_Once, help="Shorthand for data.dataset=D (Hub id or local file).")
-    p.add_argument("--model", action=_Once, help="Shorthand for model.name=M (Hub id or local directory).")
-    p.add_argument("--push-to-hub", action=_Once, metavar="REPO", help="Upload the best adapter to this Hub repo.")
+                   help="GPU memory profile (max length, micro-batch, checkpointing) (default: the recipe as is)")
+    p.add_argument("--max-steps", action=_OnceWhole, metavar="N", help="shorthand for train.max_steps=N (default: the recipe's epochs)")
+    p.add_argument("--output-dir", action=_Once, metavar="DIR", help="shorthand for output_dir=DIR, the run directory (default: runs/RECIPE-BACKEND)")
+    p.add_argument("--dataset", action=_Once, metavar="D", help="shorthand for data.dataset=D, a Hub id or a local file (default: the recipe's)")
+    p.add_argument("--model", action=_Once, metavar="M", help="shorthand for model.name=M, a Hub id or a local directory (default: the recipe's)")
+    p.add_argument("--push-to-hub", action=_Once, metavar="REPO", help="upload the best adapter to this Hub repository when training ends")
     p.add_argument("--accept-config-change", action=_OnceFlag,
-                   help="Resume although training-relevant settings differ from the run directory's; the "
-                        "change is recorded in the run (attempts.json).")
-    p.add_argument("--debug", action="store_true", help="Show the traceback of an error (for bug reports).")
+                   help="resume although training-relevant settings differ from the run directory's; the "
+                        "change is recorded in the run (attempts.json)")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error (for bug reports)")
     p.add_argument("--verbose", action="store_true",
-                   help="Show the harmless library lines kitrec-fast hides (see kitrec_fast/quiet.py).")
+                   help="show the harmless library lines kitrec-fast hides (the troubleshooting page lists them and why "
+                        "each is harmless); also KITREC_FAST_VERBOSE=1")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="Any recipe key, dotted, anywhere on the line: train.learning_rate=1e-4 data.max_length=4096")
+                   help="any recipe key, dotted, anywhere on the line: train.learning_rate=1e-4 data.max_length=4096")
 
 
-def build_parser(prog: str, with_recipe: bool, description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=description)
+TRAIN_HELP = "Train a recipe (a name, a family with --set, or a YAML path)."
+TRAIN_EXAMPLES = ("kitrec-fast train dualft_music --smoke --backend peft --output-dir runs/music-smoke",
+                  "kitrec-fast train dualft_music --set B --profile 24gb train.learning_rate=1e-4")
+QUICKSTART_HELP = "Train DualFT-Music on a GPU, or the embedded smoke configuration on a CPU."
+QUICKSTART_EXAMPLES = ("kitrec-fast quickstart", "kitrec-fast quickstart --backend peft --output-dir runs/qs-peft")
+RECIPES_HELP = "List the shipped recipes with their main hyperparameters."
+
+
+def build_parser(prog: str, with_recipe: bool, description: str = TRAIN_HELP,
+                 examples: tuple[str, ...] = ()) -> argparse.ArgumentParser:
+    from kitrec_fast.clihelp import parser
+
+    p = parser(prog, description, *examples)
     if with_recipe:
         p.add_argument("recipe", help="e.g. dualft_music, dualft_music_setb, or path/to/recipe.yaml")
     add_run_arguments(p)
     return p
+
+
+def train_parser() -> argparse.ArgumentParser:
+    return build_parser("kitrec-fast train", True, TRAIN_HELP, TRAIN_EXAMPLES)
+
+
+def quickstart_parser() -> argparse.ArgumentParser:
+    return build_parser("kitrec-fast quickstart", False, QUICKSTART_HELP, QUICKSTART_EXAMPLES)
 
 
 def parse_run_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
@@ -167,22 +188,21 @@ def _command(prefix: list[str], argv: list[str]) -> str:
 
 def main_train(argv: list[str]) -> int:
     """``kitrec-fast train RECIPE ...``"""
-    parser = build_parser("kitrec-fast train", True, "Train a recipe (name, family + --set, or a YAML path).")
-    args = parse_run_args(parser, argv)
+    args = parse_run_args(train_parser(), argv)
     return run(args.recipe, args, _command(["kitrec-fast", "train"], argv))
 
 
 def main_recipe(family: str, argv: list[str]) -> int:
     """``python -m kitrec_fast.recipes.<family> ...``"""
-    parser = build_parser(f"python -m kitrec_fast.recipes.{family}", False, f"Train the KitREC {family} recipe.")
+    parser = build_parser(f"python -m kitrec_fast.recipes.{family}", False, f"Train the KitREC {family} recipe.",
+                          (f"python -m kitrec_fast.recipes.{family} --smoke --backend peft",))
     args = parse_run_args(parser, argv)
     return run(family, args, _command(["python", "-m", f"kitrec_fast.recipes.{family}"], argv))
 
 
 def main_quickstart(argv: list[str]) -> int:
     """``kitrec-fast quickstart``: DualFT-Music on a GPU, the embedded smoke configuration on CPU."""
-    parser = build_parser("kitrec-fast quickstart", False, QUICKSTART_HELP)
-    args = parse_run_args(parser, argv)
+    args = parse_run_args(quickstart_parser(), argv)
     import torch
 
     if not torch.cuda.is_available() and not args.smoke:
@@ -195,11 +215,10 @@ def main_quickstart(argv: list[str]) -> int:
     return run("dualft_music", args, _command(["kitrec-fast", "quickstart"], argv))
 
 
-QUICKSTART_HELP = "DualFT-Music on a GPU; the embedded smoke configuration on CPU."
-
-
 def recipes_main(argv: list[str]) -> int:
-    argparse.ArgumentParser(prog="kitrec-fast recipes", description="List the shipped recipes.").parse_args(argv)
+    from kitrec_fast.clihelp import parser
+
+    parser("kitrec-fast recipes", RECIPES_HELP, "kitrec-fast recipes").parse_args(argv)
     from rich.table import Table
 
     from kitrec_fast.console import make_console
@@ -222,11 +241,13 @@ COMMANDS = {"train": main_train, "quickstart": main_quickstart, "recipes": recip
 
 def add_parser(sub) -> None:
     """Register the subcommands for ``kitrec-fast --help``; parsing itself goes through :data:`COMMANDS`."""
-    p = sub.add_parser("train", help="Train a recipe (name, family + --set, or a YAML path).")
+    from kitrec_fast.clihelp import command
+
+    p = command(sub, "train", TRAIN_HELP, *TRAIN_EXAMPLES)
     p.add_argument("recipe", help="e.g. dualft_music, dualft_music_setb, or path/to/recipe.yaml")
     add_run_arguments(p)
-    sub.add_parser("recipes", help="List the shipped recipes.")
-    add_run_arguments(sub.add_parser("quickstart", help=QUICKSTART_HELP))
+    command(sub, "recipes", RECIPES_HELP, "kitrec-fast recipes")
+    add_run_arguments(command(sub, "quickstart", QUICKSTART_HELP, *QUICKSTART_EXAMPLES))
 
 
 __all__ = ["COMMANDS", "add_parser", "add_run_arguments", "main_recipe", "resolve_config"]

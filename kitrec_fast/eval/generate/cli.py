@@ -12,9 +12,20 @@ from kitrec_fast.eval.generate.options import GenerateOptions
 
 
 def add_generate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser("generate", help="greedy generations for a test set (resumable JSONL)",
-                       description="Greedy generations, one JSONL line per row, resumable. See "
-                                   "kitrec_fast/eval/generate/__init__.py for truncation and resume details.")
+    from kitrec_fast.clihelp import command
+
+    p = command(sub, "generate", "Generate greedy answers for a test set, one resumable JSONL line per row.",
+                "kitrec-fast eval generate --run runs/music-smoke --dataset embedded:test_music --limit 8 "
+                "--output eval-smoke/",
+                "kitrec-fast eval generate --run runs/a runs/b --dataset Younggooo/kitrec-test-seta --engine vllm "
+                "--output eval-grid/",
+                description="Generate greedy answers for a test set, one JSONL line per row.\n\n"
+                            "Prompts keep every candidate, as the paper evaluates, unless --max-candidates or "
+                            "--max-prompt-tokens cut them with the training truncation (the ground truth is always "
+                            "kept; a cut is recorded in generate_config.json). Rerunning the same command resumes: "
+                            "rows already in predictions.jsonl are kept, a torn last line is dropped, and the rest "
+                            "is generated. Several --run directories on one base share one engine and write "
+                            "OUTPUT/<run name>/ each.")
     add_model_arguments(p.add_argument_group("model"), several_runs=True)
     data = p.add_argument_group("rows")
     data.add_argument("--dataset", required=True, help="Hub id, local .jsonl/.json/.parquet, or embedded:NAME")
@@ -27,13 +38,14 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
     data.add_argument("--on-bad-row", choices=["error", "skip"], default="error",
                       help="a row failing validation: stop (default) or skip it and report it")
     gen = p.add_argument_group("generation")
-    gen.add_argument("--max-new-tokens", type=int, default=2048, help="default 2048")
+    gen.add_argument("--max-new-tokens", type=int, default=2048, help="length limit of each answer")
     gen.add_argument("--batch-size", type=int, help="rows per generate call (default 4; vLLM: 256, also its max_num_seqs)")
     gen.add_argument("--max-candidates", type=int, metavar="N",
                      help="cut each prompt to N candidates with the training truncation, ground truth kept "
                           "(default: keep all, as the paper evaluates; a cut is recorded and makes the "
                           "numbers incomparable with uncut ones)")
-    gen.add_argument("--max-prompt-tokens", type=int, help="also cut history/candidates to fit N prompt tokens")
+    gen.add_argument("--max-prompt-tokens", type=int, metavar="N",
+                     help="also cut history/candidates to fit N prompt tokens (default: no cut)")
     gen.add_argument("--no-sort", dest="sort_by_length", action="store_false",
                      help="keep dataset order instead of batching by prompt length")
     gen.add_argument("--prepare-only", action="store_true",
