@@ -64,14 +64,10 @@ def add_parser(subparsers: Any) -> None:
                             "KitREC-layout prompt text (--prompt FILE, or - for stdin); every candidate is kept.")
     model = p.add_argument_group("model (as `eval generate`)")
     add_model_arguments(model)
-<<<<<<< HEAD
-    model.add_argument("--max-new-tokens", type=int, default=2048, help="default 2048")
+    model.add_argument("--max-new-tokens", type=int, default=2048, help="length limit of the answer")
     model.add_argument("--server", metavar="URL",
                        help="ask a running `kitrec-fast serve` (e.g. http://127.0.0.1:8000) for the run's "
                             "model instead of loading an engine here; the prompt is built here as without it")
-=======
-    model.add_argument("--max-new-tokens", type=int, default=2048, help="length limit of the answer")
->>>>>>> i29h
     src = p.add_argument_group("prompt (one of)")
     src.add_argument("--dataset", help="Hub id, local .jsonl/.json/.parquet, or embedded:NAME (with --row)")
     src.add_argument("--split", default="test", help="dataset split (default test)")
