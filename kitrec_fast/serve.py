@@ -50,16 +50,22 @@ class ServeError(UserError):
 
 
 def add_parser(subparsers: Any) -> None:
-    p = subparsers.add_parser("serve", help="serve trained runs through vLLM's OpenAI-compatible server",
-                              description=__doc__.split("\n\n")[0])
+    from kitrec_fast.clihelp import command
+
+    p = command(subparsers, "serve", "Serve trained runs through vLLM's OpenAI-compatible server.",
+                "kitrec-fast serve --run runs/dualft_music_seta-unsloth --port 8000",
+                "kitrec-fast serve --run runs/dualft_music_seta-unsloth runs/dualft_music_seta-peft --base trained",
+                description="Serve trained runs through vLLM's OpenAI-compatible server: the runs' base, each "
+                            "run's adapter as the model named after its run directory, greedy by default. "
+                            "Prints the URL and the model names when ready; Ctrl-C or SIGTERM stops it.")
     p.add_argument("--run", dest="runs", type=Path, nargs="+", required=True, metavar="RUN_DIR",
                    help="run directories of one base; each adapter is served as the model named after its run")
     p.add_argument("--model", help="base model to serve the adapters on (default: the runs' base)")
     p.add_argument("--base", choices=["auto", "original", "trained"], default="auto",
                    help="original (default, auto): the base checkpoint unquantized; trained: the 4-bit weights "
                         "training saw, dequantized once into the cache (as `eval generate --base trained`)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to listen on")
     p.add_argument("--max-model-len", type=int,
                    help=f"prompt plus new tokens per request (default {PROMPT_TOKENS + NEW_TOKENS}: the paper's "
                         "~7k-token test prompts plus 2,048 new tokens, capped at the base's context)")
