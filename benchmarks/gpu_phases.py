@@ -599,6 +599,10 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="kitrec-phase-"))
     # the largest writable disk among the candidates takes the model (29.5 GB on the GPU machine's 64 GiB)
     scratch, seen = pick_scratch(scratch_candidates())
+    if args.cpu_dry_run:
+        # The tiny model is rebuilt by every dry run (seconds) in its own work folder: a build an earlier
+        # dry run left in the shared scratch folder would be reused, and the build and link would not run.
+        scratch = str(work)
     plan = build_plan(args.phase, work, args.cpu_dry_run, args.budget_s, scratch)
     if args.only:
         plan.select(args.only)
