@@ -169,12 +169,11 @@ def recommend(args: argparse.Namespace) -> dict:
         from kitrec_fast.data.load import check_dataset
 
         check_dataset(args.dataset)  # a missing file or an unreachable Hub: before the backend, tokenizer and model
-    from kitrec_fast.backends.common import MODEL_OPTION
+    from kitrec_fast.backends.common import MODEL_OPTION, resolve_model_path
     from kitrec_fast.hub import require_hub
 
     require_hub(cfg.model.name, "model", MODEL_OPTION)
     if opts.engine == "vllm" and server is None:
-        from kitrec_fast.backends.common import resolve_model_path
         from kitrec_fast.eval.generate.vllm_check import check_vllm_can_serve
 
         # before the engine starts
@@ -185,7 +184,6 @@ def recommend(args: argparse.Namespace) -> dict:
 
         backend_module = get_backend(cfg.backend)
 
-    from kitrec_fast.backends.common import resolve_model_path
     from kitrec_fast.eval.generate.command import END_OF_TEXT, IM_END
     from kitrec_fast.render.chat import render_generation_prompt
     from kitrec_fast.render.tokenizer import load_tokenizer
