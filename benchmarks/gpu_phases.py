@@ -294,7 +294,7 @@ def _add_capped(tar: tarfile.TarFile, path: Path, arcname: str) -> None:
 
     data = path.read_bytes()
     if path.suffix in TEXT_SUFFIXES:
-        data = scrub_text(data.decode("utf-8", errors="replace")).encode()
+        data = scrub_text(data.decode("utf-8", errors="replace"), xml=path.suffix == ".xml").encode()
     if len(data) > MAX_LOG_BYTES:
         data = b"[... cut to the last 2 MiB ...]\n" + data[-MAX_LOG_BYTES:]
     info = tarfile.TarInfo(arcname)

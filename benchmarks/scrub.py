@@ -17,6 +17,10 @@ TEXT_SUFFIXES = {".json", ".jsonl", ".md", ".log", ".txt", ".xml", ".csv", ".yam
 REPO = Path(__file__).resolve().parent.parent
 
 
+def _inside(path: str, folder: Path) -> bool:
+    return Path(path).resolve().is_relative_to(folder)
+
+
 def _prefixes() -> list[tuple[str, str]]:
     cache = os.environ.get("KITREC_FAST_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "kitrec_fast")
@@ -24,16 +28,23 @@ def _prefixes() -> list[tuple[str, str]]:
              (os.path.realpath(sys.prefix), "<python>"), (cache, "<cache>"), (os.path.realpath(cache), "<cache>"),
              (tempfile.gettempdir(), "<tmp>"), ("/tmp", "<tmp>"), (os.path.expanduser("~"), "~")]
     for site in sys.path:  # e.g. /tmp/site on the GPU machine
-        if site.startswith("/") and os.path.isdir(site) and site not in ("/",):
+        # folders inside the checkout (tests/, benchmarks/ on sys.path) read as <repo>/...
+        if site.startswith("/") and os.path.isdir(site) and site not in ("/",) and not _inside(site, REPO):
             pairs.append((site, "<site>"))
+    # the first name of a folder wins: the checkout is also on sys.path (PYTHONPATH) and stays <repo>
+    tags: dict[str, str] = {}
+    for a, b in pairs:
+        if a and a.rstrip("/") not in ("", "/"):
+            tags.setdefault(a.rstrip("/"), b)
     # longest first, so /work/x/.venv becomes <python> before /work/x becomes <repo>
-    pairs = [(a.rstrip("/"), b) for a, b in pairs if a and a.rstrip("/") not in ("", "/")]
-    return sorted(dict(pairs).items(), key=lambda kv: -len(kv[0]))
+    return sorted(tags.items(), key=lambda kv: -len(kv[0]))
 
 
-def scrub_text(text: str) -> str:
+def scrub_text(text: str, xml: bool = False) -> str:
+    """``text`` with this machine's paths replaced; ``xml``: the tags escaped, so a JUnit report stays
+    well-formed (a bare ``<repo>`` inside an attribute is not XML)."""
     for prefix, tag in _prefixes():
-        text = text.replace(prefix, tag)
+        text = text.replace(prefix, tag.replace("<", "&lt;").replace(">", "&gt;") if xml else tag)
     return text
 
 
@@ -42,7 +53,7 @@ def scrub_dir(root: Path) -> int:
     for path in sorted(root.rglob("*")):
         if path.is_file() and not path.is_symlink() and path.suffix in TEXT_SUFFIXES:
             text = path.read_text(errors="replace")
-            new = scrub_text(text)
+            new = scrub_text(text, xml=path.suffix == ".xml")
             if new != text:
                 from kitrec_fast.fsio import atomic_write_text
 

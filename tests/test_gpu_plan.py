@@ -215,12 +215,27 @@ def test_pack_fits_the_return_limits_and_names_no_machine_path(tmp_path):
     big.write_bytes(os.urandom(3 * 2**20))  # incompressible: 3 MiB
     (work / "sub" / "deeper" / "adapter_model.safetensors").write_bytes(b"\0" * 1024)
     (work / "link.json").symlink_to(work / "row.json")
-    first = gpu_phases.pack(work, out, "gpu-phase1")
+    # pytest's JUnit report names the test files in attributes (the GPU run's tests/gpu step)
+    (work / "tests.xml").write_text(f'<testsuites><testsuite><testcase file="{here}/tests/gpu/t.py" '
+                                    f'name="a"><failure message="at {here}/x.py">{sys.executable}</failure>'
+                                    '</testcase></testsuite></testsuites>')
+    sys.path.insert(0, here)  # the GPU run puts the checkout on PYTHONPATH: it still reads <repo>
+    try:
+        first = gpu_phases.pack(work, out, "gpu-phase1")
+    finally:
+        sys.path.remove(here)
     files = _members(first)
-    assert set(files) == {"gpu-phase1/row.json", "gpu-phase1/sub/big.log"}
+    assert set(files) == {"gpu-phase1/row.json", "gpu-phase1/sub/big.log", "gpu-phase1/tests.xml"}
     row = files["gpu-phase1/row.json"].decode()
     for path in (here, tempfile.gettempdir() + "/", sys.prefix, os.path.expanduser("~") + "/"):
         assert path not in row, path
+    assert json.loads(row)["model"] == "<repo>/x"
+    import xml.etree.ElementTree as ET
+
+    case = ET.fromstring(files["gpu-phase1/tests.xml"]).find("./testsuite/testcase")
+    assert case.get("file") == "<repo>/tests/gpu/t.py", case.attrib
+    assert case.find("failure").get("message") == "at <repo>/x.py"
+    assert case.find("failure").text.startswith("<python>/"), case.find("failure").text
     assert len(files["gpu-phase1/sub/big.log"]) <= gpu_phases.MAX_LOG_BYTES + 64
     assert first.stat().st_size < gpu_phases.MAX_ARCHIVE_BYTES
     # re-packing replaces the archive in place (no second file, no leftover part file)
@@ -337,3 +352,22 @@ def test_gpu_check_stops_when_the_wheel_install_fails(tmp_path):
     proc = subprocess.run(["bash", str(tree / "tests/gpu/run_gpu_checks.sh")], cwd=tree, capture_output=True,
                           text=True, timeout=60, env={**os.environ, "OUT": str(out), "PYTHON": sys.executable})
     assert proc.returncode == 3 and "make-wheelhouse" in proc.stderr
+
+
+@pytest.mark.parametrize("which", ["MODEL_ARGS", "PROBE_ARGS"])
+def test_gpu_tests_settings_prepare_their_data(which):
+    # tests/gpu runs only on a GPU lease; its data settings are checked here, where a row they cannot
+    # hold (the smoke rows at 2,048 tokens with 20 candidates) fails in seconds instead of on the lease
+    import importlib.util
+
+    from kitrec_fast.data.pipeline import prepare
+    from kitrec_fast.render.tokenizer import load_tokenizer
+    from kitrec_fast.train.cli import build_parser, parse_run_args, resolve_config
+
+    spec = importlib.util.spec_from_file_location("gpu_train_settings", REPO / "tests/gpu/test_gpu_train.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    args = getattr(mod, which)
+    cfg = resolve_config("dualft_music", parse_run_args(build_parser("t", False, ""), ["--smoke", *args]))
+    data = prepare(cfg.data, load_tokenizer(cfg.data.tokenizer))
+    assert len(data.train) + len(data.validation) == cfg.data.limit

@@ -21,6 +21,10 @@ ROOT = Path(__file__).resolve().parents[2]
 # recipe's LoRA dropout (0.08: fused by this Unsloth, see the README).
 MODEL_ARGS = ["data.max_length=5120", "train.max_steps=3", "train.gradient_accumulation_steps=1",
               "train.eval_steps=3", "train.save_steps=3", "data.limit=12"]
+# One step observed from inside compute_loss: a short budget, so fewer candidates (the smoke rows need
+# ~2,500 tokens with 20). tests/test_gpu_plan.py prepares the data of both on CPU, so a row these
+# settings cannot hold fails there, not on a GPU lease.
+PROBE_ARGS = ["data.limit=4", "data.max_length=2048", "data.max_candidates=10", "data.min_candidates=3"]
 
 
 def _run(backend: str, out: Path) -> dict:
@@ -37,8 +41,7 @@ def _run(backend: str, out: Path) -> dict:
 
 def _probe(backend: str) -> dict:
     """One recipe step (4-bit, the trainer's bf16) observed from inside compute_loss."""
-    cmd = [sys.executable, str(ROOT / "tests/scripts/autocast_probe.py"), backend, "--gpu", "data.limit=4",
-           "data.max_length=2048"]
+    cmd = [sys.executable, str(ROOT / "tests/scripts/autocast_probe.py"), backend, "--gpu", *PROBE_ARGS]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
