@@ -159,6 +159,10 @@ class ModelConfig:
         "help": "Matmul dtype; 'auto' and bfloat16 fall back to float32 on CPU and float16 on GPUs without bf16."})
     attn_implementation: str = field(default="sdpa", metadata={"help": "Attention kernel of the peft backend."})
     revision: Optional[str] = field(default=None, metadata={"help": "Hub revision of the model."})
+    eval_base: Literal["auto", "original", "trained"] = field(default="auto", metadata={
+        "help": "The base evaluation, recommend and serve put this run's adapter on unless their --base says "
+                "otherwise: original (the checkpoint unquantized), trained (the 4-bit weights training saw), "
+                "auto (hf: trained; vLLM: original). Training does not read it."})
 
     def __post_init__(self):
         _check_types(self, "model")
@@ -166,6 +170,7 @@ class ModelConfig:
         _choice(self.weights, "model.weights", ("exact", "unsloth-dynamic"))
         _choice(self.quant_type, "model.quant_type", ("nf4", "fp4"))
         _choice(self.compute_dtype, "model.compute_dtype", ("auto", "bfloat16", "float16", "float32"))
+        _choice(self.eval_base, "model.eval_base", ("auto", "original", "trained"))
 
 
 @dataclass

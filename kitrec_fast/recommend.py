@@ -153,17 +153,20 @@ def recommend(args: argparse.Namespace) -> dict:
 
     from kitrec_fast.eval.generate import GenerateError, HFEngine, VLLMEngine, resolve_config
     from kitrec_fast.eval.generate.engines import choose_engine
-    from kitrec_fast.eval.generate.trained_base import resolve_base, served_config, trained_base
+    from kitrec_fast.eval.generate.trained_base import choose_base, served_config, trained_base
 
     opts = _options(args)
     server = getattr(args, "server", None)
     if server is not None and opts.run_dir is None:
         raise RecommendError("--server needs --run: the server names each model after its run directory")
-    if server is not None and opts.base != "auto":
+    if server is not None and opts.base is not None:
         raise RecommendError("--base: the server chose its base when it started; give --base to `kitrec-fast serve`")
     if server is None:
         opts = dataclasses.replace(opts, engine=choose_engine(opts.engine)[0])
     cfg, adapter = resolve_config(opts)
+    # a server chose its base when it started (serve's own --base or the runs' key)
+    base, base_from = (None, None) if server is not None else choose_base(
+        opts.base, [(opts.run_dir.name, cfg)] if opts.run_dir is not None else [], opts.engine)
     text_prompt = _text_prompt(args.prompt) if args.prompt is not None else None  # checked before any loading
     if args.prompt is None:
         from kitrec_fast.data.load import check_dataset
@@ -177,7 +180,7 @@ def recommend(args: argparse.Namespace) -> dict:
         from kitrec_fast.eval.generate.vllm_check import check_vllm_can_serve
 
         # before the engine starts
-        check_vllm_can_serve(resolve_model_path(cfg.model.name), cfg.model.name, resolve_base(opts.base, opts.engine))
+        check_vllm_can_serve(resolve_model_path(cfg.model.name), cfg.model.name, base)
     backend_module = None
     if opts.engine == "hf" and server is None:  # before anything imports transformers: unsloth must patch it first
         from kitrec_fast.backends import get_backend
@@ -202,7 +205,6 @@ def recommend(args: argparse.Namespace) -> dict:
     if server is not None:
         return _ask_server(server, opts.run_dir.name, cfg, prompt, prompt_ids, stop_ids, opts.max_new_tokens,
                            tokenizer, args.protocol)
-    base = resolve_base(opts.base, opts.engine)
     if opts.engine == "hf":
         engine: Any = HFEngine(backend_module, served_config(cfg, base), adapter, stop_ids, tokenizer.pad_token_id, opts.max_new_tokens,
                                max_seq_length=len(prompt_ids) + opts.max_new_tokens)
@@ -224,6 +226,7 @@ def recommend(args: argparse.Namespace) -> dict:
     text = tokenizer.decode(gen.token_ids, skip_special_tokens=False)
     return {
         "prompt": prompt.source, "model": cfg.model.name, "adapter": adapter, "engine": opts.engine, "base": base,
+        "base_from": base_from,
         "candidates": len(prompt.candidate_ids), "prompt_tokens": len(prompt_ids),
         "new_tokens": gen.new_tokens, "finished": gen.finished, "seconds": round(seconds, 3),
         **read_answer(text, prompt.candidate_ids, args.protocol, prompt.gt_item_id),
@@ -311,7 +314,8 @@ def _print(result: dict, full_reasoning: bool, console: Any = None) -> None:
     console = console or make_console()
     gt = result["ground_truth"]
     table = Table(title=f"recommendations for {escape(result['prompt'])} ({result['candidates']} candidates; "
-                        f"{result['model']} + {escape(str(result['adapter'] or 'no adapter'))}, {result['engine']})")
+                        f"{result['model']} + {escape(str(result['adapter'] or 'no adapter'))}, {result['engine']}"
+                        + (f", base {result['base']}" if result.get("base") else "") + ")")
     for col in ("rank", "item id", "title", "confidence", "rationale"):
         table.add_column(col, justify="right" if col in ("rank", "confidence") else "left",
                          overflow="fold", max_width=60 if col == "rationale" else None)

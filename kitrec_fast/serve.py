@@ -61,9 +61,10 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--run", dest="runs", type=Path, nargs="+", required=True, metavar="RUN_DIR",
                    help="run directories of one base; each adapter is served as the model named after its run")
     p.add_argument("--model", help="base model to serve the adapters on (default: the runs' base)")
-    p.add_argument("--base", choices=["auto", "original", "trained"], default="auto",
-                   help="original (default, auto): the base checkpoint unquantized; trained: the 4-bit weights "
-                        "training saw, dequantized once into the cache (as `eval generate --base trained`)")
+    p.add_argument("--base", choices=["auto", "original", "trained"], default=None,
+                   help="original (also auto): the base checkpoint unquantized; trained: the 4-bit weights "
+                        "training saw, dequantized once into the cache (as `eval generate --base trained`); "
+                        "default: the runs' model.eval_base, else auto")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to listen on")
     p.add_argument("--max-model-len", type=int,
@@ -111,11 +112,12 @@ def server_argv(model_path: str, served_name: str, tokenizer_dir: str, adapters:
 
 
 def _resolve(args: argparse.Namespace):
-    """``(base path, base name, tokenizer, {run name: (adapter, rank)}, seed)``, all checked before vLLM starts."""
+    """``(base path, base name, tokenizer, {run name: (adapter, rank)}, seed, which base and why)``, all
+    checked before vLLM starts."""
     from kitrec_fast.backends.common import resolve_model_path
     from kitrec_fast.eval.generate import GenerateOptions, resolve_config
     from kitrec_fast.eval.generate.command import adapter_rank
-    from kitrec_fast.eval.generate.trained_base import resolve_base, trained_base, trained_key
+    from kitrec_fast.eval.generate.trained_base import choose_base, describe_choice, trained_base, trained_key
     from kitrec_fast.eval.generate.vllm_check import check_vllm_can_serve
     from kitrec_fast.render.tokenizer import load_tokenizer
 
@@ -126,19 +128,20 @@ def _resolve(args: argparse.Namespace):
         raise ServeError("--run: one server serves one base model; these runs have different bases ("
                          + ", ".join(f"{name}: {cfg.model.name}" for name, cfg, _ in resolved) + "); serve each "
                          "base on its own port")
+    served, source = choose_base(args.base, [(name, cfg) for name, cfg, _ in resolved], "vllm")
     first = resolved[0][1]
     base = resolve_model_path(first.model.name)
-    check_vllm_can_serve(base, first.model.name, resolve_base(args.base, "vllm"), command="serve")
+    check_vllm_can_serve(base, first.model.name, served, command="serve")
     tokenizer = load_tokenizer(first.data.tokenizer or base)
     if len({cfg.data.tokenizer or cfg.model.name for _, cfg, _ in resolved}) > 1:
         raise ServeError("--run: the runs were trained with different tokenizers; serve them separately")
     adapters = {name: (adapter, adapter_rank(adapter)) for name, _, adapter in resolved}
-    if resolve_base(args.base, "vllm") == "trained":
+    if served == "trained":
         if len({trained_key(cfg) for _, cfg, _ in resolved}) > 1:
             raise ServeError("--base trained: the runs loaded their base with different quantization settings; "
                              "serve them separately")
         base = trained_base(first)[0]
-    return base, first.model.name, tokenizer, adapters, first.train.seed
+    return base, first.model.name, tokenizer, adapters, first.train.seed, describe_choice(served, source)
 
 
 def _models(url: str, timeout: float = 5.0) -> list[str]:
@@ -151,7 +154,8 @@ def _command(args: argparse.Namespace) -> int:
 
     console = make_console()
     _check_port(args.host, args.port)
-    base, base_name, tokenizer, adapters, seed = _resolve(args)
+    base, base_name, tokenizer, adapters, seed, choice = _resolve(args)
+    console.print(f"[green]base[/] {choice}")
     model_len = max_model_len(base, args.max_model_len)
     work = Path(tempfile.mkdtemp(prefix="kitrec-serve-"))
     try:

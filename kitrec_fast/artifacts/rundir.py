@@ -26,13 +26,14 @@ LOCK = ".train.lock"  # held while a process writes the directory (kitrec_fast/d
 # Settings a resume may change: where and how often things are written or shown, and how the
 # effective batch is split into micro-batches and data-parallel processes (checked separately: the
 # product must not change),
-# and memory knobs that leave the computed numbers alone. Every other setting decides what is
-# trained and must match the run directory.
+# memory knobs that leave the computed numbers alone, and the base evaluation serves the adapter on
+# (model.eval_base). Every other setting decides what is trained and must match the run directory.
 FREE_ON_RESUME = frozenset({
     "output_dir", "push_to_hub", "smoke", "report_to", "trackers",
     "train.logging_steps", "train.eval_steps", "train.save_steps", "train.save_total_limit",
     "train.per_device_batch_size", "train.gradient_accumulation_steps", "train.world_size",
     "train.gradient_checkpointing", "train.loss_chunk_size", "train.report_to", "train.trackers",
+    "model.eval_base",
 })
 
 # Settings a checkpoint is made of, which therefore no resume can change, with

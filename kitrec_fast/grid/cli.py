@@ -39,8 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate only the first N test rows of each user type")
     p.add_argument("--eval-max-new-tokens", type=int, default=None, metavar="N",
                    help="generation length for evaluation (default: eval generate's)")
-    p.add_argument("--base", dest="eval_base", choices=["auto", "original", "trained"], default="auto",
-                   help="the base each adapter is evaluated on (as `eval generate --base`; default auto)")
+    p.add_argument("--base", dest="eval_base", choices=["auto", "original", "trained"], default=None,
+                   help="the base each adapter is evaluated on (as `eval generate --base`; default: each run's "
+                        "model.eval_base from its recipe and overrides, else auto)")
     p.add_argument("--max-retries", type=int, default=2,
                    help="retries of a stage whose worker died or was killed (default 2)")
     p.add_argument("--status", action="store_true", help="print the grid state of --output and exit")
@@ -94,7 +95,7 @@ def make_spec(args, overrides: list[str]):
     return GridSpec(output=args.output.resolve(), families=tuple(families), sets=tuple(args.sets or SETS),
                     backends=tuple(args.backends or ("unsloth",)), smoke=args.smoke, overrides=tuple(overrides),
                     eval_limit_per_type=args.eval_limit_per_type, eval_max_new_tokens=args.eval_max_new_tokens,
-                    eval_base=getattr(args, "eval_base", "auto"), max_retries=args.max_retries, pinned=tuple(pinned))
+                    eval_base=getattr(args, "eval_base", None), max_retries=args.max_retries, pinned=tuple(pinned))
 
 
 def _dry_run(job) -> str | None:

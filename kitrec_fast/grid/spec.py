@@ -52,7 +52,7 @@ class GridSpec:
     overrides: tuple[str, ...] = ()
     eval_limit_per_type: Optional[int] = None
     eval_max_new_tokens: Optional[int] = None
-    eval_base: str = "auto"  # eval generate's --base
+    eval_base: Optional[str] = None  # eval generate's --base; None: each run's model.eval_base
     max_retries: int = 2
     # recipe names given as full names (dualft_music_setb) pin their own set
     pinned: tuple[tuple[str, str], ...] = field(default=())
@@ -77,7 +77,7 @@ class GridSpec:
                 raise GridError(f"{key}: set by the grid for each job (use --output, --backends, --smoke)")
         if self.eval_limit_per_type is not None and self.eval_limit_per_type < 1:
             raise GridError(f"--eval-limit-per-type: must be >= 1, got {self.eval_limit_per_type}")
-        if self.eval_base not in ("auto", "original", "trained"):
+        if self.eval_base is not None and self.eval_base not in ("auto", "original", "trained"):
             raise GridError(f"--base: must be auto, original or trained, got {self.eval_base!r}")
         if self.eval_max_new_tokens is not None and self.eval_max_new_tokens < 1:
             raise GridError(f"--eval-max-new-tokens: must be >= 1, got {self.eval_max_new_tokens}")
@@ -93,8 +93,9 @@ class GridSpec:
         """What changes the result of a job; a rerun into the same --output must match it."""
         return {"smoke": self.smoke, "overrides": list(self.overrides),
                 "eval_limit_per_type": self.eval_limit_per_type, "eval_max_new_tokens": self.eval_max_new_tokens,
-                # only when chosen: grids started before --base existed keep matching
-                **({"eval_base": self.eval_base} if self.eval_base != "auto" else {})}
+                # only when given: grids started before --base existed keep matching (the recipes' and
+                # overrides' model.eval_base is in "overrides" or the recipes themselves)
+                **({"eval_base": self.eval_base} if self.eval_base is not None else {})}
 
     def jobs(self) -> list["Job"]:
         pairs = [(f, s) for f in self.families for s in self.sets] + list(self.pinned)
@@ -166,7 +167,7 @@ class Job:
                 "--output", str(output)]
         if self.spec.eval_max_new_tokens is not None:
             base += ["--max-new-tokens", str(self.spec.eval_max_new_tokens)]
-        if self.spec.eval_base != "auto":
+        if self.spec.eval_base is not None:  # else each run's model.eval_base
             base += ["--base", self.spec.eval_base]
         if self.spec.smoke:
             base += ["--max-candidates", str(SMOKE_EVAL_MAX_CANDIDATES)]

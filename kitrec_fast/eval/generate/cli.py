@@ -70,10 +70,11 @@ def add_model_arguments(src, several_runs: bool = False) -> None:
     src.add_argument("--engine", choices=["auto", "hf", "vllm"], default="auto",
                      help="hf: backend model.generate; vllm: vLLM, unquantized base + LoRA requests; "
                           "auto (default): vllm where installed and a GPU is present, else hf")
-    src.add_argument("--base", choices=["auto", "original", "trained"], default="auto",
+    src.add_argument("--base", choices=["auto", "original", "trained"], default=None,
                      help="the base the adapter is served on: original (the base checkpoint, unquantized), "
                           "trained (the 4-bit weights training saw; on vllm a dequantized copy built once into "
-                          "the cache), auto (default): hf trained, vllm original")
+                          "the cache), auto: hf trained, vllm original (default: the run's model.eval_base, "
+                          "else auto)")
     src.add_argument("--tokenizer", help="tokenizer (default: the run's data.tokenizer, else the model's)")
 
 

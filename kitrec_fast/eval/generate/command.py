@@ -17,7 +17,8 @@ from kitrec_fast.eval.generate.engines import Generated, HFEngine, VLLMEngine, c
 from kitrec_fast.eval.generate.options import (CONFIG_FILE, PREDICTIONS_FILE, GenerateError, GenerateOptions,
                                                resolve_config)
 from kitrec_fast.eval.generate.resume import check_fingerprint, output_lock, read_done
-from kitrec_fast.eval.generate.trained_base import resolve_base, served_config, trained_base, trained_key
+from kitrec_fast.eval.generate.trained_base import (choose_base, describe_choice, resolve_base, served_config,
+                                                    trained_base, trained_key)
 from kitrec_fast.eval.generate.rows import EvalRow, PromptStore, RowBuilder, iter_selected
 from kitrec_fast.fsio import atomic_write_json, check_writable
 from kitrec_fast.grid.worker import _die_with_parent
@@ -85,8 +86,16 @@ def run_generate(opts: GenerateOptions, console=None, command: str = "") -> dict
         console.print(f"[green]engine[/] auto -> {engine} ({why})")
     opts = dataclasses.replace(opts, engine=engine)
     if opts.runs and engine == "hf":
+        # each run's process reads its own model.eval_base: runs that disagree stop here, before the first starts
+        _choose_base(opts, [(single, *resolve_config(single)) for single in opts.single_runs()])
         return _one_after_another(opts, console)
     return _generate(opts, console, command)
+
+
+def _choose_base(opts: GenerateOptions, resolved: list) -> tuple[str, str]:
+    """``(base, source)`` for the runs of ``resolved`` (``(options, cfg, adapter)`` each)."""
+    runs = [(single.run_dir.name, cfg) for single, cfg, _ in resolved if single.run_dir is not None]
+    return choose_base(opts.base, runs, opts.engine)
 
 
 def _one_after_another(opts: GenerateOptions, console) -> dict:
@@ -123,6 +132,10 @@ def _generate(opts: GenerateOptions, console, command: str) -> dict:
         bases = ", ".join(f"{s.run_dir.name}: {cfg.model.name}" for s, cfg, _ in resolved)
         raise GenerateError(f"--run: one engine serves one base model; these runs have different bases ({bases}). "
                             "Evaluate each base in its own command")
+    base, base_from = _choose_base(opts, resolved)
+    console.print(f"[green]base[/] {describe_choice(base, base_from)}")
+    opts = dataclasses.replace(opts, base=base)
+    resolved = [(dataclasses.replace(single, base=base), cfg, adapter) for single, cfg, adapter in resolved]
     if opts.engine == "vllm":
         from kitrec_fast.backends.common import MODEL_OPTION, resolve_model_path
         from kitrec_fast.eval.generate.vllm_check import check_vllm_can_serve
@@ -131,7 +144,7 @@ def _generate(opts: GenerateOptions, console, command: str) -> dict:
         name = resolved[0][1].model.name
         require_hub(name, "model", MODEL_OPTION)  # the base's config is read next: one line, not a traceback
         # before prompts are built and the engine starts (minutes of work)
-        check_vllm_can_serve(resolve_model_path(name), name, resolve_base(opts.base, opts.engine))
+        check_vllm_can_serve(resolve_model_path(name), name, base)
     from kitrec_fast.data.load import DatasetLoadError, check_dataset
 
     try:
@@ -149,7 +162,7 @@ def _generate(opts: GenerateOptions, console, command: str) -> dict:
         plans = []
         for single, cfg, adapter in resolved:
             stack.enter_context(output_lock(_out_dir(single)))
-            plan = _prepare(single, cfg, adapter, command, console)
+            plan = _prepare(single, cfg, adapter, command, console, base_from)
             if plan.store is not None:
                 stack.callback(plan.store.close)
             plans.append(plan)
@@ -170,8 +183,10 @@ def _out_dir(opts: GenerateOptions) -> Path:
     return opts.output
 
 
-def _prepare(opts: GenerateOptions, cfg, adapter: Optional[str], command: str, console) -> _Plan:
-    """Check the output directory and build every pending row once (into a PromptStore)."""
+def _prepare(opts: GenerateOptions, cfg, adapter: Optional[str], command: str, console, base_from: str) -> _Plan:
+    """Check the output directory and build every pending row once (into a PromptStore).
+
+    ``opts.base`` is the chosen base (``_choose_base``), ``base_from`` where the choice came from."""
     from kitrec_fast.backends.common import resolve_model_path
     from kitrec_fast.data.load import DatasetLoadError, iter_raw
     from kitrec_fast.render.tokenizer import load_tokenizer
@@ -251,6 +266,7 @@ def _prepare(opts: GenerateOptions, cfg, adapter: Optional[str], command: str, c
                        "min_candidates": cfg.data.min_candidates, "history_recent": cfg.data.history_recent,
                        "seed": cfg.data.split_seed},
         "rows": {"loaded": loaded, "selected": selected, "already_done": already, "pending": pending},
+        "base": {"served": opts.base, "from": base_from},
         "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     if pending:
@@ -311,7 +327,7 @@ def _start_engine(opts: GenerateOptions, plans: list[_Plan], backend_module, con
     for plan in plans:
         trained_on = _base_record(plan.cfg)
         plan.config["engine"] = {**record, "adapter_trained_on": trained_on, "load_seconds": round(seconds, 1)}
-        plan.config["base"] = base_record
+        plan.config["base"] = {**plan.config["base"], **base_record}
         atomic_write_json(plan.out_dir / CONFIG_FILE, plan.config)
         if opts.engine == "vllm" and plan.adapter and plan.cfg.model.load_in_4bit and base == "original":
             console.print(f"[yellow]note[/] {plan.lora_name}: adapter trained on a {trained_on} base, served on the "

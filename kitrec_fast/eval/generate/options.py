@@ -34,8 +34,9 @@ class GenerateOptions:
     backend: Optional[str] = None
     engine: str = "auto"  # auto: vllm where importable and a GPU is present, else hf
     # auto: each engine's own protocol (hf: the 4-bit model as trained; vllm: the original base);
-    # original: the base checkpoint unquantized; trained: the weights training saw (trained_base.py)
-    base: str = "auto"
+    # original: the base checkpoint unquantized; trained: the weights training saw (trained_base.py);
+    # None (not given): the run's model.eval_base, else auto (trained_base.choose_base)
+    base: Optional[str] = None
     split: str = "test"
     limit: Optional[int] = None
     limit_per_type: Optional[int] = None
@@ -54,7 +55,7 @@ class GenerateOptions:
         self.output = Path(self.output)
         if self.engine not in ENGINES:
             raise GenerateError(f"--engine: must be auto, hf or vllm, got {self.engine!r}")
-        if self.base not in ("auto", "original", "trained"):
+        if self.base is not None and self.base not in ("auto", "original", "trained"):
             raise GenerateError(f"--base: must be auto, original or trained, got {self.base!r}")
         runs = [Path(r) for r in (self.runs or ())]
         if self.run_dir is not None and runs:
@@ -101,8 +102,9 @@ class GenerateOptions:
     def argv(self) -> list[str]:
         """The ``eval generate`` arguments that ask for exactly these options (one run or none)."""
         args = ["--dataset", self.dataset, "--output", str(self.output), "--split", self.split,
-                "--engine", self.engine, "--base", self.base, "--max-new-tokens", str(self.max_new_tokens), "--on-bad-row", self.on_bad_row]
+                "--engine", self.engine, "--max-new-tokens", str(self.max_new_tokens), "--on-bad-row", self.on_bad_row]
         for flag, value in (("--run", self.run_dir), ("--model", self.model), ("--adapter", self.adapter),
+                            ("--base", self.base),
                             ("--backend", self.backend), ("--limit", self.limit),
                             ("--limit-per-type", self.limit_per_type), ("--batch-size", self.batch_size),
                             ("--max-candidates", self.max_candidates), ("--max-prompt-tokens", self.max_prompt_tokens),

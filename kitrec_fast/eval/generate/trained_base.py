@@ -20,7 +20,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from kitrec_fast.eval.generate.options import GenerateError
 
@@ -35,6 +35,33 @@ def resolve_base(requested: str, engine: str) -> str:
     if requested != "auto":
         return requested
     return "trained" if engine == "hf" else "original"
+
+
+# Where the base choice came from, as generate_config.json and recommend --json record it.
+FROM_OPTION, FROM_RUN, FROM_DEFAULT = "--base", "model.eval_base", "default"
+
+
+def choose_base(option: Optional[str], runs: list[tuple[str, Any]], engine: str) -> tuple[str, str]:
+    """``(base served on engine, where the choice came from)``: ``--base`` if given, else the runs'
+    ``model.eval_base`` (``runs``: ``(name, RunConfig)`` of each ``--run``), else auto.
+
+    One command serves its runs on one base, so runs whose keys serve different bases need ``--base``."""
+    if option is not None:
+        return resolve_base(option, engine), FROM_OPTION
+    if not runs:
+        return resolve_base("auto", engine), FROM_DEFAULT
+    served = {resolve_base(cfg.model.eval_base, engine) for _, cfg in runs}
+    if len(served) > 1:
+        keys = ", ".join(f"{name}: {cfg.model.eval_base}" for name, cfg in runs)
+        raise GenerateError(f"--base: the runs' model.eval_base ask for different bases on {engine} ({keys}); "
+                            "one command serves one base: give --base, or use one command per base")
+    return served.pop(), FROM_RUN
+
+
+def describe_choice(base: str, source: str) -> str:
+    """One line's worth: the base and why it was chosen."""
+    why = {FROM_OPTION: "--base", FROM_RUN: "the run's model.eval_base", FROM_DEFAULT: "the engine's default"}[source]
+    return f"{base} (from {why})"
 
 
 def served_config(cfg, base: str):
