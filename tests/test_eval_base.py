@@ -104,17 +104,17 @@ def test_the_original_base_changes_what_is_generated(outputs):
     assert config["engine"]["adapter_trained_on"].startswith("nf4 4-bit")
 
 
-def test_the_grid_passes_base_to_eval_generate_and_records_it_only_when_chosen(tmp_path):
+def test_the_grid_passes_base_to_eval_generate_and_records_it_only_when_given(tmp_path):
     from kitrec_fast.grid.spec import GridError, GridSpec
 
-    def spec(base: str) -> GridSpec:
+    def spec(base) -> GridSpec:
         return GridSpec(output=tmp_path, families=("dualft_music",), sets=("A",), backends=("peft",), smoke=True,
                         eval_base=base)
 
     (cmd,) = spec("trained").jobs()[0].generate_commands()
     assert cmd[cmd.index("--base") + 1] == "trained"
     assert spec("trained").settings()["eval_base"] == "trained"
-    (auto,) = spec("auto").jobs()[0].generate_commands()
-    assert "--base" not in auto and "eval_base" not in spec("auto").settings()  # older grids still match
+    (unset,) = spec(None).jobs()[0].generate_commands()
+    assert "--base" not in unset and "eval_base" not in spec(None).settings()  # older grids still match
     with pytest.raises(GridError, match="--base: must be auto, original or trained"):
         spec("dequantized")
