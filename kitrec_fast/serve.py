@@ -7,7 +7,8 @@ Usage::
 
 The server is vLLM's (``vllm serve``'s API server, started as a child process in its own process group), not
 one of ours: any OpenAI client can call it. It serves the runs' common base unquantized (as
-``eval generate --engine vllm`` does) with each run's adapter as a LoRA module named after the run
+``eval generate --engine vllm`` does), or their trained base (``--base trained``, or the runs'
+``model.eval_base`` when ``--base`` is not given), with each run's adapter as a LoRA module named after the run
 directory, with ``eval generate``'s engine settings (prefix caching, max LoRA rank from the
 adapters), the run's tokenizer and chat template, and greedy decoding by default: vLLM would
 otherwise apply the model's own ``generation_config.json`` (Qwen3's sampling settings), so the

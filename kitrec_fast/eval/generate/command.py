@@ -133,7 +133,6 @@ def _generate(opts: GenerateOptions, console, command: str) -> dict:
         raise GenerateError(f"--run: one engine serves one base model; these runs have different bases ({bases}). "
                             "Evaluate each base in its own command")
     base, base_from = _choose_base(opts, resolved)
-    console.print(f"[green]base[/] {describe_choice(base, base_from)}")
     opts = dataclasses.replace(opts, base=base)
     resolved = [(dataclasses.replace(single, base=base), cfg, adapter) for single, cfg, adapter in resolved]
     if opts.engine == "vllm":
@@ -151,6 +150,7 @@ def _generate(opts: GenerateOptions, console, command: str) -> dict:
         check_dataset(opts.dataset)  # a missing file or an unreachable Hub: before the backend and any output
     except DatasetLoadError as exc:
         raise GenerateError(str(exc)) from None
+    console.print(f"[green]base[/] {describe_choice(base, base_from)}")
     # The backend module before anything imports transformers: unsloth must patch it first.
     backend_module = None
     if opts.engine == "hf" and not opts.prepare_only:
