@@ -17,11 +17,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks"
-sys.path.insert(0, str(BENCH))
+sys.path.insert(0, str(REPO))
 
-import flops  # noqa: E402
-import harness  # noqa: E402
-import report  # noqa: E402
+from benchmarks.training import flops, harness, report  # noqa: E402
 
 QWEN3_14B = {"hidden_size": 5120, "intermediate_size": 17408, "num_hidden_layers": 40, "num_attention_heads": 40,
              "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 151936}
@@ -49,7 +47,7 @@ def test_fmt_and_parse_round_trip():
 
 
 def test_timed_step_count_fills_the_worker_share():
-    from measure import choose_timed_steps
+    from benchmarks.training.measure import choose_timed_steps
 
     # usable = left x 0.9 - 5 s; steps = usable // warm-up step, within [3, 10]
     assert choose_timed_steps(10.0, 100.0) == 8  # 85 s / 10 s
@@ -65,7 +63,7 @@ def test_timed_step_count_fills_the_worker_share():
 def test_harness_cpu_two_backends(tmp_path):
     out = tmp_path / "bench"
     proc = subprocess.run(
-        [sys.executable, str(BENCH / "harness.py"), "--preset", "cpu-test", "--out", str(out), "--jobs", "2",
+        [sys.executable, str(BENCH / "training" / "harness.py"), "--preset", "cpu-test", "--out", str(out), "--jobs", "2",
          "--timeout-s", "170"],
         cwd=REPO, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -115,7 +113,7 @@ def test_harness_cpu_two_backends(tmp_path):
 
 
 def test_arch_model_builder_reduced_depth_links(tmp_path, capsys):
-    import build_arch_model as bam
+    from benchmarks.gpu import build_arch_model as bam
     from safetensors import safe_open
 
     # the default configuration is exactly Qwen3-14B's
