@@ -1,6 +1,6 @@
 """The GPU lease plan: phases of steps with time budgets, one archive + one summary as the only output.
 
-    python benchmarks/gpu/gpu_phases.py --phase 1 --out OUT [--cpu-dry-run] [--only STEP ...]   (run by gpu/run_all.sh)
+    python benchmarks/gpu/gpu_phases.py --phase 1 --out OUT [--cpu-dry-run] [--only STEP ...]   (run by run_all.sh)
 
 A GPU machine returns at most 8 files from its output folder, and one command may run 10 minutes
 of a 15-minute lease. So the work happens in a scratch folder and ``OUT`` only ever holds
