@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(REPO))
 
-import gpu_phases  # noqa: E402
-from gpu_phases import Plan, Step  # noqa: E402
+from benchmarks.gpu import gpu_phases  # noqa: E402
+from benchmarks.gpu.gpu_phases import Plan, Step  # noqa: E402
 
 LEASE_COMMAND_S = 600  # one command on the GPU machine
 
@@ -172,9 +172,9 @@ def test_no_worker_outlives_a_stopped_step(tmp_path):
     work, out, pid_file = tmp_path / "work", tmp_path / "out", tmp_path / "worker.pid"
     worker = ("import os, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
               f"open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)")
-    step = ("import sys; sys.path.insert(0, {bench!r}); import harness; "
+    step = ("import sys; sys.path.insert(0, {repo!r}); from benchmarks.training import harness; "
             "harness.run_worker([sys.executable, '-c', {worker!r}], __import__('pathlib').Path({log!r}), None, {{}})"
-            ).format(bench=str(REPO / "benchmarks"), worker=worker, log=str(tmp_path / "worker.log"))
+            ).format(repo=str(REPO), worker=worker, log=str(tmp_path / "worker.log"))
     plan = Plan(1, budget_s=4.0, reserve_s=0.5, steps=[
         Step("headline", (0, 1), [sys.executable, "-c", step], "a harness with one worker, stopped mid-step")])
     gpu_phases.run_plan(plan, work, out, _meta(), dict(os.environ))
@@ -201,7 +201,7 @@ def test_only_runs_a_subset_with_what_it_needs(tmp_path):
                            "parity", str(tmp_path / "o")], capture_output=True, text=True, timeout=30,
                           env={**os.environ, "PYTHON": str(echo)})
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["benchmarks/gpu_phases.py", "--phase", "1", "--out", str(tmp_path / "o"),
+    assert proc.stdout.split() == ["benchmarks/gpu/gpu_phases.py", "--phase", "1", "--out", str(tmp_path / "o"),
                                    "--cpu-dry-run", "--only", "headline", "parity"]
 
 
@@ -306,8 +306,8 @@ def test_cpu_dry_run_leaves_what_a_gpu_run_leaves(tmp_path):
 def test_a_worker_stopped_mid_run_leaves_a_partial_row(tmp_path):
     """The worker writes its row after every step; stopped at the harness's limit, the row it left is
     collected as ``partial`` with the figures of the steps that finished."""
-    import harness
-    import procs
+    from benchmarks.gpu import procs
+    from benchmarks.training import harness
 
     spec = {"name": "cut-peft", "backend": "peft", "model": "testkit:tiny-qwen3", "kind": "throughput",
             "recipe": "dualft_music_seta", "batch_size": 2, "max_seq_length": 256, "warmup_steps": 1,
@@ -317,7 +317,7 @@ def test_a_worker_stopped_mid_run_leaves_a_partial_row(tmp_path):
     spec_path.write_text(json.dumps(spec))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     with open(log, "w") as f:
-        proc = subprocess.Popen([sys.executable, str(REPO / "benchmarks/worker.py"), "--spec", str(spec_path),
+        proc = subprocess.Popen([sys.executable, str(REPO / "benchmarks/training/worker.py"), "--spec", str(spec_path),
                                  "--out", str(row_path)], stdout=f, stderr=subprocess.STDOUT, env=env)
     try:
         deadline = time.monotonic() + 400

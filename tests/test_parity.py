@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(REPO))
 
-import parity  # noqa: E402
-import worker  # noqa: E402
+from benchmarks.gpu import parity  # noqa: E402
+from benchmarks.training import worker  # noqa: E402
 
 TINY = "testkit:tiny-qwen3"
 ARGS = Namespace(model=TINY, recipe="dualft_music_seta", batch_size=2, seq_len=128, steps=1, seed=42,

@@ -9,7 +9,7 @@
 # OUT_DIR receives exactly two files: kitrec-bench.tar.gz (everything, re-packed after every step,
 # so a run killed at its limit still returns what finished) and summary.md (the plan, its GPU
 # estimates against what each step took, each step's status, the parity verdict and the headline
-# table). The work itself happens in a scratch folder (see benchmarks/gpu_phases.py).
+# table). The work itself happens in a scratch folder (see benchmarks/gpu/gpu_phases.py).
 #
 # Phase 1 (default, budget 530 s): `kitrec-fast doctor --quick`, `kitrec-fast doctor --only
 # fused_kernels` (the summary leads with its verdict), the model build on the largest writable scratch
@@ -62,4 +62,4 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 UNSLOTH_DISABLE_STATISTICS=1 TOKEN
 
 BUDGET=()
 [ -n "${BENCH_BUDGET_S:-}" ] && BUDGET=(--budget-s "$BENCH_BUDGET_S")
-exec "$PY" benchmarks/gpu_phases.py --phase "$PHASE" --out "$OUT_DIR" "${DRY[@]}" "${BUDGET[@]}" "${ONLY[@]}"
+exec "$PY" benchmarks/gpu/gpu_phases.py --phase "$PHASE" --out "$OUT_DIR" "${DRY[@]}" "${BUDGET[@]}" "${ONLY[@]}"

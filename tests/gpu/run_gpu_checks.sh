@@ -11,6 +11,6 @@ mkdir -p "$OUT"
 source tests/gpu/install_wheels.sh
 export PYTHONPATH=$PWD:$PYTHONPATH HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 UNSLOTH_DISABLE_STATISTICS=1 \
        UNSLOTH_COMPILE_LOCATION=/tmp/unsloth_compiled_cache KITREC_FAST_CACHE=/tmp/kitrec_cache
-"$PY" benchmarks/preflight.py 2>&1 | tee "$OUT/preflight.txt"
+"$PY" benchmarks/gpu/preflight.py 2>&1 | tee "$OUT/preflight.txt"
 # -o addopts: the suite's pytest-xdist options are for CI's CPUs; the GPU machine's pytest has no xdist
 "$PY" -m pytest -q -s -o addopts=-ra tests/gpu --junitxml="$OUT/junit.xml" 2>&1 | tee "$OUT/gpu_tests.log"

@@ -1,11 +1,11 @@
 """Benchmark report: results.jsonl -> results.md + tokens_per_s.png + peak_memory.png.
 
-    python benchmarks/report.py benchmarks/results/<gpu>/                 # (re)write the report
-    python benchmarks/report.py benchmarks/results/<gpu>/ --readme benchmarks/README.md
-                                                                        # also refresh the README's table
+    python benchmarks/training/report.py benchmarks/results/<gpu>/headline            # (re)write the report
+    python benchmarks/training/report.py benchmarks/results/<gpu>/headline --publish  # and the published tables
 
-The README's headline block is generated from a committed result file and names it, so the numbers
-there can always be traced back to the rows they came from. ``parse_table`` reads a generated
+``--publish`` regenerates the headline table of docs/benchmarks.md and the landing table of README.md
+between their markers, from a committed result file that both name, so the numbers there can always be
+traced back to the rows they came from (and are never typed by hand). ``parse_table`` reads a generated
 Markdown table back (the test suite checks the report round-trips).
 """
 
@@ -20,8 +20,10 @@ from typing import Any, Iterable
 
 GIB = 2**30
 CAPS_GIB = (16, 24, 48)
-README_START = "<!-- bench:headline:start -->"
-README_END = "<!-- bench:headline:end -->"
+REPO = Path(__file__).resolve().parents[2]
+HEADLINE_MARKERS = ("<!-- bench:headline:start -->", "<!-- bench:headline:end -->")  # docs/benchmarks.md
+LANDING_MARKERS = ("<!-- bench:landing:start -->", "<!-- bench:landing:end -->")  # README.md
+NOT_MEASURED = "not yet measured on a GPU"
 TARGET_SPEEDUP, TARGET_MFU, TARGET_FIT_GIB = 2.0, 0.40, 24
 
 THROUGHPUT_COLUMNS = [
@@ -167,18 +169,25 @@ def speedups(rows: list[dict]) -> list[dict[str, str]]:
     return out
 
 
+def _full14b(r: dict) -> bool:
+    m = r.get("model") or {}
+    return (m.get("kind") in ("arch-random", "checkpoint") and not m.get("reduced_depth")
+            and m.get("hidden_size") == 5120 and m.get("layers") == 40)
+
+
+def headline_pair(rows: list[dict]) -> tuple[dict, dict] | None:
+    """The (unsloth, peft) rows of the headline: full-depth Qwen3-14B geometry, fixed 2 x 5,120 tokens."""
+    head = [(u, p) for u, p in pairs(rows) if _full14b(u) and _seq_len(u) == 5120
+            and u["settings"].get("batch_size") == 2 and u.get("spec", {}).get("data", {}).get("mode") == "fixed"]
+    return head[0] if head else None
+
+
 def targets(rows: list[dict]) -> list[dict[str, str]]:
     """The issue's targets, evaluated only on full-depth Qwen3-14B geometry (never on reduced/tiny runs)."""
-    def full14b(r: dict) -> bool:
-        m = r.get("model") or {}
-        return (m.get("kind") in ("arch-random", "checkpoint") and not m.get("reduced_depth")
-                and m.get("hidden_size") == 5120 and m.get("layers") == 40)
-
-    head = [(u, p) for u, p in pairs(rows) if full14b(u) and _seq_len(u) == 5120 and u["settings"].get("batch_size") == 2
-            and u.get("spec", {}).get("data", {}).get("mode") == "fixed"]
     out = []
+    head = headline_pair(rows)
     if head:
-        u, p = head[0]
+        u, p = head
         sp = u["throughput"]["tokens_per_s_trained"] / p["throughput"]["tokens_per_s_trained"]
         out.append({"target": f"fast path >= {TARGET_SPEEDUP:g}x baseline trained tok/s at 2 x 5,120",
                     "measured": f"{sp:.2f}x", "status": "met" if sp >= TARGET_SPEEDUP else "not met"})
@@ -261,7 +270,7 @@ def write_report(out_dir: str | Path) -> dict[str, Path]:
     models = {(r.get("model") or {}).get("kind") for r in ok_tp}
     if "arch-random" in models:
         md += ["> Model: Qwen3-14B **architecture with random weights** (exact configuration, built by",
-               "> `benchmarks/build_arch_model.py`); both backends loaded the same files. Speed and memory depend",
+               "> `benchmarks/gpu/build_arch_model.py`); both backends loaded the same files. Speed and memory depend",
                "> on the geometry, not the values; losses are meaningless.", ""]
     md += ["## Environment", "", *env_lines(rows, run), ""]
     md += ["## Targets", "", "Evaluated only on full-depth Qwen3-14B geometry; reported, not asserted.", "",
@@ -273,7 +282,7 @@ def write_report(out_dir: str | Path) -> dict[str, Path]:
            "steady-state peak of the steps after it, and the training peak (the larger of the two), each window "
            "opened after `gc.collect()` + `torch.cuda.empty_cache()` on both backends (CPU: process peak RSS in the "
            "reserved columns). `timed_steps (auto)`: the count was chosen from the warm-up to fill the worker's "
-           "time share. MFU: see benchmarks/flops.py.", "",
+           "time share. MFU: see benchmarks/training/flops.py.", "",
            md_table(THROUGHPUT_COLUMNS, [throughput_record(r) for r in full]), ""]
     if reduced:
         n = sorted({(r["model"]["layers"], r["model"]["full_layers"]) for r in reduced})
@@ -322,7 +331,7 @@ def write_report(out_dir: str | Path) -> dict[str, Path]:
         plots = plot(rows, out, cpu)
     except ImportError as exc:  # e.g. no matplotlib on the GPU machine: rerun report.py elsewhere
         plots = {}
-        md[-6:] = ["## Plots", "", f"Not drawn here ({exc}); run `python benchmarks/report.py` on a machine "
+        md[-6:] = ["## Plots", "", f"Not drawn here ({exc}); run `python benchmarks/training/report.py` on a machine "
                    "with matplotlib.", ""]
     paths["markdown"].write_text("\n".join(md))
     paths.update(plots)
@@ -403,37 +412,84 @@ def plot(rows: list[dict], out: Path, cpu: bool) -> dict[str, Path]:
     return paths
 
 
-def update_readme(readme: str | Path, result_dir: str | Path) -> None:
-    """Replace the README's headline block with the table generated from ``result_dir``."""
-    readme, result_dir = Path(readme), Path(result_dir)
-    rows = load_rows(result_dir)
+def _shown(result_dir: Path, root: Path) -> str:
+    """``result_dir`` as the checkout's root sees it, so the printed command and the link work from there."""
+    full = result_dir.resolve()
+    return str(full.relative_to(root.resolve())) if full.is_relative_to(root.resolve()) else str(result_dir)
+
+
+def headline_block(result_dir: str | Path, root: Path = REPO) -> list[str]:
+    """docs/benchmarks.md's table: every full-depth throughput row of ``result_dir``, then the targets."""
+    result_dir = Path(result_dir)
+    rows, rel = load_rows(result_dir), _shown(result_dir, root)
     ok = [r for r in rows if r.get("kind") == "throughput" and r.get("status") == "ok"
           and not (r.get("model") or {}).get("reduced_depth")]
-    rel = result_dir.resolve().relative_to(readme.resolve().parent) if result_dir.resolve().is_relative_to(
-        readme.resolve().parent) else result_dir
     cols = ["config", "backend", "layers", "seq_len", "batch", "timed_steps", "step_median_s", "spread_pct",
             "tok_s_trained", "mfu_pct", "first_step_reserved_gib", "steady_reserved_gib"]
-    block = [README_START, f"Generated by `python benchmarks/report.py {rel} --readme benchmarks/README.md` from "
-             f"[`{rel}/results.jsonl`]({rel}/results.jsonl) ({_device(rows)}).", "",
-             md_table(cols, [throughput_record(r) for r in ok]), "", md_table(["target", "measured", "status"],
-                                                                              targets(rows)), README_END]
-    text = readme.read_text()
-    if README_START not in text or README_END not in text:
-        raise SystemExit(f"{readme}: no {README_START} ... {README_END} block")
-    head, rest = text.split(README_START, 1)
-    tail = rest.split(README_END, 1)[1]
-    readme.write_text(head + "\n".join(block) + tail)
+    return [f"Generated by `python benchmarks/training/report.py {rel} --publish` from "
+            f"[`{rel}/results.jsonl`](repo:{rel}/results.jsonl) ({_device(rows)}).", "",
+            md_table(cols, [throughput_record(r) for r in ok]), "",
+            md_table(["target", "measured", "status"], targets(rows))]
+
+
+def landing_block(result_dir: str | Path, root: Path = REPO) -> list[str]:
+    """README.md's small table: the headline pair's trained tokens/s, speed-up and steady peak memory."""
+    result_dir = Path(result_dir)
+    rows, rel = load_rows(result_dir), _shown(result_dir, root)
+    pair = None if _is_cpu(rows) else headline_pair(rows)
+    cells = {"tokens/s trained": [NOT_MEASURED] * 2, "speed-up": [NOT_MEASURED] * 2,
+             "peak memory, steady steps (reserved)": [NOT_MEASURED] * 2}
+    where = "one GPU"
+    if pair:
+        u, p = pair
+        tu, tp = (r["throughput"]["tokens_per_s_trained"] for r in pair)
+        cells["tokens/s trained"] = [fmt(tu), fmt(tp)]
+        cells["speed-up"] = [f"{tu / tp:.2f}x", "1x"]
+        cells["peak memory, steady steps (reserved)"] = [
+            f"{m:.1f} GiB" if m is not None else "-" for m in (_mem(r, "steady", "reserved") for r in pair)]
+        where = _device(rows)
+    head = f"headline (Qwen3-14B geometry, 2 x 5,120 tokens, {where})"
+    table = md_table([head, "Unsloth fast path", "transformers + bitsandbytes + PEFT"],
+                     [{head: k, "Unsloth fast path": v[0], "transformers + bitsandbytes + PEFT": v[1]}
+                      for k, v in cells.items()])
+    source = (f"Generated by `python benchmarks/training/report.py {rel} --publish` from "
+              f"[`{rel}/results.jsonl`]({rel}/results.jsonl)")
+    return [table, "", source + "; the method, every column and the targets: [Benchmarks](docs/benchmarks.md)."]
+
+
+def replace_block(path: str | Path, markers: tuple[str, str], lines: list[str]) -> None:
+    """Rewrite what lies between ``markers`` in ``path`` (the markers stay)."""
+    path = Path(path)
+    start, end = markers
+    text = path.read_text()
+    if start not in text or end not in text:
+        raise SystemExit(f"error: {path}: no {start} ... {end} block")
+    head, rest = text.split(start, 1)
+    tail = rest.split(end, 1)[1]
+    path.write_text(head + "\n".join([start, *lines, end]) + tail)
+
+
+def publish(result_dir: str | Path, root: Path = REPO) -> list[Path]:
+    """The published tables regenerated from ``result_dir``: docs/benchmarks.md and README.md."""
+    docs, readme = root / "docs" / "benchmarks.md", root / "README.md"
+    replace_block(docs, HEADLINE_MARKERS, headline_block(result_dir, root))
+    replace_block(readme, LANDING_MARKERS, landing_block(result_dir, root))
+    return [docs, readme]
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="results.jsonl -> results.md + PNG plots")
     ap.add_argument("result_dir")
-    ap.add_argument("--readme", default=None, help="also refresh this README's headline block")
+    ap.add_argument("--publish", action="store_true",
+                    help="also regenerate the headline table of docs/benchmarks.md and the landing table of "
+                         "README.md from this folder (default: the report only)")
     args = ap.parse_args(argv)
-    paths = write_report(args.result_dir)
-    if args.readme:
-        update_readme(args.readme, args.result_dir)
-    print("\n".join(str(p) for p in paths.values()))
+    if not (Path(args.result_dir) / "results.jsonl").is_file() and not Path(args.result_dir).is_file():
+        ap.error(f"result_dir {args.result_dir}: no results.jsonl there")
+    paths = list(write_report(args.result_dir).values())
+    if args.publish:
+        paths += publish(args.result_dir)
+    print("\n".join(str(p) for p in paths))
     return 0
 
 

@@ -1,9 +1,9 @@
 """Evaluation throughput: the same rows through ``--engine hf`` and ``--engine vllm``, and the prompt
 preparation of ``eval generate`` on a large synthetic test set. Every measurement in a fresh process.
 
-    python benchmarks/eval_throughput.py --out /tmp/kitrec-bench-eval                 # both parts
-    python benchmarks/eval_throughput.py --part engines --rows 12 --max-new-tokens 32 --out DIR
-    python benchmarks/eval_throughput.py --part prepare --prepare-rows 30000 --out DIR
+    python benchmarks/cpu/eval_throughput.py --out /tmp/kitrec-bench-eval                 # both parts
+    python benchmarks/cpu/eval_throughput.py --part engines --rows 12 --max-new-tokens 32 --out DIR
+    python benchmarks/cpu/eval_throughput.py --part prepare --prepare-rows 30000 --out DIR
 
 engines: a smoke adapter (``model.load_in_4bit=false``) on the head_dim-64 tiny Qwen3 (vLLM's CPU
 attention has no head_dim-16 kernel), then ``eval generate`` on the first ``--rows`` rows of
@@ -31,9 +31,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from data_prepare import _child  # noqa: E402  (fresh process: wall time and peak RSS)
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+from benchmarks.cpu.data_prepare import _child  # noqa: E402  (fresh process: wall time and peak RSS)
 
 HD64 = "testkit:tiny-qwen3-hd64"
 
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                 t = time.perf_counter()
                 result[part] = measure(args, env, Path(tmp))
                 result[part].update(wall_s=round(time.perf_counter() - t, 1),
-                                    command=f"python benchmarks/eval_throughput.py --part {part} {flags} --out DIR")
+                                    command=f"python benchmarks/cpu/eval_throughput.py --part {part} {flags} --out DIR")
     (out / "eval_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "eval_throughput.md").write_text(_markdown(result))
     print(_markdown(result))

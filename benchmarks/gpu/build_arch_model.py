@@ -12,9 +12,9 @@ time while building, and lets ``--link-from`` make a reduced-depth model (the fi
 symlinks to a full build without writing any weights again.
 
     # the full model (40 layers, ~29.5 GB on disk); --device cuda generates on the GPU (much faster)
-    python benchmarks/build_arch_model.py --out /tmp/qwen3-14b-arch --device cuda
+    python benchmarks/gpu/build_arch_model.py --out /tmp/qwen3-14b-arch --device cuda
     # a 4-layer model sharing the full build's files (per-layer figures only!)
-    python benchmarks/build_arch_model.py --out /tmp/qwen3-14b-arch-l4 --layers 4 --link-from /tmp/qwen3-14b-arch
+    python benchmarks/gpu/build_arch_model.py --out /tmp/qwen3-14b-arch-l4 --layers 4 --link-from /tmp/qwen3-14b-arch
 
 Every tensor is drawn from its own generator seeded by (seed, tensor name), so layer i has the same
 values whatever ``--layers`` is, and a rebuild gives identical files.
@@ -165,7 +165,7 @@ def build(out: str | os.PathLike, layers: int | None = None, seed: int = 0, devi
         "full_layers": (overrides or {}).get("num_hidden_layers", FULL_LAYERS),
         "seed": seed,
         "overrides": overrides or {},
-        "builder": "benchmarks/build_arch_model.py",
+        "builder": "benchmarks/gpu/build_arch_model.py",
     }
     marker = out / MARKER
     if marker.is_file() and (out / "model.safetensors.index.json").is_file():

@@ -1,9 +1,9 @@
 """Benchmark driver: a matrix of configurations, each run by ``worker.py`` in its own fresh process.
 
     # CPU, tiny model: the pipeline end to end (NOT a performance measurement)
-    python benchmarks/harness.py --preset cpu-report --out benchmarks/results/cpu
+    python benchmarks/training/harness.py --preset cpu-report --out benchmarks/results/cpu
     # GPU machine (see benchmarks/gpu/run_all.sh, which also installs the wheels)
-    python benchmarks/harness.py --preset gpu --out "$OUT/results" --budget-s 480
+    python benchmarks/training/harness.py --preset gpu --out "$OUT/results" --budget-s 480
 
 Every configuration of a matrix shares the data order, seed, sequence length, batch size and LoRA
 settings of its counterpart on the other backend: the harness fixes them in the spec it hands to
@@ -16,7 +16,7 @@ Output directory::
     logs/NAME.log       each worker's stdout+stderr
     results.jsonl       one row per configuration (ok / oom / error / timeout / skipped)
     run.json            the command, preset, budget, model provenance
-    results.md, *.png   written by benchmarks/report.py
+    results.md, *.png   written by benchmarks/training/report.py
 
 The harness never imports unsloth (nor the backends): only the workers do.
 """
@@ -41,9 +41,10 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
+REPO = HERE.parents[1]
+sys.path.insert(0, str(REPO))  # run as a script: ``benchmarks.gpu`` (process control, scrubbing) importable
 WORKER = HERE / "worker.py"
-BUILDER = HERE / "build_arch_model.py"
+BUILDER = REPO / "benchmarks" / "gpu" / "build_arch_model.py"
 BACKENDS = ("unsloth", "peft")
 TINY = "testkit:tiny-qwen3"
 REAL = "Qwen/Qwen3-14B"
@@ -79,7 +80,7 @@ def slug(text: str) -> str:
 def source_fingerprint() -> str:
     """sha256 over the code that runs (kitrec_fast + benchmarks), for trees copied without .git."""
     h = hashlib.sha256()
-    for root in (REPO / "kitrec_fast", HERE):
+    for root in (REPO / "kitrec_fast", REPO / "benchmarks"):
         for p in sorted(root.rglob("*.py")):
             h.update(str(p.relative_to(REPO)).encode())
             h.update(p.read_bytes())
@@ -309,8 +310,7 @@ def _on_stop(signum, frame) -> None:
     """SIGTERM/SIGINT (the phase runner at its limit signals the whole group): stop the workers now
     (each already wrote its row after its last finished step), collect their rows, start no more."""
     _STOP.set()
-    sys.path.insert(0, str(HERE))
-    from procs import kill_tree
+    from benchmarks.gpu.procs import kill_tree
 
     for proc in list(_ACTIVE):
         kill_tree(proc, wait=False)
@@ -323,8 +323,7 @@ def run_worker(argv: list[str], log: Path, timeout: float | None, env: dict[str,
     harness's group stops its workers too; on its own limit the harness kills the worker and
     everything it started (compile helpers) itself.
     """
-    sys.path.insert(0, str(HERE))
-    from procs import kill_tree
+    from benchmarks.gpu.procs import kill_tree
 
     t0 = time.perf_counter()
     with open(log, "w") as f:
@@ -575,12 +574,11 @@ def main(argv: list[str] | None = None) -> int:
     meta["wall_s"] = time.perf_counter() - t_run
     (out / "run.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
 
-    sys.path.insert(0, str(HERE))
-    import scrub
+    from benchmarks.gpu import scrub
 
     scrub.scrub_dir(out)  # results that get committed must not name this machine's paths
     if not args.no_report:
-        import report
+        from benchmarks.training import report
 
         report.write_report(out)
     bad = [r["name"] for r in rows if r["status"] not in ("ok", "skipped")]

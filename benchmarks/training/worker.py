@@ -1,9 +1,9 @@
 """One benchmark configuration in one fresh process; writes one JSON result row.
 
-    python benchmarks/worker.py --spec SPEC.json --out ROW.json     # a throughput or ceiling config
-    python benchmarks/worker.py --calibrate --out CAL.json           # the card's dense matmul rate
+    python benchmarks/training/worker.py --spec SPEC.json --out ROW.json     # a throughput or ceiling config
+    python benchmarks/training/worker.py --calibrate --out CAL.json           # the card's dense matmul rate
 
-The harness (``benchmarks/harness.py``) writes the spec and starts this script once per
+The harness (``benchmarks/training/harness.py``) writes the spec and starts this script once per
 configuration, so the two backends never share a process: importing unsloth patches transformers,
 trl and peft for the whole process. For the same reason the backend is imported *first*, before
 anything else touches transformers.
@@ -45,12 +45,17 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from measure import (StepTimer, apply_mem_cap, calibrate, capture_first_grads, choose_timed_steps, environment,
-                     fresh_peak, grad_key, memory_stats, peak_max, step_stats)
-from train_rows import BatchRecorder, build_dataset, load_initial_adapter, sequential_sampler
+# run as a script (a fresh process per configuration): the checkout's root makes ``benchmarks`` importable
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from benchmarks.training.measure import (StepTimer, apply_mem_cap, calibrate, capture_first_grads,  # noqa: E402
+                                         choose_timed_steps, environment, fresh_peak, grad_key, memory_stats,
+                                         peak_max, step_stats)
+from benchmarks.training.train_rows import (BatchRecorder, build_dataset, load_initial_adapter,  # noqa: E402
+                                            sequential_sampler)
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
+REPO = HERE.parents[1]
 SCHEMA = "kitrec_fast.bench/v1"
 
 
@@ -295,7 +300,7 @@ def _run_throughput(spec, cfg, backend, torch, row, out_path: str | None = None,
 def _throughput_fields(spec, cfg, mcfg, loaded, trainer, timer, rec, torch, cap, mem, warm, timed,
                        choice) -> dict[str, Any]:
     """The row's figures over the steps finished so far (the timed ones after the warm-up)."""
-    from flops import step_flops
+    from benchmarks.training.flops import step_flops
 
     bsz = cfg.train.per_device_batch_size
     steps = timer.step_s

@@ -1,7 +1,7 @@
 """Time and peak memory of ``kitrec-fast data prepare`` on synthetic DualFT rows, each in a fresh process.
 
-    python benchmarks/data_prepare.py --rows 12000 48000 --out /tmp/kitrec-bench-data   # scratch folder
-    python benchmarks/data_prepare.py --rows 12000 48000 --out benchmarks/results/cpu
+    python benchmarks/cpu/data_prepare.py --rows 12000 48000 --out /tmp/kitrec-bench-data   # scratch folder
+    python benchmarks/cpu/data_prepare.py --rows 12000 48000 --out benchmarks/results/cpu
 
 For each ``--rows`` value, child processes, so nothing one leaves behind shows in another's numbers:
   1. ``kitrec-fast data synth`` writes the rows (not timed; the same seed, so the smaller sets are
@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 _ONE_PASS = r"""
 import json, sys, time
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         md += ["", f"One plain batched tokenizer pass over the {base['rows']:,} untruncated rows: "
                f"{base['one_pass_tokenize_s']} s; prepare / one pass: {base['ratio_prepare_to_one_pass']}."]
     md += ["", f"Machine: {os.cpu_count()} CPUs, Python {platform.python_version()}. "
-           f"Command: `python benchmarks/data_prepare.py --rows {sizes} --out DIR`."]
+           f"Command: `python benchmarks/cpu/data_prepare.py --rows {sizes} --out DIR`."]
     (out / "data_prepare.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     return 0

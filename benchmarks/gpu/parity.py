@@ -1,6 +1,6 @@
 """Backend parity from one saved initial adapter: the first step's LoRA gradients must agree.
 
-    python benchmarks/parity.py run --model DIR_OR_TESTKIT --out DIR [--steps 3] [--seq-len 1024]
+    python benchmarks/gpu/parity.py run --model DIR_OR_TESTKIT --out DIR [--steps 3] [--seq-len 1024]
 
 1. ``make-adapter`` (own process, never imports unsloth): a LoRA adapter for the model's geometry
    with seeded random A and B (B != 0, so the adapter changes the outputs and A gets a gradient from
@@ -48,8 +48,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-WORKER = HERE / "worker.py"
+REPO = HERE.parents[1]
+WORKER = REPO / "benchmarks" / "training" / "worker.py"
 BACKENDS = ("unsloth", "peft")
 COS_MIN = 0.99
 REL_NORM_MAX = 0.05

@@ -11,7 +11,7 @@ Sizes: ``smoke`` is the tiny test run's checkpoint (65,536 LoRA parameters, the 
 tokenizer); ``14b-r32`` is Qwen3-14B's LoRA at r=32 on all seven projections (128.5M parameters,
 fp32 weights and Adam moments: 0.51 GB adapter + 1.03 GB optimizer), ``--scale`` shrinks it.
 
-    python benchmarks/checkpoint_save.py --sizes smoke 14b-r32 --scale 0.25 --repeats 3
+    python benchmarks/cpu/checkpoint_save.py --sizes smoke 14b-r32 --scale 0.25 --repeats 3
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 # Qwen3-14B: 40 layers, hidden 5120, 8 KV heads of 128, MLP 17408; LoRA r=32 on q,k,v,o,gate,up,down.

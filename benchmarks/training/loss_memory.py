@@ -4,10 +4,10 @@ One measurement per fresh process, so nothing allocated by an earlier run (or by
 caches) hides in the number.
 
     # one measurement, prints one JSON row
-    python benchmarks/loss_memory.py --impl chunked --tokens 10240 --hidden 5120 --vocab 151936 \\
+    python benchmarks/training/loss_memory.py --impl chunked --tokens 10240 --hidden 5120 --vocab 151936 \\
         --dtype fp32 --device cpu --chunk-size 1024
     # driver: both impls in subprocesses, writes loss_memory.jsonl + loss_memory.md to --out
-    python benchmarks/loss_memory.py --all --dtype fp32 --device cpu
+    python benchmarks/training/loss_memory.py --all --dtype fp32 --device cpu
 
 "Added memory" is what the loss costs on top of its inputs (hidden states with requires_grad, the
 frozen LM-head weight, the labels), including the hidden-state gradient it produces:
@@ -34,7 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 GB = 1e9
 DTYPES = {"bf16": "bfloat16", "fp32": "float32", "fp16": "float16"}
 
@@ -223,7 +223,7 @@ def _markdown(rows: list[dict]) -> str:
         "# LM-head loss memory: full logits (reference) vs chunked",
         "",
         "One forward + backward of the label-smoothed loss alone, each row in a fresh process "
-        "(`benchmarks/loss_memory.py`). *Added* = peak minus the memory held once the inputs "
+        "(`benchmarks/training/loss_memory.py`). *Added* = peak minus the memory held once the inputs "
         "(hidden states with requires_grad, frozen LM-head weight, labels) exist; it includes the "
         "hidden-state gradient. CPU: peak RSS (ru_maxrss); CUDA: max_memory_allocated. "
         "GB = 10^9 bytes. Rows marked *extrapolated* were not run: they are a linear fit in the "

@@ -1,6 +1,6 @@
 """Remove the paths of the machine that made a result (checkout, interpreter, cache, temp, home).
 
-    python benchmarks/scrub.py DIR        # rewrite the text files under DIR in place
+    python benchmarks/gpu/scrub.py DIR        # rewrite the text files under DIR in place
 
 Committed results must not say where they were made: ``/work/...``, ``/root/...``, ``/tmp/...``
 become ``<repo>``, ``<python>``, ``<cache>``, ``<tmp>``, ``~``. Binary files are left alone.
@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 TEXT_SUFFIXES = {".json", ".jsonl", ".md", ".log", ".txt", ".xml", ".csv", ".yaml"}
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _inside(path: str, folder: Path) -> bool:

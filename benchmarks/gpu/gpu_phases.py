@@ -1,6 +1,6 @@
 """The GPU lease plan: phases of steps with time budgets, one archive + one summary as the only output.
 
-    python benchmarks/gpu_phases.py --phase 1 --out OUT [--cpu-dry-run] [--only STEP ...]   (run by gpu/run_all.sh)
+    python benchmarks/gpu/gpu_phases.py --phase 1 --out OUT [--cpu-dry-run] [--only STEP ...]   (run by run_all.sh)
 
 A GPU machine returns at most 8 files from its output folder, and one command may run 10 minutes
 of a 15-minute lease. So the work happens in a scratch folder and ``OUT`` only ever holds
@@ -39,8 +39,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-sys.path[:0] = [str(REPO), str(HERE)]
+REPO = HERE.parents[1]
+TRAINING = REPO / "benchmarks" / "training"
+sys.path.insert(0, str(REPO))
 ARCHIVE = "kitrec-bench.tar.gz"
 SUMMARY = "summary.md"
 # What the GPU machine returns: files under OUT, each at most 16 MiB (kept below with a margin).
@@ -207,7 +208,7 @@ def build_plan(phase: int, work: Path, dry: bool, budget_s: float | None = None,
       ``torch.compile`` region per decoder-layer class on the first step
       (``unsloth/models/_block_compile.py:1205`` ``patch_block_compile``; its nf4 tracing needs
       torch >= 2.11, same file line 749) 40-120 s, then 2 warm-up steps of 2 x 5,120 tokens (~0.6
-      PFLOP each, benchmarks/flops.py) 5-15 s each and 3-10 timed ones, as many as the worker's
+      PFLOP each, benchmarks/training/flops.py) 5-15 s each and 3-10 timed ones, as many as the worker's
       share still holds (``--timed auto``): 200-350 for the pair, whatever the count.
     - parity: its 2-layer model linked to the full build (seconds), two workers at 2 x 1,024 tokens,
       compile again: 110-190.
@@ -217,7 +218,7 @@ def build_plan(phase: int, work: Path, dry: bool, budget_s: float | None = None,
     scratch = scratch or str(Path(ARCH_DIR).parent)
     arch = str(Path(scratch) / (DRY_ARCH_NAME if dry else ARCH_NAME))
     parity_model = f"{arch}-l{PARITY_LAYERS}"
-    harness = [py, str(HERE / "harness.py"), "--no-report"]
+    harness = [py, str(TRAINING / "harness.py"), "--no-report"]
     budget = ["--budget-s", "{left}", "--timeout-s", "{left}"]
     builder = [py, str(HERE / "build_arch_model.py")]
     tiny = [a for o in DRY_ARCH_OVERRIDES for a in ("--override", o)] if dry else []
@@ -290,7 +291,7 @@ def _add_capped(tar: tarfile.TarFile, path: Path, arcname: str) -> None:
         return  # weights (adapters, models) never travel back; their recipes are in the logs
     import io
 
-    from scrub import TEXT_SUFFIXES, scrub_text
+    from benchmarks.gpu.scrub import TEXT_SUFFIXES, scrub_text
 
     data = path.read_bytes()
     if path.suffix in TEXT_SUFFIXES:
@@ -470,7 +471,7 @@ def _start(argv: list[str], log: Path, env: dict) -> subprocess.Popen:
 
 def _on_term(signum, frame) -> None:
     """Stopped from outside (a command limit): the running step's group goes with us, not on as orphans."""
-    from procs import stop_group
+    from benchmarks.gpu.procs import stop_group
 
     for proc in _RUNNING:
         stop_group(proc.pid, grace_s=2.0, wait_s=5.0)
@@ -480,7 +481,7 @@ def _on_term(signum, frame) -> None:
 def _wait(proc: subprocess.Popen, timeout: float) -> int | None:
     """The step's exit status, or None when it was stopped at ``timeout``. Either way nothing of
     its process group is left when this returns (a worker it left behind would keep the GPU)."""
-    from procs import group_members, stop_group
+    from benchmarks.gpu.procs import group_members, stop_group
 
     try:
         rc = proc.wait(timeout=max(timeout, 1.0))
@@ -634,7 +635,7 @@ def main(argv: list[str] | None = None) -> int:
         torch_version = version("torch")
     except PackageNotFoundError:
         torch_version = None
-    from build_arch_model import free_space_line
+    from benchmarks.gpu.build_arch_model import free_space_line
 
     meta = {"device": device, "slug": slug(device), "commit": commit, "dry": args.cpu_dry_run, "only": args.only,
             "scratch": {"path": scratch, "candidates": seen, "df": free_space_line(scratch)},

@@ -1,0 +1,1 @@
+"""Benchmarks of kitrec_fast (see benchmarks/README.md); scripts run from the checkout root."""

@@ -1,0 +1,1 @@
+"""CPU benchmarks: data preparation, evaluation throughput, checkpoint saving."""

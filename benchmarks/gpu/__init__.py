@@ -1,0 +1,1 @@
+"""The GPU run: phases, the model build, backend parity, process control, scrubbing."""

@@ -1,0 +1,1 @@
+"""One training measurement: the harness, its worker, what is measured, the report."""
