@@ -195,8 +195,10 @@ def build_plan(phase: int, work: Path, dry: bool, budget_s: float | None = None,
     """The steps of a phase. ``dry``: the tiny model on CPU, one step per configuration. ``scratch``:
     the folder the model is built in (``pick_scratch``; default the temporary folder).
 
-    GPU estimates (low-high seconds), from the installed code paths (unsloth 2026.10.9,
-    bitsandbytes 0.50.2, transformers 5.17.0) and the GPU machine's torch 2.11:
+    GPU estimates (low-high seconds). Measured on the H200 (2026-12-04, benchmarks/results/nvidia-h200):
+    preflight 55, kernels 48, build-model 48, headline 212 (10 timed steps each), parity 127, gpu-tests
+    185 (two of its four tests stopped early); the ranges below were set from those. The reasoning
+    they started from (unsloth 2026.10.9, bitsandbytes 0.50.2, transformers 5.17.0, torch 2.11):
     - preflight (``doctor --quick``): imports only, unsloth's in a child process ~15 s: 10-30.
     - kernels (``doctor --only fused_kernels``): importing unsloth in a child process 10-30 s, the
       fused functions against PEFT on one small layer with their Triton kernels compiled on first
@@ -227,7 +229,7 @@ def build_plan(phase: int, work: Path, dry: bool, budget_s: float | None = None,
                   "--timed-max", "3", "--no-pipeline", "--jobs", "2"]  # the automatic count, kept at 3 steps on CPU
     else:
         common = ["--preset", "gpu", "--model", "arch", "--arch-dir", arch, "--arch-device", "cuda"]
-    build = Step("build-model", (40, 90), builder + ["--out", arch, "--device", "cpu" if dry else "cuda"] + tiny,
+    build = Step("build-model", (40, 70), builder + ["--out", arch, "--device", "cpu" if dry else "cuda"] + tiny,
                  "architecture-only Qwen3-14B (random bf16 weights, 29.5 GB; df -h of the scratch disk first)"
                  + (" (dry run: the same builder at the tiny model's width)" if dry else ""))
     if phase == 1:
@@ -243,23 +245,23 @@ def build_plan(phase: int, work: Path, dry: bool, budget_s: float | None = None,
                              "{left}"])
         plan = Plan(1, budget_s or PHASE_BUDGET_S[1])
         plan.steps = [
-            Step("preflight", (10, 30), [py, "-m", "kitrec_fast", "doctor", "--quick", "--timeout-s", "{left}"],
+            Step("preflight", (45, 65), [py, "-m", "kitrec_fast", "doctor", "--quick", "--timeout-s", "{left}"],
                  "kitrec-fast doctor --quick: versions, CUDA, bitsandbytes library, triton, unsloth importable"),
             # the JSON goes to its own file (the verdict the summary leads with) and into the step's log
-            Step("kernels", (15, 45), ["sh", "-c", f"{doctor} > {kernels_json}; rc=$?; cat {kernels_json}; exit $rc"],
+            Step("kernels", (40, 60), ["sh", "-c", f"{doctor} > {kernels_json}; rc=$?; cat {kernels_json}; exit $rc"],
                  "kitrec-fast doctor --only fused_kernels: Unsloth's fused kernels against PEFT on this GPU",
                  verdict=True),
             build,
-            Step("headline", (200, 350), harness + common + ["--out", str(work / "headline")] + budget
+            Step("headline", (200, 260), harness + common + ["--out", str(work / "headline")] + budget
                  + ([] if dry else ["--phases", "headline", "--warmup", "2", "--timed", "auto"]),
                  "fast path vs baseline, 2 x 5,120 tokens, 40 layers, smoothing on (GPU to itself)",
                  needs=("build-model",), min_s=120),
-            Step("parity", (110, 190), parity,
+            Step("parity", (115, 150), parity,
                  f"first-step LoRA gradients from one saved adapter, {PARITY_LAYERS}-layer Qwen3-14B geometry "
                  "(links to the full build's shards)",
                  if_time_left=True),
             # -o addopts: pyproject's pytest-xdist options are for CI's CPUs; the GPU machine's pytest has no xdist
-            Step("gpu-tests", (130, 300), [py, "-m", "pytest", "-q", "-s", "-o", "addopts=-ra", str(REPO / "tests/gpu"),
+            Step("gpu-tests", (180, 260), [py, "-m", "pytest", "-q", "-s", "-o", "addopts=-ra", str(REPO / "tests/gpu"),
                                            "--junitxml", str(work / "gpu-tests.xml")],
                  "tests/gpu: both backends train on the GPU; fused kernels, autocast, runtime facts",
                  junit=str(work / "gpu-tests.xml"), if_time_left=True),
