@@ -349,6 +349,22 @@ def _fixed_series(rows: list[dict]) -> dict[str, list[tuple[int, dict]]]:
     return {k: sorted(v, key=lambda t: t[0]) for k, v in series.items()}
 
 
+def _save(fig, ax, ylabel: str, title: str, legend: bool, path: Path) -> Path:
+    """Label the length axis, title and legend a plot, write it and close it (both plots share this)."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel("sequence length (tokens, fixed-length rows)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    if legend:
+        ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot(rows: list[dict], out: Path, cpu: bool) -> dict[str, Path]:
     import matplotlib
 
@@ -365,16 +381,8 @@ def plot(rows: list[dict], out: Path, cpu: bool) -> dict[str, Path]:
         backend = label.split()[0]
         ax.plot([p[0] for p in pts], [p[1]["throughput"]["tokens_per_s_trained"] for p in pts], marker="o",
                 color=colors.get(backend), linestyle="--" if "layers" in label else "-", label=label)
-    ax.set_xlabel("sequence length (tokens, fixed-length rows)")
-    ax.set_ylabel("trained tokens / s")
-    ax.set_title("Training throughput" + note, fontsize=10)
-    ax.grid(alpha=0.3)
-    if series:
-        ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    paths["tokens_png"] = out / "tokens_per_s.png"
-    fig.savefig(paths["tokens_png"], dpi=110)
-    plt.close(fig)
+    paths["tokens_png"] = _save(fig, ax, "trained tokens / s", "Training throughput" + note, bool(series),
+                                out / "tokens_per_s.png")
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     ymax = 0.0
@@ -399,16 +407,8 @@ def plot(rows: list[dict], out: Path, cpu: bool) -> dict[str, Path]:
         ax.text(ax.get_xlim()[0] if series else 0, cap, f" {cap} GB card", fontsize=7, va="bottom", color="grey")
     if ymax and ymax < 2:
         ax.set_yscale("log")  # tiny CPU numbers next to the card lines
-    ax.set_xlabel("sequence length (tokens, fixed-length rows)")
-    ax.set_ylabel("peak memory, GiB" + (" (process RSS)" if cpu else " (reserved)"))
-    ax.set_title("Peak training memory vs 16/24/48 GB cards" + note, fontsize=10)
-    ax.grid(alpha=0.3)
-    if series:
-        ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    paths["memory_png"] = out / "peak_memory.png"
-    fig.savefig(paths["memory_png"], dpi=110)
-    plt.close(fig)
+    paths["memory_png"] = _save(fig, ax, "peak memory, GiB" + (" (process RSS)" if cpu else " (reserved)"),
+                                "Peak training memory vs 16/24/48 GB cards" + note, bool(series), out / "peak_memory.png")
     return paths
 
 
