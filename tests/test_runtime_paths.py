@@ -1,4 +1,5 @@
-"""What the training step really runs on: autocast through the prepared model, fused-kernel counts.
+"""What the training step really runs on: fused-kernel counts, data-parallel gradients (autocast through the
+prepared model: tests/test_train.py, beside the other trainer-level checks).
 
 Each check runs in its own process: importing unsloth patches the process, and the peft baseline
 refuses to run in a patched one.
@@ -24,26 +25,6 @@ def _script(name: str, *args: str, env: dict | None = None, timeout: int = 600) 
                           env={**os.environ, **(env or {})})
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("backend", ["peft", "unsloth"])
-def test_compute_loss_runs_under_the_trainers_autocast(backend):
-    # fp32 weights, use_cpu + bf16: accelerate's autocast wraps only the prepared model's forward.
-    # A loss that calls the inner decoder directly runs it in fp32 (LoRA outputs float32).
-    out = _script("autocast_probe.py", backend, *FAST)
-    if not out["bf16"]:
-        pytest.skip("this CPU has no bf16 support (Unsloth's CPU backend turned bf16 off)")
-    assert out["steps"] == 1 and out["loss_path"] == "chunked" and len(out["losses"]) == 1
-    assert out["lora_weight"] == "float32"  # so bf16 outputs can only come from autocast
-    assert out["in_compute_loss"] and all(out["in_compute_loss"])
-    assert out["layer_autocast"] and all(out["layer_autocast"]), out
-    assert out["lora_out"] and set(out["lora_out"]) == {"bfloat16"}, out
-    facts = out["facts"]
-    assert facts["autocast"] is True and facts["activation_dtype"] == "bfloat16"
-    assert facts["world_size"] == 1 and facts["attn_implementation"]
-    # CPU: nothing is fused (Unsloth's CPU backend is stock transformers + PEFT)
-    assert facts["fused_lora_kernels"] == (0 if backend == "unsloth" else None)
 
 
 @pytest.mark.slow

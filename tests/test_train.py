@@ -6,6 +6,7 @@ peft baseline must never share a process with it.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -62,21 +63,25 @@ def test_loss_goes_down_on_a_repeated_set(tmp_path, backend):
     assert env["backend"] == backend and env["weights"] and env["versions"]["transformers"]
 
 
+@functools.cache
+def trainer_checks(backend: str) -> dict:
+    """tests/scripts/trainer_checks.py for one backend: every trainer-level check below from one process
+    (each process costs ~20 s of imports before its first check); run once per backend per worker."""
+    cmd = [sys.executable, str(ROOT / "tests/scripts/trainer_checks.py"), backend, *FAST]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def test_both_backends_see_identical_batches():
-    outs = {}
-    for backend in ("unsloth", "peft"):
-        cmd = [sys.executable, str(ROOT / "tests/scripts/batch_digest.py"), backend, "3", *FAST]
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-4000:]
-        outs[backend] = json.loads(proc.stdout.strip().splitlines()[-1])
+    outs = {backend: trainer_checks(backend) for backend in ("unsloth", "peft")}
     assert outs["unsloth"]["unsloth_imported"] is True
     assert outs["peft"]["unsloth_imported"] is False  # the baseline process never imported unsloth
     a, b = outs["unsloth"]["batches"], outs["peft"]["batches"]
     assert len(a) == 3
     for ba, bb in zip(a, b):
-        assert ba["input_ids"] == bb["input_ids"]
-        assert ba["labels"] == bb["labels"]
-        assert any(l != -100 for row in ba["labels"] for l in row)
+        assert ba == bb
+        assert ba["trained"] > 0
 
 
 def test_best_checkpoint_is_lowest_eval_loss_and_early_stopping_stops(tmp_path):
@@ -103,11 +108,7 @@ def test_best_checkpoint_is_lowest_eval_loss_and_early_stopping_stops(tmp_path):
 @pytest.mark.parametrize("backend", ["unsloth", "peft"])
 def test_training_step_loss_matches_full_logits_reference(backend):
     # Smoothing on (the recipe's 0.05); NEFTune and LoRA dropout off so both passes see the same inputs.
-    cmd = [sys.executable, str(ROOT / "tests/scripts/loss_parity.py"), backend, *FAST, "data.limit=4",
-           "train.neftune_alpha=null", "lora.dropout=0"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = trainer_checks(backend)["loss"]
     assert out["eps"] == 0.05 and out["loss_path"] == "chunked"
     assert out["ours"] == pytest.approx(out["reference"], rel=1e-5)
     assert out["same_grad_keys"] and out["n_grads"] > 0
@@ -117,13 +118,10 @@ def test_training_step_loss_matches_full_logits_reference(backend):
 def test_without_smoothing_the_fast_path_keeps_the_library_loss():
     # label_smoothing 0: the unsloth backend uses the model's own (fused on GPU) loss, which must
     # equal plain cross-entropy on full logits.
-    cmd = [sys.executable, str(ROOT / "tests/scripts/loss_parity.py"), "unsloth", *FAST, "data.limit=4",
-           "train.neftune_alpha=null", "lora.dropout=0", "train.label_smoothing=0"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = trainer_checks("unsloth")["loss_eps0"]
     assert out["eps"] == 0 and out["loss_path"] == "library"
     assert out["ours"] == pytest.approx(out["reference"], rel=1e-5)
+    assert out["same_grad_keys"] and out["n_grads"] > 0
     assert out["max_rel_grad_diff"] < 1e-3
 
 
@@ -543,13 +541,9 @@ def test_no_gpu_message_is_one_line_with_every_option(tmp_path):
 # --- what the Trainer is really given ---
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["unsloth", "peft"])
 def test_accumulated_batch_matches_full_batch_and_neftune_is_training_only(backend):
-    cmd = [sys.executable, str(ROOT / "tests/scripts/accumulation_neftune.py"), backend, *FAST[1:]]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = trainer_checks(backend)["accumulation"]
     # 4 micro-batches of 1 with accumulation 4 == one micro-batch of 4: the loss is normalised
     # once, over all tokens of the accumulated batch (a second division by 4 gives ratio 0.25)
     assert out["same_keys"] and out["n_grads"] > 0
@@ -557,10 +551,29 @@ def test_accumulated_batch_matches_full_batch_and_neftune_is_training_only(backe
     assert out["max_rel_grad_diff"] < 1e-2
     assert out["loss_accumulated"] == pytest.approx(out["loss_full_batch"], rel=1e-4)
     # NEFTune: uniform noise of magnitude alpha / sqrt(L * d) in training; none in evaluation
-    nef = out["neftune"]
+    nef = trainer_checks(backend)["neftune"]
     assert nef["alpha"] == 5 and nef["train_calls"] >= 1 and nef["eval_calls"] >= 1
     assert all(0.9 < r <= 1.0 + 1e-4 for r in nef["train_noise_over_bound"]), nef
     assert nef["eval_max_noise"] == 0.0
+
+
+@pytest.mark.parametrize("backend", ["unsloth", "peft"])
+def test_compute_loss_runs_under_the_trainers_autocast(backend):
+    # fp32 weights, use_cpu + bf16: accelerate's autocast wraps only the prepared model's forward.
+    # A loss that calls the inner decoder directly runs it in fp32 (LoRA outputs float32).
+    out = trainer_checks(backend)["autocast"]
+    if not out["bf16"]:
+        pytest.skip("this CPU has no bf16 support (Unsloth's CPU backend turned bf16 off)")
+    assert out["steps"] == 1 and out["loss_path"] == "chunked" and len(out["losses"]) == 1
+    assert out["lora_weight"] == "float32"  # so bf16 outputs can only come from autocast
+    assert out["in_compute_loss"] and all(out["in_compute_loss"])
+    assert out["layer_autocast"] and all(out["layer_autocast"]), out
+    assert out["lora_out"] and set(out["lora_out"]) == {"bfloat16"}, out
+    facts = out["facts"]
+    assert facts["autocast"] is True and facts["activation_dtype"] == "bfloat16"
+    assert facts["world_size"] == 1 and facts["attn_implementation"]
+    # CPU: nothing is fused (Unsloth's CPU backend is stock transformers + PEFT)
+    assert facts["fused_lora_kernels"] == (0 if backend == "unsloth" else None)
 
 
 # The SPEC table (docs: /SPEC.md "Hyperparameters"), as the Trainer must receive it.

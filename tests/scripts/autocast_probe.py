@@ -3,7 +3,8 @@
     python tests/scripts/autocast_probe.py BACKEND [KEY=VALUE ...]   -> prints JSON
 
 Records, from inside the step's compute_loss: whether autocast was on when a decoder layer ran,
-and the dtype a LoRA matmul produced. Each backend runs in its own process.
+and the dtype a LoRA matmul produced. Each backend runs in its own process (tests/scripts/trainer_checks.py
+calls :func:`probe` beside the other trainer checks).
 """
 
 import json
@@ -12,8 +13,7 @@ import sys
 from smoke_trainer import build
 
 
-def main() -> None:
-    backend, rest = sys.argv[1], sys.argv[2:]
+def probe(backend: str, rest: list[str]) -> dict:
     if rest[:1] == ["--gpu"]:
         # the recipe as it runs on a GPU (4-bit, the trainer's own bf16 choice)
         cfg, trainer = build(backend, ["train.max_steps=1", *rest[1:]], with_eval=False)
@@ -53,12 +53,11 @@ def main() -> None:
     decoder.layers[0].register_forward_hook(layer_hook)
     lora_a.register_forward_hook(lora_hook)
     trainer.train()
-    print(json.dumps({**seen, "bf16": bool(trainer.args.bf16), "lora_weight": str(lora_a.weight.dtype).replace("torch.", ""),
-                      "loss_path": trainer.kitrec_loss_path, "steps": trainer.state.global_step,
-                      "losses": [r["loss"] for r in trainer.state.log_history if "loss" in r],
-                      "facts": runtime_facts(model, trainer), "num_layers": len(decoder.layers),
-                      "lora_dropout": cfg.lora.dropout}))
+    return {**seen, "bf16": bool(trainer.args.bf16), "lora_weight": str(lora_a.weight.dtype).replace("torch.", ""),
+            "loss_path": trainer.kitrec_loss_path, "steps": trainer.state.global_step,
+            "losses": [r["loss"] for r in trainer.state.log_history if "loss" in r],
+            "facts": runtime_facts(model, trainer), "num_layers": len(decoder.layers), "lora_dropout": cfg.lora.dropout}
 
 
 if __name__ == "__main__":
-    main()
+    print(json.dumps(probe(sys.argv[1], sys.argv[2:])))
