@@ -5,7 +5,7 @@
   a large learning rate so its adapter visibly changes greedy output), for the vLLM tests, which
   copy it before changing anything; made once per session like ``smoke_run``. ``hd64_4bit_run``: the
   same training on the 4-bit (nf4) base.
-* ``smoke_run``: ONE finished smoke training run (peft backend, 6 steps, a checkpoint every 2)
+* ``smoke_run``: ONE finished smoke training run (peft backend, 6 steps, a checkpoint and an evaluation every 2)
   made once per session (once for all xdist workers), for every test that only reads a run directory, or copies it
   (``shutil.copytree``) before changing anything. Training a run costs ~1-2 min on 2 cores; do not
   train another one in a test that could use this one.
@@ -82,8 +82,10 @@ class SmokeRun:
 def smoke_run(tmp_path_factory) -> SmokeRun:
     from filelock import FileLock
 
-    args = ("--smoke", "--backend", "peft", *FAST, "train.max_steps=6", "train.save_steps=2",
-            "train.eval_steps=2", "train.gradient_accumulation_steps=1", "train.logging_steps=1")
+    # 12 rows, 4 of them for validation: an evaluation at every checkpoint. tests/test_reliability.py
+    # kills the very same command at seeded points and compares the resumed run with this one.
+    args = ("--smoke", "--backend", "peft", *FAST[1:], "data.limit=12", "data.val_fraction=0.25", "train.max_steps=6",
+            "train.save_steps=2", "train.eval_steps=2", "train.gradient_accumulation_steps=1", "train.logging_steps=1")
     # One run for the whole session: xdist workers share the parent of their base temp folders, and
     # the first worker to need the run trains it while the others wait on the lock.
     shared = tmp_path_factory.getbasetemp()

@@ -75,9 +75,12 @@ def _copy_adapter(run: Path, to: Path, change_b) -> Path:
 
 @pytest.fixture(scope="module")
 def hf_outputs(runs, tmp_path_factory) -> Path:
-    """``--engine hf`` for both runs in one command (one process per run, one after another)."""
+    """``--engine hf`` in one command (one process per run, one after another) for both runs and for the
+    base's own output: the first run with LoRA B zeroed (the adapter then adds nothing), ``music-base``."""
+    base = _copy_adapter(runs[0], runs[0].parent / "music-base", lambda v: v * 0)
     out = tmp_path_factory.mktemp("hf")
-    cli("eval", "generate", "--run", *map(str, runs), "--engine", "hf", *GEN, "--batch-size", "3", "--output", str(out))
+    cli("eval", "generate", "--run", *map(str, runs), str(base), "--engine", "hf", *GEN, "--batch-size", "3",
+        "--output", str(out))
     return out
 
 
@@ -194,13 +197,9 @@ def test_several_runs_need_distinct_names_and_their_own_adapters(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_adapters_change_greedy_output(runs, hf_outputs, tmp_path):
+def test_the_adapters_change_greedy_output(runs, hf_outputs):
     # Without this, equal vLLM/hf predictions could come from both engines ignoring the adapter.
-    # The base's own output: the same run with LoRA B zeroed (the adapter then adds nothing).
-    base = _copy_adapter(runs[0], tmp_path / "music-base", lambda v: v * 0)
-    cli("eval", "generate", "--run", str(base), "--engine", "hf", *GEN, "--batch-size", "3",
-        "--output", str(tmp_path / "out"))
-    plain = predictions(tmp_path / "out")
+    plain = predictions(hf_outputs / "music-base")
     a, b = (predictions(hf_outputs / r.name) for r in runs)
     assert sorted(a) == sorted(plain) == list(range(ROWS))
     assert sum(a[i]["raw_text"] != plain[i]["raw_text"] for i in plain) >= ROWS // 2

@@ -1,10 +1,10 @@
 """Runs that survive a kill at any instant and a full disk (kitrec_fast/artifacts/checkpoints.py,
 kitrec_fast/faults.py).
 
-The walk: one smoke run (peft backend, tiny model, 6 steps, a checkpoint and an evaluation every 2)
-is SIGKILLed at K seeded points (after a step, inside an evaluation, inside a save), once stopped by
-an injected ENOSPC, and rerun after each; it must end as an uninterrupted run with the same seed
-ends: every step logged once, the same losses, the same adapter. The cheap checks (a damaged
+The walk: the session's smoke run command (tests/conftest.py: peft backend, tiny model, 6 steps, a
+checkpoint and an evaluation every 2) is SIGKILLed at K seeded points (after a step, inside an
+evaluation, inside a save), once stopped by an injected ENOSPC, and rerun after each; it must end as
+the uninterrupted smoke run ended: every step logged once, the same losses, the same adapter. The cheap checks (a damaged
 checkpoint, a torn metrics line, the Trainer's rotation, the disk estimates) use no training.
 """
 
@@ -23,14 +23,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAST, ROOT
+from conftest import ROOT
 from kitrec_fast.artifacts import checkpoints, rundir
 from kitrec_fast.errors import DiskFullError
 
-MAX_STEPS, EVERY = 6, 2
-WALK_ARGS = ("--smoke", "--backend", "peft", *FAST[1:], "data.limit=12", "data.val_fraction=0.25",
-             f"train.max_steps={MAX_STEPS}", f"train.save_steps={EVERY}", f"train.eval_steps={EVERY}",
-             "train.gradient_accumulation_steps=1", "train.logging_steps=1")
+MAX_STEPS, EVERY = 6, 2  # the smoke run's train.max_steps and train.save_steps / eval_steps
 # One kill of each kind, in a seeded order; every attempt is a ~40-60 s process on CI.
 KILL_KINDS = ("step", "eval_batch", "save_file")
 KILLS = len(KILL_KINDS)
@@ -43,17 +40,13 @@ ADAPTER_ATOL = 1e-6
 LOSS_ATOL = 1e-6
 
 
-def _command(out: Path) -> list[str]:
-    return [sys.executable, "-m", "kitrec_fast.recipes.dualft_music", *WALK_ARGS, "--output-dir", str(out)]
-
-
-def _attempt(out: Path, log: Path, fault: str | None) -> tuple[int, float]:
+def _attempt(smoke_run, out: Path, log: Path, fault: str | None) -> tuple[int, float]:
     env = {k: v for k, v in os.environ.items() if k != "KITREC_FAST_FAULT"}
     if fault:
         env["KITREC_FAST_FAULT"] = fault
     t0 = time.perf_counter()
     with log.open("w") as fh:
-        rc = subprocess.run(_command(out), cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, env=env,
+        rc = subprocess.run(smoke_run.command(out), cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, env=env,
                             timeout=900).returncode
     return rc, time.perf_counter() - t0
 
@@ -92,15 +85,15 @@ def _adapter(run: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def walk(tmp_path_factory):
-    """An uninterrupted reference run, then the same run killed at KILLS seeded points and stopped
-    once by ENOSPC, rerun after each until it finishes."""
+def walk(smoke_run, tmp_path_factory):
+    """The smoke run's command killed at KILLS seeded points and stopped once by ENOSPC, rerun after
+    each until it finishes; the session's smoke run is the uninterrupted reference."""
+    assert smoke_run.args[smoke_run.args.index("--backend") + 1] == "peft"
+    assert {f"train.max_steps={MAX_STEPS}", f"train.save_steps={EVERY}", f"train.eval_steps={EVERY}"} <= set(smoke_run.args)
     base = tmp_path_factory.mktemp("walk")
-    ref, run, logs = base / "reference", base / "run", base / "logs"
+    ref, run, logs = smoke_run.run_dir, base / "run", base / "logs"
     logs.mkdir()
     t0 = time.perf_counter()
-    rc, ref_s = _attempt(ref, logs / "reference.log", None)
-    assert rc == 0, (logs / "reference.log").read_text()[-4000:]
     summary = json.loads((ref / "summary.json").read_text())
     assert summary["val_rows"] > 0 and summary["global_step"] == MAX_STEPS
     eval_batches = -(-summary["val_rows"] // 2)  # per_device_batch_size 2
@@ -123,15 +116,15 @@ def walk(tmp_path_factory):
         else:
             fault = f"enospc:save_file={rng.randint(1, files_per_save * saves_left)}"
         log = logs / f"attempt{i + 1}.log"
-        rc, seconds = _attempt(run, log, fault)
+        rc, seconds = _attempt(smoke_run, run, log, fault)
         attempts.append({"fault": fault, "rc": rc, "resumed_from": done, "log": log, "seconds": seconds,
                          "complete_after": _complete_steps(run) if run.exists() else [],
                          "folders_after": sorted(p.name for p in run.glob("checkpoint-*"))})
     done = max(_complete_steps(run), default=0)
-    rc, seconds = _attempt(run, logs / "final.log", None)
+    rc, seconds = _attempt(smoke_run, run, logs / "final.log", None)
     attempts.append({"fault": None, "rc": rc, "resumed_from": done, "log": logs / "final.log", "seconds": seconds})
     wall = time.perf_counter() - t0
-    print(f"\nfault walk: reference {ref_s:.0f}s, {len(attempts)} attempts "
+    print(f"\nfault walk: {len(attempts)} attempts "
           f"{sum(a['seconds'] for a in attempts):.0f}s, total {wall:.0f}s; "
           + ", ".join(f"{a['fault']}->{a['rc']}" for a in attempts))
     return {"ref": ref, "run": run, "attempts": attempts}
