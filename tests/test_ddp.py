@@ -145,6 +145,24 @@ def test_4bit_lora_gradients_are_summed_in_bf16_so_their_order_moves_them_by_bf1
     assert out["float32"]["worst"] < 1e-6
 
 
+@pytest.mark.slow
+def test_data_parallel_gradients_equal_the_whole_batch_gradient():
+    # torchrun, 2 CPU ranks (gloo), one row each: after DDP's gradient averaging the LoRA gradients
+    # must be those of the two-row batch's mean loss. Without the Trainer's x world_size (which a
+    # compute_loss override must apply itself) they come out half as large.
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 400),
+           str(ROOT / "tests/scripts/ddp_grad.py"), "data.limit=4", "data.max_length=2048",
+           "data.max_candidates=10", "data.min_candidates=3"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["world_size"] == 2 and out["ddp"] == "DistributedDataParallel" and out["loss_path"] == "chunked"
+    assert out["params"] > 0 and out["n_items"] > 0
+    assert out["grad_ratio"] == pytest.approx(1.0, rel=1e-4)
+    assert out["max_rel_grad_diff"] < 1e-4
+
+
 # The tiny model in fp32 (no 4-bit) with nothing random in the step (no NEFTune, no dropout), rows
 # in plain shuffled order, and plain SGD without clipping: a gradient that is off by any factor
 # (a missing sync, a 1/N loss scale) moves the adapter by a different amount. An evaluation after

@@ -112,3 +112,19 @@ def test_a_whole_step_through_unsloths_layers_matches_the_baseline_gradients(cas
     # the GPU parity tolerances, and fp32's far tighter agreement
     assert agree["cosine"] >= 0.99 and agree["norm_gap"] <= 0.05, agree
     assert agree["max_abs"] <= TOL and abs(fast["loss"] - base["loss"]) <= TOL, (agree, fast["loss"], base["loss"])
+
+
+@pytest.mark.slow
+def test_fused_lora_kernel_counter_matches_unsloths_own_patching(cases):
+    out = cases["counters"]  # Unsloth's patch_peft_model on tiny bf16 models: only which forwards it installs
+    assert out["fused_lora_dropout"] is True  # this Unsloth fuses LoRA dropout (UNSLOTH_FUSED_LORA_DROPOUT)
+    full3, full2, attn_only, fp32 = out["cases"]
+    # every target module, dropout 0.08 / 0.15 (the recipes'): QKV + O + MLP = 3 kernels per layer,
+    # while Unsloth's module count sees the attention module once and the MLP once (2 per layer)
+    assert full3["kernels"] == {"qkv": 3, "o": 3, "mlp": 3, "total": 9} and full3["modules"] == 6
+    assert full2["kernels"] == {"qkv": 2, "o": 2, "mlp": 2, "total": 6} and full2["modules"] == 4
+    # LoRA on attention only: 2 kernels per layer in 1 module per layer
+    assert attn_only["kernels"] == {"qkv": 2, "o": 2, "mlp": 0, "total": 4} and attn_only["modules"] == 2
+    # fp32 base weights: Unsloth falls back to PEFT's forwards everywhere
+    assert fp32["kernels"]["total"] == 0 and fp32["modules"] == 0
+    assert full2["facts"]["fused_lora_kernels"] == 6 and full2["facts"]["fused_lora_modules"] == 4

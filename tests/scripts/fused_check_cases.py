@@ -4,13 +4,17 @@
 
 ``fused_check.run("all")`` (the functions on one layer, the recipes' dropouts, 4-bit bases, a whole
 step), then the same layer checks with realistic bugs planted in Unsloth's fused functions for this
-process only: each must be caught.
+process only: each must be caught; last, Unsloth's own LoRA patching of tiny bf16 Qwen3s vs the
+backend's kernel counters (``counters``: patched modules only, nothing runs; after the checks above
+because it stubs the check ``patch_peft_model`` makes on the Trainer).
 """
 
 import contextlib
 import json
 
 from kitrec_fast.backends import fused_check  # noqa: E402
+
+ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 @contextlib.contextmanager
@@ -53,6 +57,46 @@ def _no_dropout_scale(forward):  # dropout without its 1 / (1 - p)
     return wrapped
 
 
+def _patch_unsloth_trainer_check() -> None:
+    # patch_peft_model insists that Unsloth already replaced Trainer._inner_training_loop (its GPU
+    # from_pretrained does); nothing trains here, so a same-named pass-through satisfies the check.
+    from transformers.trainer import Trainer
+
+    original = Trainer._inner_training_loop
+
+    def _fast_inner_training_loop(self, *args, **kwargs):
+        return original(self, *args, **kwargs)
+
+    Trainer._inner_training_loop = _fast_inner_training_loop
+
+
+def patched_counts(layers: int, dropout: float, targets: list[str], dtype_name: str = "bfloat16") -> dict:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from unsloth.models.llama import FastLlamaModel
+
+    from kitrec_fast.backends import unsloth_backend
+    from kitrec_fast.testkit.tiny_model import build_tiny_qwen3
+
+    model = build_tiny_qwen3(num_layers=layers).to(getattr(torch, dtype_name))
+    model.max_seq_length = 256
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules=targets,
+                                             task_type="CAUSAL_LM"))
+    model = FastLlamaModel.patch_peft_model(model, use_gradient_checkpointing=False)
+    return {"layers": layers, "dropout": dropout, "targets": targets, "dtype": dtype_name,
+            "kernels": unsloth_backend.count_fused_lora_kernels(model),
+            "modules": unsloth_backend.count_fused_lora_modules(model), "facts": unsloth_backend.runtime_extras(model)}
+
+
+def counters() -> dict:
+    _patch_unsloth_trainer_check()
+    from unsloth.kernels import fast_lora
+
+    cases = [patched_counts(3, 0.08, ALL), patched_counts(2, 0.15, ALL), patched_counts(2, 0.0, ALL[:4]),
+             patched_counts(2, 0.0, ALL, "float32")]
+    return {"fused_lora_dropout": bool(fast_lora.FUSED_LORA_DROPOUT), "cases": cases}
+
+
 def main() -> None:
     out = fused_check.run("all")
     plants = {}
@@ -65,6 +109,7 @@ def main() -> None:
         with planted(name, repl):
             plants[label] = fused_check.check_layer("cpu", "float32", dropout=dropout, names=names)
     out["plants"] = plants
+    out["counters"] = counters()
     print(json.dumps(out))
 
 
