@@ -129,23 +129,6 @@ def test_an_evaluation_leaves_the_gradients_of_4bit_training_alone(record_proper
 
 
 @pytest.mark.slow
-def test_4bit_lora_gradients_are_summed_in_bf16_so_their_order_moves_them_by_bf16_rounding(record_property):
-    # TRL's SFTTrainer casts a quantized model's LoRA weights to bf16 (the QLoRA paper's choice), so
-    # each micro-batch's gradient is added into a bf16 .grad and DDP all-reduces bf16 tensors. The same
-    # 4 micro-batches summed as 4 in one process or as 2 + 2 (two ranks, then the all-reduce) differ
-    # by bf16 rounding (spacing 2^-8 relative): the ~0.3% gap between a two-process and a one-process
-    # 4-bit run, which is therefore no data-parallel error. With the LoRA weights in fp32 the same
-    # regrouping is float32 rounding, as in the fp32 data-parallel test below (tolerance 1e-4).
-    proc = _run([sys.executable, str(ROOT / "tests/scripts/accumulation_order.py"), "data.limit=8",
-                 "data.max_length=2048", "data.max_candidates=10", "data.min_candidates=3"])
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
-    record_property("accumulation_order", out)
-    assert out["trained_dtype"] == "bfloat16" and out["trained"]["dtype"] == "torch.bfloat16"
-    assert 1e-3 < out["trained"]["median"] and out["trained"]["worst"] < 2 ** -6
-    assert out["float32"]["worst"] < 1e-6
-
-
-@pytest.mark.slow
 def test_data_parallel_gradients_equal_the_whole_batch_gradient():
     # torchrun, 2 CPU ranks (gloo), one row each: after DDP's gradient averaging the LoRA gradients
     # must be those of the two-row batch's mean loss. Without the Trainer's x world_size (which a
@@ -169,8 +152,9 @@ def test_data_parallel_gradients_equal_the_whole_batch_gradient():
 # every step: steps 2 and 3 train after one. (In 4-bit the two-process adapter differs from the
 # one-process one by ~0.3% from the first step on: the LoRA weights train in bf16 there, so their
 # gradients are summed in bf16, and two ranks sum them in another order than one process;
-# test_4bit_lora_gradients_are_summed_in_bf16_so_their_order_moves_them_by_bf16_rounding shows that gap
-# in one process. The 4-bit layers across an evaluation: test_an_evaluation_leaves_the_gradients_of_4bit_training_alone.)
+# tests/test_train.py::test_4bit_lora_gradients_are_summed_in_bf16_so_their_order_moves_them_by_bf16_rounding
+# shows that gap in one process. The 4-bit layers across an evaluation:
+# test_an_evaluation_leaves_the_gradients_of_4bit_training_alone.)
 ARGS = ["--smoke", "data.limit=16", "data.max_length=2048", "data.max_candidates=10",
         "data.min_candidates=3", "model.load_in_4bit=false", "train.neftune_alpha=null", "lora.dropout=0",
         "train.group_by_length=false", "train.optim=sgd", "train.max_grad_norm=0", "train.warmup_ratio=0",

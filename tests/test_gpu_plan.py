@@ -9,6 +9,7 @@ with real processes (``sleep``), real archives and the real scripts.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -25,6 +26,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.gpu import gpu_phases  # noqa: E402
 from benchmarks.gpu.gpu_phases import Plan, Step  # noqa: E402
+from benchmarks.training import report as bench_report  # noqa: E402
 
 LEASE_COMMAND_S = 600  # one command on the GPU machine
 
@@ -285,6 +287,40 @@ def test_cpu_dry_run_leaves_what_a_gpu_run_leaves(tmp_path):
         assert mem["first_step"]["peak_rss_gib"] > 0 and mem["steady"]["peak_rss_gib"] > 0
         assert r["settings"]["activation_dtype"] and r["settings"]["attn_implementation"]
         assert r["settings"]["autocast"] is False and "compile" in r["settings"]
+        # the harness's figures (meaningless on CPU, but counted as on the GPU): fixed-length rows, no padding
+        tp, data, s = r["throughput"], r["data"], r["settings"]
+        assert tp["tokens_per_s_all"] == pytest.approx(tp["tokens_per_s_nonpad"])
+        assert tp["tokens_per_s_all"] > tp["tokens_per_s_trained"] > 0 and tp["samples_per_s"] > 0
+        assert data["tokens_per_step"]["all"] == data["rows_per_step"] * data["seq_len"]
+        assert data["tokens_per_step"]["trained"] == data["rows_per_step"] * round(data["trained_fraction"] * data["seq_len"])
+        assert mem["after_load"]["peak_rss_gib"] > 0 and 0 < r["mfu"]["mfu"] and r["mfu"]["reference_tflops"] > 0
+        assert s["loss"] == "chunked" and s["label_smoothing"] > 0 and s["padding_free"] is False and s["optimizer"]
+        assert all(math.isfinite(x) for x in r["losses"]) and r["env"]["device_name"].startswith("CPU")
+    u, p = rows  # each backend in its own process, and only the fast path's imported unsloth; the same batches
+    assert u["settings"]["unsloth_version"] and p["settings"]["unsloth_version"] is None
+    assert u["data"]["batch_sha1"] == p["data"]["batch_sha1"] and u["data"]["batch_sha1"]
+    assert u["settings"]["lora_r"] == p["settings"]["lora_r"] and u["settings"]["seed"] == p["settings"]["seed"]
+    # the headline folder as it comes back (the GPU leaves the report to report.py here): its report
+    # parses back to the rows' numbers, with its plots and run record
+    headline = tmp_path / "headline"
+    for name, data in files.items():
+        if name.startswith(f"{root}/headline/"):
+            (headline / name.removeprefix(f"{root}/headline/")).parent.mkdir(parents=True, exist_ok=True)
+            (headline / name.removeprefix(f"{root}/headline/")).write_bytes(data)
+    bench_report.write_report(headline)
+    md = (headline / "results.md").read_text()
+    table = bench_report.parse_table(md, "## Throughput")
+    assert [t["config"] for t in table] == [r["name"] for r in rows]
+    for t, r in zip(table, rows):
+        for col, key in (("tok_s_all", "tokens_per_s_all"), ("tok_s_nonpad", "tokens_per_s_nonpad"),
+                         ("tok_s_trained", "tokens_per_s_trained"), ("samples_s", "samples_per_s")):
+            assert bench_report.parse_number(t[col]) == pytest.approx(r["throughput"][key], rel=5e-3)
+        assert bench_report.parse_number(t["step_median_s"]) == pytest.approx(r["steps"]["median_s"], rel=5e-3)
+        assert bench_report.parse_number(t["mfu_pct"]) == pytest.approx(100 * r["mfu"]["mfu"], rel=5e-3)
+    assert bench_report.parse_table(md, "## Fast path vs baseline")[0]["identical_batches"] == "yes"
+    for png in ("tokens_per_s.png", "peak_memory.png"):
+        assert (headline / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((headline / "run.json").read_text())["configs"] == [r["name"] for r in rows]
     # the fast path against the baseline from one saved adapter: the first-step gradients agree
     parity = json.loads(files[f"{root}/parity/parity.json"])
     assert parity["ok"] and parity["identical_batches"] and parity["grads"]["tensors"] == 28

@@ -576,6 +576,21 @@ def test_compute_loss_runs_under_the_trainers_autocast(backend):
     assert facts["fused_lora_kernels"] == (0 if backend == "unsloth" else None)
 
 
+@pytest.mark.slow
+def test_4bit_lora_gradients_are_summed_in_bf16_so_their_order_moves_them_by_bf16_rounding(record_property):
+    # TRL's SFTTrainer casts a quantized model's LoRA weights to bf16 (the QLoRA paper's choice), so
+    # each micro-batch's gradient is added into a bf16 .grad and DDP all-reduces bf16 tensors. The same
+    # 4 micro-batches summed as 4 in one process or as 2 + 2 (two ranks, then the all-reduce) differ
+    # by bf16 rounding (spacing 2^-8 relative): the ~0.3% gap between a two-process and a one-process
+    # 4-bit run (tests/test_ddp.py), which is therefore no data-parallel error. With the LoRA weights in
+    # fp32 the same regrouping is float32 rounding, as in the fp32 data-parallel test (tolerance 1e-4).
+    out = trainer_checks("peft")["accumulation_order"]
+    record_property("accumulation_order", out)
+    assert out["trained_dtype"] == "bfloat16" and out["trained"]["dtype"] == "torch.bfloat16"
+    assert 1e-3 < out["trained"]["median"] and out["trained"]["worst"] < 2 ** -6
+    assert out["float32"]["worst"] < 1e-6
+
+
 # The SPEC table (docs: /SPEC.md "Hyperparameters"), as the Trainer must receive it.
 SPEC_TRAINER = {
     "dualft": dict(learning_rate=2e-4, warmup_steps=0.05, weight_decay=0.02, num_train_epochs=3,

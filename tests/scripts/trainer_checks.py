@@ -16,7 +16,10 @@ unsloth) or never does (peft), as a training run does.
   normalised over the tokens of the whole accumulated batch, once);
 * ``neftune``: the input embeddings seen in a training step carry uniform noise of magnitude
   alpha / sqrt(seq_len * hidden); those seen in the evaluation carry none;
-* ``autocast``: tests/scripts/autocast_probe.py's probe (CPU bf16 autocast on fp32 weights).
+* ``autocast``: tests/scripts/autocast_probe.py's probe (CPU bf16 autocast on fp32 weights);
+* ``accumulation_order`` (peft): the LoRA gradient of one optimizer step of 4 one-row micro-batches
+  summed in two orders, all 4 in one process (a single run) and two halves summed afterwards (two
+  data-parallel ranks and their all-reduce), in the trainer's own LoRA dtype and again in float32.
 """
 
 import hashlib
@@ -129,6 +132,39 @@ def accumulation(backend: str, extra: list[str]) -> dict:
             "loss_accumulated": loss_acc, "loss_full_batch": loss_ref}
 
 
+def accumulation_order(fast: list[str]) -> dict:
+    import torch
+
+    _, trainer = build("peft", [*fast, "data.limit=8", *NO_NOISE, "train.per_device_batch_size=1"], with_eval=False)
+    model = trainer.model
+    model.train()
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    trained_dtype = str(named[0][1].dtype).replace("torch.", "")
+    collate = trainer.data_collator
+    rows = [collate([trainer.train_dataset[i]]) for i in range(4)]
+    n_items = torch.tensor(sum(int((r["labels"][..., 1:] != -100).sum()) for r in rows))
+
+    def accumulate(batches) -> list:
+        model.zero_grad(set_to_none=True)
+        for batch in batches:
+            trainer.compute_loss(model, dict(batch), num_items_in_batch=n_items).backward()
+        return [p.grad.detach().clone() for _, p in named]
+
+    def orders() -> dict:
+        one = accumulate(rows)  # one process: 4 micro-batches into the same .grad
+        rank0, rank1 = accumulate(rows[0::2]), accumulate(rows[1::2])  # 2 ranks, 2 micro-batches each
+        reduced = [a + b for a, b in zip(rank0, rank1)]  # the all-reduce, in the gradients' dtype
+        rel = [float((a.float() - b.float()).norm() / b.float().norm()) for a, b in zip(reduced, one)
+               if b.float().norm() > 0]
+        return {"worst": max(rel), "median": sorted(rel)[len(rel) // 2], "dtype": str(one[0].dtype)}
+
+    out = {"trained_dtype": trained_dtype, "trained": orders()}
+    for _, p in named:
+        p.data = p.data.float()
+    out["float32"] = orders()
+    return out
+
+
 def main() -> None:
     from autocast_probe import probe
 
@@ -141,6 +177,8 @@ def main() -> None:
     out["accumulation"] = accumulation(backend, fast[1:])
     out["neftune"] = neftune(backend, fast[1:])
     out["autocast"] = probe(backend, [*fast, "data.limit=4"])
+    if backend == "peft":  # the trainer's LoRA dtype on a 4-bit base (bf16) is TRL's, as in a baseline run
+        out["accumulation_order"] = accumulation_order(fast)
     print(json.dumps(out))
 
 
