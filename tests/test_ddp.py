@@ -137,9 +137,7 @@ def test_data_parallel_gradients_equal_the_whole_batch_gradient():
     cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 400),
            str(ROOT / "tests/scripts/ddp_grad.py"), "data.limit=4", "data.max_length=2048",
            "data.max_candidates=10", "data.min_candidates=3"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = json.loads(_run(cmd, timeout=600).stdout.strip().splitlines()[-1])
     assert out["world_size"] == 2 and out["ddp"] == "DistributedDataParallel" and out["loss_path"] == "chunked"
     assert out["params"] > 0 and out["n_items"] > 0
     assert out["grad_ratio"] == pytest.approx(1.0, rel=1e-4)
@@ -162,8 +160,8 @@ ARGS = ["--smoke", "data.limit=16", "data.max_length=2048", "data.max_candidates
         "train.logging_steps=1", "train.per_device_batch_size=1", "train.gradient_accumulation_steps=4"]
 
 
-def _run(cmd: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900,
+def _run(cmd: list[str], env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
     assert proc.returncode == 0, f"STDOUT:\n{proc.stdout[-3000:]}\nSTDERR:\n{proc.stderr[-4000:]}"
     return proc

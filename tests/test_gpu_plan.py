@@ -292,7 +292,8 @@ def test_cpu_dry_run_leaves_what_a_gpu_run_leaves(tmp_path):
         assert tp["tokens_per_s_all"] == pytest.approx(tp["tokens_per_s_nonpad"])
         assert tp["tokens_per_s_all"] > tp["tokens_per_s_trained"] > 0 and tp["samples_per_s"] > 0
         assert data["tokens_per_step"]["all"] == data["rows_per_step"] * data["seq_len"]
-        assert data["tokens_per_step"]["trained"] == data["rows_per_step"] * round(data["trained_fraction"] * data["seq_len"])
+        trained_per_row = round(data["trained_fraction"] * data["seq_len"])
+        assert data["tokens_per_step"]["trained"] == data["rows_per_step"] * trained_per_row
         assert mem["after_load"]["peak_rss_gib"] > 0 and 0 < r["mfu"]["mfu"] and r["mfu"]["reference_tflops"] > 0
         assert s["loss"] == "chunked" and s["label_smoothing"] > 0 and s["padding_free"] is False and s["optimizer"]
         assert all(math.isfinite(x) for x in r["losses"]) and r["env"]["device_name"].startswith("CPU")
@@ -302,11 +303,12 @@ def test_cpu_dry_run_leaves_what_a_gpu_run_leaves(tmp_path):
     assert u["settings"]["lora_r"] == p["settings"]["lora_r"] and u["settings"]["seed"] == p["settings"]["seed"]
     # the headline folder as it comes back (the GPU leaves the report to report.py here): its report
     # parses back to the rows' numbers, with its plots and run record
-    headline = tmp_path / "headline"
+    headline, prefix = tmp_path / "headline", f"{root}/headline/"
     for name, data in files.items():
-        if name.startswith(f"{root}/headline/"):
-            (headline / name.removeprefix(f"{root}/headline/")).parent.mkdir(parents=True, exist_ok=True)
-            (headline / name.removeprefix(f"{root}/headline/")).write_bytes(data)
+        if name.startswith(prefix):
+            path = headline / name.removeprefix(prefix)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
     bench_report.write_report(headline)
     md = (headline / "results.md").read_text()
     table = bench_report.parse_table(md, "## Throughput")

@@ -14,9 +14,6 @@ import json
 
 from kitrec_fast.backends import fused_check  # noqa: E402
 
-ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
 @contextlib.contextmanager
 def planted(name: str, replacement):
     from unsloth.kernels import fast_lora
@@ -92,8 +89,9 @@ def counters() -> dict:
     _patch_unsloth_trainer_check()
     from unsloth.kernels import fast_lora
 
-    cases = [patched_counts(3, 0.08, ALL), patched_counts(2, 0.15, ALL), patched_counts(2, 0.0, ALL[:4]),
-             patched_counts(2, 0.0, ALL, "float32")]
+    every = list(fused_check.TARGETS)  # all seven projections, attention's four first
+    cases = [patched_counts(3, 0.08, every), patched_counts(2, 0.15, every), patched_counts(2, 0.0, every[:4]),
+             patched_counts(2, 0.0, every, "float32")]
     return {"fused_lora_dropout": bool(fast_lora.FUSED_LORA_DROPOUT), "cases": cases}
 
 
