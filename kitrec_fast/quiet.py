@@ -37,10 +37,9 @@ else those libraries log still shows. Why each is harmless:
 vLLM runs its engine in spawned processes, which the filters installed here do not reach: the
 environment does. Before vLLM is imported, :func:`pass_to_children` sets ``QUIET_ENV``, which makes
 a child process install the same filters when it imports kitrec_fast (a spawned child imports its
-parent's main module, hence kitrec_fast, before anything of vLLM), and vLLM's log level. Not yet
-under ``python -m kitrec_fast``: multiprocessing does not import a ``package.__main__`` again in a
-spawned child, so there only vLLM's log level reaches the engine processes (the ``kitrec-fast``
-console script is imported again, and its child hides the lines).
+parent's main module, hence kitrec_fast, before anything of vLLM), and vLLM's log level. Under
+``python -m kitrec_fast`` that holds because ``kitrec_fast/__main__.py`` presents itself by its path
+(multiprocessing does not re-run a package ``__main__`` known by name).
 """
 
 from __future__ import annotations

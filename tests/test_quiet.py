@@ -64,6 +64,34 @@ def test_setup_final_check_hides_them_too():
         assert text not in proc.stdout + proc.stderr, text
 
 
+def test_a_process_spawned_under_python_m_kitrec_fast_hides_them():
+    # `python -m kitrec_fast` runs runpy._run_module_as_main("kitrec_fast"); here it runs `--version`,
+    # then a spawned child (as vLLM starts its engine core) gives a known warning. The child hides it
+    # only if it imported kitrec_fast, which it does by re-running the parent's main module.
+    code = f"""
+import multiprocessing, runpy, sys, warnings
+sys.argv = ["kitrec_fast", "--version"]
+try:
+    runpy._run_module_as_main("kitrec_fast")
+except SystemExit:
+    pass
+from kitrec_fast.quiet import hide_known_noise, pass_to_children
+hide_known_noise()
+pass_to_children()
+child = multiprocessing.get_context("spawn").Process(target=warnings.warn, args=({KNOWN_WARNINGS[0]!r},))
+child.start()
+child.join()
+sys.exit(child.exitcode)
+"""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    for name in ("KITREC_FAST_VERBOSE", QUIET_ENV):
+        env.pop(name, None)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("kitrec-fast ")  # main ran, as under `python -m`
+    assert KNOWN_WARNINGS[0] not in proc.stderr, proc.stderr[-3000:]
+
+
 @pytest.mark.slow
 @needs_vllm
 def test_vllm_engine_processes_hide_them_and_vllm_info_unless_verbose():
