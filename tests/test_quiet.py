@@ -17,13 +17,19 @@ ROOT = Path(__file__).resolve().parents[1]
 AVX512_BF16 = "avx512_bf16" in Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else False
 
 
-def _stderr(*mode: str) -> str:
+def _python(*args: str, timeout: int = 600, unset: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """Runs ``python ARGS`` from the checkout in an environment without what an earlier command in this
+    process may have set (plus ``unset``); it must succeed."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    for name in ("KITREC_FAST_VERBOSE", QUIET_ENV):  # what an earlier command in this process may have set
+    for name in ("KITREC_FAST_VERBOSE", QUIET_ENV, *unset):
         env.pop(name, None)
-    proc = subprocess.run([sys.executable, str(ROOT / "tests/scripts/noise_probe.py"), *mode], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _stderr(*mode: str) -> str:
+    proc = _python(str(ROOT / "tests/scripts/noise_probe.py"), *mode)
     return proc.stdout + proc.stderr
 
 
@@ -54,11 +60,7 @@ def test_setup_final_check_hides_them_too():
     # the last line of scripts/setup.sh, run as setup runs it
     line = (ROOT / "scripts/setup.sh").read_text().strip().splitlines()[-1]
     code = line.split(' -c "', 1)[1].rsplit('"', 1)[0]
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    for name in ("KITREC_FAST_VERBOSE", QUIET_ENV):  # what an earlier command in this process may have set
-        env.pop(name, None)
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _python("-c", code)
     assert proc.stdout.startswith("kitrec_fast ")
     for text in [t for _, t in KNOWN_NOISE] + list(KNOWN_WARNINGS):
         assert text not in proc.stdout + proc.stderr, text
@@ -83,11 +85,7 @@ child.start()
 child.join()
 sys.exit(child.exitcode)
 """
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    for name in ("KITREC_FAST_VERBOSE", QUIET_ENV):
-        env.pop(name, None)
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _python("-c", code, timeout=120)
     assert proc.stdout.startswith("kitrec-fast ")  # main ran, as under `python -m`
     assert KNOWN_WARNINGS[0] not in proc.stderr, proc.stderr[-3000:]
 
@@ -97,12 +95,7 @@ sys.exit(child.exitcode)
 def test_vllm_engine_processes_hide_them_and_vllm_info_unless_verbose():
     # vLLM's engine core is a spawned process: the parent's filters do not reach it, the environment does
     def run(*mode: str) -> str:
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
-        for name in ("KITREC_FAST_VERBOSE", QUIET_ENV, VLLM_LEVEL[0]):
-            env.pop(name, None)
-        proc = subprocess.run([sys.executable, str(ROOT / "tests/scripts/vllm_noise_probe.py"), *mode], cwd=ROOT,
-                              env=env, capture_output=True, text=True, timeout=900)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        proc = _python(str(ROOT / "tests/scripts/vllm_noise_probe.py"), *mode, timeout=900, unset=(VLLM_LEVEL[0],))
         return proc.stdout + proc.stderr
 
     quiet, verbose = run(), run("--verbose")
