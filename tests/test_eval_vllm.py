@@ -7,7 +7,8 @@ project's tiny model has 16), and the adapter is a smoke training run with
 ``model.load_in_4bit=false`` and a large learning rate, so it visibly changes greedy output.
 
 Engine starts cost 40-80 s on 2 cores; this module starts vLLM exactly twice: the several-adapter
-run (two adapters, one engine) killed half way, and its resume.
+run (two adapters, one engine) killed half way, and its resume. A third start is interrupted with
+Ctrl-C once its engine process has started its worker (~20 s).
 """
 
 from __future__ import annotations
@@ -236,6 +237,35 @@ def test_killed_vllm_generation_of_two_runs_resumes_each_row_once(runs, vllm_mul
     for run in runs:
         rows = [json.loads(ln)["row_id"] for ln in lines(out / run.name / "predictions.jsonl")]
         assert sorted(rows) == list(range(ROWS)), run.name
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_ctrl_c_while_the_engine_starts_ends_the_command_and_its_engine_processes(hd64_run, tmp_path):
+    # vLLM's client waits for a ready engine in one zmq poll of up to 600 s that a Ctrl-C does not end,
+    # while the engine processes, interrupted with it, are gone: the command hung.
+    import psutil
+
+    proc = subprocess.Popen([sys.executable, "-m", "kitrec_fast", "eval", "generate", "--run", str(hd64_run),
+                             "--engine", "vllm", *GEN, "--output", str(tmp_path / "out")],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # its own process group, as a terminal's foreground job
+    try:
+        command, deadline = psutil.Process(proc.pid), time.monotonic() + 300
+        # The engine process starts its worker once it has told the client it is there: from then
+        # on the client waits for "ready", the wait the interrupt has to end.
+        while not [p for p in command.children(recursive=True) if p.ppid() != proc.pid]:
+            assert proc.poll() is None and time.monotonic() < deadline, "no engine worker started"
+            time.sleep(0.1)
+        started = command.children(recursive=True)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C sends: the whole foreground group
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130 and stderr.rstrip().endswith("interrupted"), stderr[-3000:]
+    _, alive = psutil.wait_procs(started, timeout=10)
+    assert not alive, alive
 
 
 def test_grid_generates_the_jobs_of_one_test_set_together_once_their_training_is_done(tmp_path):

@@ -118,7 +118,7 @@ class VLLMEngine:
         kwargs: dict[str, Any] = {"model": model_path, "seed": seed, **self.settings}
         if adapters:
             kwargs.update(lora_settings([r for _, r in adapters.values()]))
-        self.llm = LLM(**kwargs)
+        self.llm = _start_interruptibly(lambda: LLM(**kwargs))
         # detokenize=False: prompts go in as ids and the command decodes the ids itself, as with hf.
         self.params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, stop_token_ids=stop_ids,
                                      detokenize=False)
@@ -133,6 +133,43 @@ class VLLMEngine:
             g = cut_at_stop(list(o.outputs[0].token_ids), self.stop_ids)
             results.append(Generated(g.token_ids, g.finished or o.outputs[0].finish_reason == "stop"))
         return results
+
+
+def _start_interruptibly(start):
+    """``start()`` (vLLM's engine start) in a thread, waited for where Ctrl-C reaches.
+
+    vLLM's client waits for its engine processes to be ready in one zmq poll of up to
+    ``VLLM_ENGINE_READY_TIMEOUT_S`` (600 s). A Ctrl-C there lands on one of zmq's threads, so Python
+    sees it only when that poll ends, while the engine processes, interrupted with it, are gone: the
+    command hung. Waiting from here, Ctrl-C stops the engine processes this command started and
+    goes on as the KeyboardInterrupt that ends the command (exit 130).
+    """
+    import multiprocessing
+    import threading
+    from concurrent.futures import Future
+
+    future: Future = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(start())
+        except BaseException as exc:  # handed to the waiting thread, which raises it
+            future.set_exception(exc)
+
+    # A daemon: after a Ctrl-C it is left in vLLM's poll, and must not hold up the exit.
+    thread = threading.Thread(target=run, name="vllm-engine-start", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(0.2)
+    except KeyboardInterrupt:
+        children = multiprocessing.active_children()
+        for child in children:
+            child.terminate()
+        for child in children:
+            child.join(10)
+        raise
+    return future.result()
 
 
 def cut_at_stop(tokens: list[int], stop_ids: Sequence[int]) -> Generated:
